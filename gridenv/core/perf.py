@@ -1,0 +1,202 @@
+"""Iteration-time and power model of one replica (physics.md sections 1 and 4).
+
+One replica is a vLLM-style serving engine on ``tp`` GPUs. An iteration processes prefill tokens
+of newly admitted requests and one token of every decoding request::
+
+    T_mem  = [W/p + kappa * ctx_sum / p] / (eta_bw * BW)
+    T_comp = [2 * P * N / p + sum_i 4 * L * n_h * d_h * q_i * (c_i + q_i / 2) / p] / (eta_f * F)
+    T_comm = 2 * L * (a_ar + N * H * 2 / B_ar)            (only when p > 1)
+    T_iter = max(T_mem, T_comp) + L * tau_layer + T_comm + c_iter
+
+Between events the decode batch is constant and every context grows by one token per iteration,
+so k decode iterations take an arithmetic series of time (``decode_segment``) and the number of
+iterations that fit in a time span has a closed form (``decode_iters_within``): the engine jumps
+from event to event and its cost grows with requests, not tokens.
+
+Power: ``P_gpu = P_idle + (TDP - P_idle) * min(1, 0.9 u_c + 0.4 u_m)`` with ``u_c = T_comp/T_iter``
+and ``u_m = T_mem/T_iter``. This module returns the *dynamic* energy above the idle floor; the
+idle floor is accounted per site for all provisioned GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gridenv.core.catalog import DTYPE_BYTES, GPUSpec, ModelSpec
+
+__all__ = ["ReplicaPerf", "KV_MEMORY_FRACTION", "software_stack"]
+
+#: Vidur's memory planner keeps a 10% margin: KV gets 0.9 * memory - weights.
+KV_MEMORY_FRACTION = 0.9
+
+
+class ReplicaPerf:
+    """Precomputed coefficients of the roofline model for one (GPU, model, TP, dtype)."""
+
+    __slots__ = (
+        "gpu", "model", "tp", "weight_dtype", "kv_dtype", "c_iter_s", "c_per_seq_s", "energy_scale",
+        "mem_base_s", "mem_per_ctx_token_s", "comp_per_token_s", "comp_attn_s",
+        "comm_base_s", "comm_per_token_s", "fixed_s", "dyn_power_w", "kv_bytes_per_token",
+        "kv_capacity_tokens",
+    )
+
+    def __init__(
+        self,
+        gpu: GPUSpec,
+        model: ModelSpec,
+        tp: int,
+        weight_dtype: str = "bf16",
+        kv_dtype: str = "bf16",
+        c_iter_s: float = 1e-3,
+        c_per_seq_s: float = 4.4e-6,
+        energy_scale: float = 1.0,
+    ) -> None:
+        if tp < 1:
+            raise ValueError(f"tp must be >= 1, got {tp}")
+        if weight_dtype not in DTYPE_BYTES or kv_dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}")
+        self.gpu, self.model, self.tp = gpu, model, tp
+        self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
+        # Scheduler + sampling CPU time: per step and per sequence in the batch (BLIS beta7).
+        self.c_iter_s = c_iter_s
+        self.c_per_seq_s = c_per_seq_s
+        # Dynamic-energy calibration factor (physics.md section 4: the raw model is ~2x below
+        # ML.ENERGY's measured J/token, which includes framework time).
+        self.energy_scale = energy_scale
+
+        bw = gpu.eta_bw * gpu.mem_bw_bytes_per_s
+        # W8A8 FP8 runs GEMMs on FP8 tensor cores where the GPU has them.
+        flops = gpu.eta_f * (gpu.peak_fp8_flops if weight_dtype == "fp8" else gpu.peak_bf16_flops)
+        self.kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype)
+
+        self.mem_base_s = model.weight_bytes(weight_dtype) / tp / bw
+        self.mem_per_ctx_token_s = self.kv_bytes_per_token / tp / bw
+        self.comp_per_token_s = 2.0 * model.n_params / tp / flops
+        self.comp_attn_s = 4.0 * model.n_layers * model.n_heads * model.head_dim / tp / flops
+        if tp > 1:
+            self.comm_base_s = 2.0 * model.n_layers * gpu.allreduce_latency_s
+            # Activations are all-reduced in 16-bit: hidden * 2 bytes per token per all-reduce.
+            self.comm_per_token_s = (
+                2.0 * model.n_layers * model.hidden * 2.0 / gpu.allreduce_bw_bytes_per_s
+            )
+        else:
+            self.comm_base_s = 0.0
+            self.comm_per_token_s = 0.0
+        self.fixed_s = model.n_layers * gpu.tau_layer_s + c_iter_s
+        self.dyn_power_w = (gpu.tdp_w - gpu.idle_w) * tp
+
+        kv_bytes = KV_MEMORY_FRACTION * gpu.memory_bytes * tp - model.weight_bytes(weight_dtype)
+        self.kv_capacity_tokens = max(0, int(kv_bytes // self.kv_bytes_per_token))
+
+    # ------------------------------------------------------------------ one iteration
+    def iter_time(
+        self,
+        prefill_tokens: float,
+        prefill_attn: float,
+        decode_n: int,
+        ctx_sum: float,
+        prefill_n: int = 1,
+    ) -> tuple[float, float, float]:
+        """Time of one iteration and its compute and memory parts, in seconds.
+
+        prefill_tokens: sum of new prompt tokens q_i prefilled in this iteration.
+        prefill_attn: sum of q_i * (c_i + q_i / 2) over the prefilled requests.
+        decode_n: number of decoding sequences D. ctx_sum: sum of their contexts (tokens).
+        prefill_n: number of requests being prefilled (per-sequence CPU overhead).
+        """
+        n_tokens = prefill_tokens + decode_n
+        n_seqs = (prefill_n if prefill_tokens > 0 else 0) + decode_n
+        t_mem = self.mem_base_s + self.mem_per_ctx_token_s * ctx_sum
+        t_comp = self.comp_per_token_s * n_tokens + self.comp_attn_s * prefill_attn
+        t_iter = (
+            (t_mem if t_mem > t_comp else t_comp)
+            + self.fixed_s + self.comm_base_s + self.comm_per_token_s * n_tokens
+            + self.c_per_seq_s * n_seqs
+        )
+        return t_iter, t_comp, t_mem
+
+    def iter_energy_j(self, t_iter: float, t_comp: float, t_mem: float) -> float:
+        """Dynamic (above idle) GPU energy of one iteration on all tp GPUs, joules."""
+        busy = 0.9 * t_comp + 0.4 * t_mem
+        return self.energy_scale * self.dyn_power_w * (busy if busy < t_iter else t_iter)
+
+    def prefill_time_s(self, prompt_tokens: float) -> float:
+        """Time of an iteration that prefills one prompt alone (no decoders)."""
+        return self.iter_time(prompt_tokens, prompt_tokens * prompt_tokens * 0.5, 0, 0.0, 1)[0]
+
+    # ------------------------------------------------------------------ decode segments
+    def _decode_coeffs(self, decode_n: int, ctx_sum0: float) -> tuple[float, float, float, float]:
+        """Iteration i of a decode segment takes max(a + b*i, t_comp) + k_fixed."""
+        a = self.mem_base_s + self.mem_per_ctx_token_s * ctx_sum0
+        b = self.mem_per_ctx_token_s * decode_n
+        t_comp = self.comp_per_token_s * decode_n
+        k_fixed = (
+            self.fixed_s + self.comm_base_s + (self.comm_per_token_s + self.c_per_seq_s) * decode_n
+        )
+        return a, b, t_comp, k_fixed
+
+    @staticmethod
+    def _compute_bound_iters(a: float, b: float, t_comp: float, k: int) -> int:
+        """How many of the first k iterations are compute bound (a + b*i < t_comp)."""
+        if t_comp <= a:
+            return 0
+        if b <= 0.0:
+            return k
+        n = math.ceil((t_comp - a) / b)
+        return n if n < k else k
+
+    def decode_segment(self, decode_n: int, ctx_sum0: float, k: int) -> tuple[float, float]:
+        """Duration (s) and dynamic energy (J) of k decode iterations from context sum ctx_sum0."""
+        if k <= 0 or decode_n <= 0:
+            return 0.0, 0.0
+        a, b, t_comp, k_fixed = self._decode_coeffs(decode_n, ctx_sum0)
+        i_c = self._compute_bound_iters(a, b, t_comp, k)
+        # sum of a + b*i for i in [0, k)
+        mem_sum = k * a + b * (k * (k - 1)) * 0.5
+        # memory-bound part: i in [i_c, k)
+        mem_tail = (k - i_c) * a + b * (k * (k - 1) - i_c * (i_c - 1)) * 0.5
+        duration = i_c * t_comp + mem_tail + k * k_fixed
+        busy = 0.9 * t_comp * k + 0.4 * mem_sum
+        energy = self.energy_scale * self.dyn_power_w * (busy if busy < duration else duration)
+        return duration, energy
+
+    def decode_iters_within(self, decode_n: int, ctx_sum0: float, dt: float) -> int:
+        """The number of whole decode iterations that complete within dt seconds."""
+        if dt <= 0.0 or decode_n <= 0:
+            return 0
+        a, b, t_comp, k_fixed = self._decode_coeffs(decode_n, ctx_sum0)
+        t_first = (a if a > t_comp else t_comp) + k_fixed
+        if dt < t_first:
+            return 0
+        # Compute-bound iterations (constant time) come first, since memory time grows.
+        n_c = self._compute_bound_iters(a, b, t_comp, 1 << 62)
+        t_c = t_comp + k_fixed
+        if n_c > 0:
+            if dt < n_c * t_c:
+                return int(dt // t_c)
+            dt -= n_c * t_c
+        # Memory-bound iterations j = 0, 1, ...: time a1 + b*j.
+        a1 = a + b * n_c + k_fixed
+        if b <= 0.0:
+            m = int(dt // a1)
+        else:
+            p = a1 - 0.5 * b
+            m = int((-p + math.sqrt(p * p + 2.0 * b * dt)) / b)
+            # Guard the float rounding of the closed form.
+            while m > 0 and m * a1 + b * m * (m - 1) * 0.5 > dt:
+                m -= 1
+            while (m + 1) * a1 + b * (m + 1) * m * 0.5 <= dt:
+                m += 1
+        return n_c + m
+
+
+def software_stack(name: str) -> dict:
+    """ReplicaPerf keyword arguments of a named serving-software profile (``SOFTWARE_STACKS``)."""
+    stacks = globals().get("SOFTWARE_STACKS") or {
+        "vllm-2024": {"c_iter_s": 1e-3, "c_per_seq_s": 4.4e-6},
+        "splitwise-2023": {"c_iter_s": 9e-3, "c_per_seq_s": 4.4e-6},
+    }
+    try:
+        return dict(stacks[name])
+    except KeyError:
+        raise KeyError(f"unknown software_stack {name!r}; known: {sorted(stacks)}") from None

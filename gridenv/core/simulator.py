@@ -1,0 +1,386 @@
+"""The grid simulator: events, routing decisions, faults and accounting. No Gymnasium here.
+
+Usage::
+
+    sim = GridSimulator(load_scenario("metro"))
+    sim.reset(np.random.default_rng(0))
+    while not sim.done:
+        snap = sim.snapshot()             # what a router sees for sim.pending
+        sim.decide(site, batch_level)     # route it (or SHED) and run to the next decision
+    print(sim.summary())
+
+One decision per arriving request (and per request re-routed after an outage). Between
+decisions the simulator processes events in time order: request delivery at a site (after half
+the RTT), replica wake-ups (iteration or segment boundaries), site outages and repairs, link
+degradations. Ties are broken by insertion order, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from gridenv.core.engine import DECODE, IDLE, Replica, Request
+from gridenv.core.metrics import J_PER_KWH, Metrics
+from gridenv.core.scenario import Scenario
+from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.core.topology import Topology
+from gridenv.core.workload import Arrivals, generate_arrivals
+
+__all__ = ["GridSimulator", "SHED"]
+
+WAKE, DELIVER, SITE_DOWN, SITE_UP, LINK = range(5)
+
+
+class GridSimulator:
+    """Event-driven simulation of LLM serving on a grid of sites."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.topology = Topology(scenario)
+        self.statics = SiteStatics.from_topology(self.topology)
+        self.n_sites = self.topology.n_sites
+        self.batch_levels = list(scenario.actions.batch_levels)
+        self.api_s = scenario.network.api_overhead_ms / 1000.0
+        self._slos = [scenario.slo_of(c) if c in scenario.workload.classes else (1.0, 1.0)
+                      for c in ("chat", "code", "summarization")]
+        econ = scenario.economics
+        self._value_in = econ.input_value_usd_per_mtok * 1e-6
+        self._value_out = econ.output_value_usd_per_mtok * 1e-6
+        d = scenario.workload.diurnal
+        self._start_hour = d.start_hour_utc
+        self._hours_per_s = 24.0 / d.period_s
+        self._rtt_ms = self.topology.rtt_ms
+        self.arrivals: Arrivals | None = None
+        self.done = True
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, rng: np.random.Generator) -> None:
+        """Start an episode: draw its arrivals and faults from `rng`, run to the first decision."""
+        sc = self.scenario
+        topo = self.topology
+        self.now = 0.0
+        self.done = False
+        self.pending: Request | None = None
+        self.metrics = Metrics(self.n_sites)
+        self.replicas: list[list[Replica]] = [
+            [Replica(s.index, j, s.perf, sc.max_prefill_tokens) for j in range(s.replicas)]
+            for s in topo.sites
+        ]
+        self.site_level = [sc.actions.initial_batch_level] * self.n_sites
+        self.max_batch = [self.batch_levels[sc.actions.initial_batch_level]] * self.n_sites
+        self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
+        self.site_running = [0] * self.n_sites  # prefilling or decoding
+        self.site_down = [0] * self.n_sites  # number of overlapping outages in force
+        self.link_factor = np.ones((topo.n_regions, self.n_sites))
+        self._events: list = []
+        self._seq = 0
+        self._retry: list = []
+        self._price_hour = -1
+        self.reward_value_usd = 0.0
+        self.reward_energy_usd = 0.0
+        self.reward_gpu_usd = 0.0
+
+        self.arrivals = generate_arrivals(sc, topo, rng)
+        self._next_arrival = 0
+        self._schedule_faults(rng)
+        self._run_until_decision()
+
+    def _push(self, t: float, kind: int, obj, version: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (t, self._seq, kind, obj, version))
+
+    def _schedule_faults(self, rng: np.random.Generator) -> None:
+        f = self.scenario.faults
+        names = self.topology.site_names
+        for o in f.outages:
+            s = names.index(o.site)
+            self._push(o.start_s, SITE_DOWN, s)
+            self._push(o.start_s + o.duration_s, SITE_UP, s)
+        if f.random is not None:
+            for name in f.random.sites or names:
+                s = names.index(name)
+                t = rng.exponential(f.random.mtbf_s)
+                while t < self.scenario.horizon_s:
+                    repair = rng.exponential(f.random.mttr_s)
+                    self._push(t, SITE_DOWN, s)
+                    self._push(t + repair, SITE_UP, s)
+                    t += repair + rng.exponential(f.random.mtbf_s)
+        regions = self.topology.region_names
+        for d in f.degraded_links:
+            key = (regions.index(d.region), names.index(d.site))
+            self._push(d.start_s, LINK, (key, d.rtt_factor))
+            self._push(d.start_s + d.duration_s, LINK, (key, 1.0))
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, site: int, batch_level: int | None = None) -> None:
+        """Route the pending request to `site` (or SHED) and run to the next decision.
+
+        `batch_level` (index into the scenario's batch_levels) becomes the target site's maximum
+        batch size from now on; None keeps it. Feasibility is the caller's business (the
+        environment checks the snapshot's mask); the simulator still never loses a request:
+        one sent to a site that is down when it arrives is re-routed or counted failed.
+        """
+        req = self.pending
+        if req is None:
+            raise RuntimeError("no pending request: the episode is over (call reset)")
+        self.pending = None
+        if site == SHED or site is None:
+            self.metrics.shed += 1
+        else:
+            if batch_level is not None and batch_level != self.site_level[site]:
+                self._set_batch_level(site, batch_level)
+            req.site = site
+            req.rtt_s = self._rtt_ms[req.origin, site] * self.link_factor[req.origin, site] * 1e-3
+            self.site_waiting[site] += 1
+            self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
+        self._run_until_decision()
+
+    def _set_batch_level(self, site: int, level: int) -> None:
+        old = self.max_batch[site]
+        self.site_level[site] = level
+        new = self.max_batch[site] = self.batch_levels[level]
+        if new > old:  # freed slots may admit queued requests at the next boundary
+            for rep in self.replicas[site]:
+                if rep.state == DECODE and rep.can_admit(new) and rep.cut_segment(self.now):
+                    rep.version += 1
+                    self._push(rep.wake_s, WAKE, rep, rep.version)
+
+    def _next_decision_time(self) -> float:
+        t = self.arrivals.time_s[self._next_arrival] if self._next_arrival < len(self.arrivals) else math.inf
+        if self._retry and self._retry[0][0] < t:
+            return self._retry[0][0]
+        return t
+
+    def _run_until_decision(self) -> None:
+        events = self._events
+        horizon = self.scenario.horizon_s
+        while True:
+            t_dec = self._next_decision_time()
+            if events and events[0][0] <= t_dec:
+                t = events[0][0]
+                if t >= horizon:
+                    break
+                _, _, kind, obj, version = heapq.heappop(events)
+                self.now = t
+                if kind == WAKE:
+                    if obj.version == version:
+                        self._on_wake(obj, t)
+                elif kind == DELIVER:
+                    self._on_deliver(obj, t)
+                elif kind == SITE_DOWN:
+                    self._on_site_down(obj, t)
+                elif kind == SITE_UP:
+                    self.site_down[obj] -= 1
+                else:
+                    (r, s), factor = obj
+                    self.link_factor[r, s] = factor
+            else:
+                if t_dec >= horizon:
+                    break
+                self.now = t_dec
+                self.pending = self._pop_decision(t_dec)
+                return
+        self._end_episode()
+
+    def _pop_decision(self, t: float) -> Request:
+        if self._retry and self._retry[0][0] <= t and (
+            self._next_arrival >= len(self.arrivals) or self._retry[0][0] <= self.arrivals.time_s[self._next_arrival]
+        ):
+            return heapq.heappop(self._retry)[2]
+        i = self._next_arrival
+        self._next_arrival += 1
+        a = self.arrivals
+        cls = int(a.slo_class[i])
+        ttft_slo, tpot_slo = self._slos[cls]
+        self.metrics.arrived += 1
+        return Request(i, float(a.time_s[i]), int(a.origin[i]), int(a.prompt_tokens[i]),
+                       int(a.output_tokens[i]), cls, int(a.model[i]), bool(a.residency[i]),
+                       ttft_slo, tpot_slo)
+
+    # ------------------------------------------------------------------ events
+    def _start(self, rep: Replica, t: float) -> None:
+        if rep.start(t, self.max_batch[rep.site]):
+            n = len(rep.prefilling)
+            if n:
+                self.site_waiting[rep.site] -= n
+                self.site_running[rep.site] += n
+            rep.version += 1
+            self._push(rep.wake_s, WAKE, rep, rep.version)
+
+    def _on_wake(self, rep: Replica, t: float) -> None:
+        self._book(rep.site, rep.seg_dur, rep.seg_energy, t)
+        _, done = rep.finish_segment(t)
+        if done:
+            self.site_running[rep.site] -= len(done)
+            for r in done:
+                self._complete(r, t)
+        self._start(rep, t)
+
+    def _on_deliver(self, req: Request, t: float) -> None:
+        s = req.site
+        if self.site_down[s]:
+            self.site_waiting[s] -= 1
+            self._retry_or_fail(req, t)
+            return
+        reps = self.replicas[s]
+        rep = reps[0]
+        if len(reps) > 1:  # the site's own balancer: least loaded replica, lowest index on ties
+            best = rep.load()
+            for r in reps[1:]:
+                ld = r.load()
+                if ld < best:
+                    rep, best = r, ld
+        if req.kv_need > rep.kv_capacity:
+            # Can never fit this replica's KV cache: an explicit failure, not a silent drop.
+            self.site_waiting[s] -= 1
+            self.metrics.failed += 1
+            self.metrics.failed_oversize += 1
+            return
+        rep.waiting.append(req)
+        if rep.state == IDLE:
+            self._start(rep, t)
+        elif rep.state == DECODE and len(rep.waiting) == 1 and rep.can_admit(self.max_batch[s]):
+            if rep.cut_segment(t):
+                rep.version += 1
+                self._push(rep.wake_s, WAKE, rep, rep.version)
+
+    def _on_site_down(self, s: int, t: float) -> None:
+        self.site_down[s] += 1
+        if self.site_down[s] > 1:
+            return
+        for rep in self.replicas[s]:
+            busy, energy = rep.partial_energy(t)
+            self._book(s, busy, energy, t)
+            self.site_waiting[s] -= len(rep.waiting)
+            for req in rep.evict_all():
+                self._retry_or_fail(req, t)
+        self.site_running[s] = 0
+
+    def _retry_or_fail(self, req: Request, t: float) -> None:
+        if req.retries < self.scenario.faults.max_retries:
+            req.retries += 1
+            req.site = -1
+            req.first_token_s = -1.0
+            self.metrics.retried += 1
+            self._seq += 1
+            heapq.heappush(self._retry, (t, self._seq, req))
+        else:
+            self.metrics.failed += 1
+
+    def _complete(self, req: Request, t: float) -> None:
+        m = self.metrics
+        half_rtt = 0.5 * req.rtt_s
+        ttft = req.first_token_s + half_rtt - req.arrival_s + self.api_s
+        out = req.output_tokens
+        tpot = (t - req.first_token_s) / (out - 1) if out > 1 else 0.0
+        m.completed += 1
+        m.ttft_s.append(ttft)
+        m.tpot_s.append(tpot)
+        m.e2e_s.append(t + half_rtt - req.arrival_s + self.api_s)
+        m.network_rtt_ms.append(req.rtt_s * 1e3)
+        m.served_prompt_tokens += req.prompt_tokens
+        m.served_output_tokens += out
+        if ttft <= req.ttft_slo_s and tpot <= req.tpot_slo_s:
+            m.good += 1
+            m.good_prompt_tokens += req.prompt_tokens
+            m.good_output_tokens += out
+            value = req.prompt_tokens * self._value_in + out * self._value_out
+            m.goodput_value_usd += value
+            self.reward_value_usd += value
+
+    # ------------------------------------------------------------------ accounting
+    def hour_utc(self, t: float | None = None) -> float:
+        """UTC hour of day at simulated time t (the scenario's clock; days may be compressed)."""
+        return (self._start_hour + (self.now if t is None else t) * self._hours_per_s) % 24.0
+
+    def _local_hour_index(self, site: int, t: float) -> int:
+        return int((self.hour_utc(t) + self.topology.sites[site].utc_offset_h) % 24.0) % 24
+
+    def _book(self, site: int, busy_s: float, energy_j: float, t: float) -> None:
+        """Charge a replica's busy time and dynamic energy to its site."""
+        if busy_s <= 0.0 and energy_j <= 0.0:
+            return
+        spec = self.topology.sites[site]
+        h = self._local_hour_index(site, t)
+        kwh = energy_j * spec.site_power_factor / J_PER_KWH
+        e_usd = kwh * spec.price_usd_per_kwh[h]
+        g_usd = busy_s * spec.tp * spec.gpu_usd_per_h / 3600.0
+        m = self.metrics
+        m.dyn_energy_j[site] += energy_j * spec.site_power_factor
+        m.dyn_energy_usd[site] += e_usd
+        m.dyn_co2_g[site] += kwh * spec.carbon_g_per_kwh[h]
+        m.busy_gpu_s[site] += busy_s * spec.tp
+        m.busy_gpu_usd[site] += g_usd
+        self.reward_energy_usd += e_usd
+        self.reward_gpu_usd += g_usd
+
+    def take_reward(self) -> tuple[float, float, float]:
+        """(goodput value, energy cost, GPU cost) in $ accrued since the last call."""
+        out = (self.reward_value_usd, self.reward_energy_usd, self.reward_gpu_usd)
+        self.reward_value_usd = self.reward_energy_usd = self.reward_gpu_usd = 0.0
+        return out
+
+    def _end_episode(self) -> None:
+        horizon = self.scenario.horizon_s
+        self.now = horizon
+        for site_reps in self.replicas:
+            for rep in site_reps:
+                busy, energy = rep.partial_energy(horizon)
+                self._book(rep.site, busy, energy, horizon)
+                rep.state = IDLE  # booked up to the horizon; nothing runs after it
+        self.done = True
+
+    def _idle_accounting(self, t_end: float) -> None:
+        """Idle floor of every provisioned GPU and the provisioned GPU cost over [0, t_end]."""
+        m = self.metrics
+        # Hourly series are piecewise constant: integrate them on a grid fine enough to
+        # resolve every local-hour boundary (at most 1/10 of a simulated hour per step).
+        hour_s = 3600.0 * 24.0 / (24.0 * self._hours_per_s) / 24.0
+        n = max(1, int(math.ceil(t_end / (hour_s / 10.0))))
+        n = min(n, 20000)
+        edges = np.linspace(0.0, t_end, n + 1)
+        mids, dt = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
+        hours = (self._start_hour + mids * self._hours_per_s) % 24.0
+        for s, spec in enumerate(self.topology.sites):
+            idx = ((hours + spec.utc_offset_h) % 24.0).astype(np.int64) % 24
+            power_w = spec.idle_w * spec.site_power_factor
+            kwh = power_w * dt / J_PER_KWH
+            m.idle_energy_j[s] = power_w * t_end
+            m.idle_energy_usd[s] = float(np.dot(kwh, np.asarray(spec.price_usd_per_kwh)[idx]))
+            m.idle_co2_g[s] = float(np.dot(kwh, np.asarray(spec.carbon_g_per_kwh)[idx]))
+            m.provisioned_gpu_usd[s] = spec.gpus * spec.gpu_usd_per_h * t_end / 3600.0
+
+    def summary(self) -> dict:
+        """Episode metrics up to now (see Metrics.summary)."""
+        self._idle_accounting(self.now)
+        return self.metrics.summary(self.now)
+
+    # ------------------------------------------------------------------ router view
+    def snapshot(self) -> RouterSnapshot:
+        """What a router sees for the pending request."""
+        req = self.pending
+        if req is None:
+            raise RuntimeError("no pending request")
+        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, req.model,
+                           req.residency, req.ttft_slo_s, req.tpot_slo_s)
+        hour = self.hour_utc()
+        if int(hour) != self._price_hour:
+            self._price_hour = int(hour)
+            self._price_now = [s.price_usd_per_kwh[self._local_hour_index(s.index, self.now)]
+                               for s in self.topology.sites]
+        kv = []
+        for site_reps in self.replicas:
+            used = cap = 0
+            for r in site_reps:
+                used += r.kv_reserved
+                cap += r.kv_capacity
+            kv.append(used / cap)
+        return make_snapshot(
+            self.statics, view, hour,
+            self.site_waiting, self.site_running, kv,
+            self._rtt_ms[req.origin] * self.link_factor[req.origin],
+            self._price_now, [d == 0 for d in self.site_down], self.site_level,
+        )

@@ -1,0 +1,296 @@
+"""What a request router can see, and the one encoder that turns it into an observation.
+
+A :class:`RouterSnapshot` holds per-site live signals (waiting and running requests, KV
+utilization, RTT from the request's origin, energy price, up or down, batching level) and the
+request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
+feasibility mask, the predicted TTFT, the observation vector) is computed here and nowhere else:
+the Gymnasium environment, the heuristic baselines and the exported router at serving time all
+call :func:`make_snapshot` and :func:`encode`.
+
+This module imports numpy only, so a router host needs neither gymnasium nor torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = [
+    "SiteStatics", "RequestView", "RouterSnapshot", "make_snapshot", "encode",
+    "feature_spec", "obs_size", "SITE_FEATURES", "SLO_CLASSES", "SHED",
+]
+
+#: SLO classes, in one-hot order (same as gridenv.core.scenario.SLO_CLASSES).
+SLO_CLASSES: tuple[str, ...] = ("chat", "code", "summarization")
+
+#: Sentinel site index meaning "shed the request" in decisions (the action uses max_sites).
+SHED = -1
+
+#: Per-site features, in observation order: (name, unit, how it is scaled to [0, 1]).
+SITE_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("present", "flag", "1 if the slot holds a site, 0 for padding"),
+    ("up", "flag", "1 if the site is up"),
+    ("feasible", "flag", "1 if the request may go there (the action mask)"),
+    ("waiting", "requests", "outstanding not-yet-running requests / max_waiting, clipped to 1"),
+    ("running", "requests", "running requests / (replicas * largest batch level), clipped to 1"),
+    ("kv_util", "fraction", "reserved KV tokens / KV capacity"),
+    ("ttft_pred", "s", "predicted TTFT / the request's TTFT SLO, divided by 4, clipped to 1"),
+    ("rtt", "ms", "RTT from the request's origin / 200 ms, clipped to 1"),
+    ("energy_price", "$/kWh", "price / 0.5 $/kWh, clipped to 1"),
+    ("batch_level", "index", "current batching level / (levels - 1)"),
+    ("is_edge", "flag", "1 for an edge site, 0 for core"),
+    ("in_origin_region", "flag", "1 if the site is in the request's origin region"),
+)
+N_SITE_FEATURES = len(SITE_FEATURES)
+RTT_SCALE_MS = 200.0
+PRICE_SCALE_USD_PER_KWH = 0.5
+TTFT_RATIO_CLIP = 4.0
+PROMPT_LOG_SCALE = math.log1p(32768.0)
+
+
+@dataclass(frozen=True)
+class SiteStatics:
+    """Static facts about the sites a router routes between (carried in an exported policy)."""
+
+    site_names: tuple[str, ...]
+    region_names: tuple[str, ...]
+    model_names: tuple[str, ...]
+    region_utc_offset_h: tuple[float, ...]
+    site_region: tuple[int, ...]
+    site_model: tuple[int, ...]
+    is_edge: tuple[bool, ...]
+    replicas: tuple[int, ...]
+    max_waiting: tuple[int, ...]  # whole site: replicas * max_queue
+    kv_capacity_tokens: tuple[int, ...]  # per replica
+    batch_levels: tuple[int, ...]
+    max_sites: int
+    api_overhead_s: float
+    # Prefill-time model per site: max(mem_s, tok_s*L + attn_s*L^2/2) + fixed_s + lin_s*L
+    prefill_mem_s: tuple[float, ...]
+    prefill_tok_s: tuple[float, ...]
+    prefill_attn_s: tuple[float, ...]
+    prefill_fixed_s: tuple[float, ...]
+    prefill_lin_s: tuple[float, ...]
+
+    @property
+    def n_sites(self) -> int:
+        return len(self.site_names)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SiteStatics":
+        fields = cls.__dataclass_fields__
+        missing = [k for k in fields if k not in d]
+        if missing:
+            raise ValueError(f"site statics: missing fields {missing}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
+        return cls(**kw)
+
+    @classmethod
+    def from_topology(cls, topo) -> "SiteStatics":
+        sc = topo.scenario
+        perfs = [s.perf for s in topo.sites]
+        return cls(
+            site_names=tuple(topo.site_names),
+            region_names=tuple(topo.region_names),
+            model_names=tuple(_model_names()),
+            region_utc_offset_h=tuple(float(x) for x in topo.region_utc_offset_h),
+            site_region=tuple(s.region for s in topo.sites),
+            site_model=tuple(s.model for s in topo.sites),
+            is_edge=tuple(s.kind == "edge" for s in topo.sites),
+            replicas=tuple(s.replicas for s in topo.sites),
+            max_waiting=tuple(s.replicas * s.max_queue for s in topo.sites),
+            kv_capacity_tokens=tuple(s.kv_capacity_tokens for s in topo.sites),
+            batch_levels=tuple(sc.actions.batch_levels),
+            max_sites=sc.max_sites,
+            api_overhead_s=sc.network.api_overhead_ms / 1000.0,
+            prefill_mem_s=tuple(p.mem_base_s for p in perfs),
+            prefill_tok_s=tuple(p.comp_per_token_s for p in perfs),
+            prefill_attn_s=tuple(p.comp_attn_s for p in perfs),
+            prefill_fixed_s=tuple(p.fixed_s + p.comm_base_s + p.c_per_seq_s for p in perfs),
+            prefill_lin_s=tuple(p.comm_per_token_s for p in perfs),
+        )
+
+
+def _model_names() -> tuple[str, ...]:
+    from gridenv.core.catalog import MODELS
+
+    return tuple(sorted(MODELS))
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """The request being routed, as the router sees it (no output length: that is unknown)."""
+
+    prompt_tokens: int
+    slo_class: int  # index into SLO_CLASSES
+    origin: int  # region index
+    model: int  # index into statics.model_names
+    residency: bool  # must be served in its origin region
+    ttft_slo_s: float
+    tpot_slo_s: float
+
+
+@dataclass
+class RouterSnapshot:
+    """Live signals for every site plus the request, and what is derived from them."""
+
+    statics: SiteStatics
+    request: RequestView
+    hour_utc: float  # time of day, for the diurnal features
+    waiting: np.ndarray  # requests sent but not yet running, per site
+    running: np.ndarray  # requests being prefilled or decoded, per site
+    kv_util: np.ndarray  # fraction of KV capacity reserved, per site
+    rtt_ms: np.ndarray  # RTT from the request's origin, per site
+    energy_price_usd_per_kwh: np.ndarray
+    up: np.ndarray  # bool
+    batch_level: np.ndarray  # int, index into statics.batch_levels
+    # derived by make_snapshot
+    feasible: np.ndarray = None  # bool, per site
+    ttft_pred_s: np.ndarray = None  # per site
+
+    @property
+    def action_mask(self) -> np.ndarray:
+        """Flat MultiDiscrete mask: max_sites + 1 site choices (last = shed), then batch levels."""
+        st = self.statics
+        m = np.zeros(st.max_sites + 1 + len(st.batch_levels), dtype=bool)
+        m[: st.n_sites] = self.feasible
+        m[st.max_sites] = True  # shedding is always allowed
+        m[st.max_sites + 1 :] = True
+        return m
+
+
+def _statics_arrays(st: SiteStatics) -> dict:
+    """numpy views of the statics, cached on the (frozen) object."""
+    cache = st.__dict__.get("_arrays")
+    if cache is None:
+        cache = {
+            "site_region": np.asarray(st.site_region, dtype=np.int64),
+            "site_model": np.asarray(st.site_model, dtype=np.int64),
+            "is_edge": np.asarray(st.is_edge, dtype=np.float64),
+            "replicas": np.asarray(st.replicas, dtype=np.float64),
+            "max_waiting": np.asarray(st.max_waiting, dtype=np.float64),
+            "kv_cap": np.asarray(st.kv_capacity_tokens, dtype=np.float64),
+            "run_cap": np.asarray(st.replicas, dtype=np.float64) * max(st.batch_levels),
+            "p_mem": np.asarray(st.prefill_mem_s), "p_tok": np.asarray(st.prefill_tok_s),
+            "p_attn": np.asarray(st.prefill_attn_s), "p_fixed": np.asarray(st.prefill_fixed_s),
+            "p_lin": np.asarray(st.prefill_lin_s),
+            "level_den": float(max(len(st.batch_levels) - 1, 1)),
+        }
+        object.__setattr__(st, "_arrays", cache)
+    return cache
+
+
+def prefill_time_s(st: SiteStatics, prompt_tokens: float) -> np.ndarray:
+    """Per-site time to prefill one prompt alone (the roofline model of gridenv.core.perf)."""
+    a = _statics_arrays(st)
+    L = float(prompt_tokens)
+    comp = a["p_tok"] * L + a["p_attn"] * (L * L * 0.5)
+    return np.maximum(a["p_mem"], comp) + a["p_fixed"] + a["p_lin"] * L
+
+
+def make_snapshot(
+    statics: SiteStatics,
+    request: RequestView,
+    hour_utc: float,
+    waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+) -> RouterSnapshot:
+    """Build a snapshot and derive its feasibility mask and predicted TTFTs."""
+    a = _statics_arrays(statics)
+    waiting = np.asarray(waiting, dtype=np.float64)
+    running = np.asarray(running, dtype=np.float64)
+    up = np.asarray(up, dtype=bool)
+    rtt_ms = np.asarray(rtt_ms, dtype=np.float64)
+    feasible = (
+        up
+        & (a["site_model"] == request.model)
+        & (waiting < a["max_waiting"])
+        & (request.prompt_tokens < a["kv_cap"])
+    )
+    if request.residency:
+        feasible &= a["site_region"] == request.origin
+    # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
+    # of similar length) spread over the site's replicas.
+    ttft = (
+        rtt_ms * 1e-3 + statics.api_overhead_s
+        + prefill_time_s(statics, request.prompt_tokens) * (1.0 + waiting / a["replicas"])
+    )
+    return RouterSnapshot(
+        statics=statics, request=request, hour_utc=float(hour_utc),
+        waiting=waiting, running=running, kv_util=np.asarray(kv_util, dtype=np.float64),
+        rtt_ms=rtt_ms,
+        energy_price_usd_per_kwh=np.asarray(energy_price_usd_per_kwh, dtype=np.float64),
+        up=up, batch_level=np.asarray(batch_level, dtype=np.int64),
+        feasible=feasible, ttft_pred_s=ttft,
+    )
+
+
+def obs_size(statics: SiteStatics) -> int:
+    return statics.max_sites * N_SITE_FEATURES + _request_size(statics)
+
+
+def _request_size(st: SiteStatics) -> int:
+    # prompt, SLO one-hot, origin one-hot, model one-hot, residency, hour sin, hour cos
+    return 1 + len(SLO_CLASSES) + len(st.region_names) + len(st.model_names) + 1 + 2
+
+
+def feature_spec(statics: SiteStatics) -> list[dict]:
+    """Names, order, units and scaling of every observation element (for exported policies)."""
+    spec = []
+    for slot in range(statics.max_sites):
+        for name, unit, scale in SITE_FEATURES:
+            spec.append({"name": f"site[{slot}].{name}", "unit": unit, "scale": scale})
+    spec.append({"name": "request.prompt_tokens", "unit": "tokens",
+                 "scale": "log1p(tokens) / log1p(32768), clipped to 1"})
+    spec += [{"name": f"request.slo_class={c}", "unit": "flag", "scale": "one-hot"} for c in SLO_CLASSES]
+    spec += [{"name": f"request.origin={r}", "unit": "flag", "scale": "one-hot"} for r in statics.region_names]
+    spec += [{"name": f"request.model={m}", "unit": "flag", "scale": "one-hot"} for m in statics.model_names]
+    spec.append({"name": "request.residency", "unit": "flag", "scale": "1 if it must stay in its region"})
+    spec.append({"name": "origin_hour.sin", "unit": "1", "scale": "sin(2 pi local hour / 24)"})
+    spec.append({"name": "origin_hour.cos", "unit": "1", "scale": "cos(2 pi local hour / 24)"})
+    return spec
+
+
+def encode(snap: RouterSnapshot, out: np.ndarray | None = None) -> np.ndarray:
+    """The observation vector (float32, in [-1, 1]) of a snapshot."""
+    st = snap.statics
+    a = _statics_arrays(st)
+    req = snap.request
+    n, F = st.n_sites, N_SITE_FEATURES
+    if out is None:
+        out = np.zeros(obs_size(st), dtype=np.float32)
+    else:
+        out[:] = 0.0
+    site = np.empty((n, F), dtype=np.float64)
+    site[:, 0] = 1.0
+    site[:, 1] = snap.up
+    site[:, 2] = snap.feasible
+    site[:, 3] = snap.waiting / a["max_waiting"]
+    site[:, 4] = snap.running / a["run_cap"]
+    site[:, 5] = snap.kv_util
+    site[:, 6] = snap.ttft_pred_s / (req.ttft_slo_s * TTFT_RATIO_CLIP)
+    site[:, 7] = snap.rtt_ms / RTT_SCALE_MS
+    site[:, 8] = snap.energy_price_usd_per_kwh / PRICE_SCALE_USD_PER_KWH
+    site[:, 9] = snap.batch_level / a["level_den"]
+    site[:, 10] = a["is_edge"]
+    site[:, 11] = a["site_region"] == req.origin
+    np.clip(site, 0.0, 1.0, out=site)
+    out[: n * F] = site.ravel()
+    i = st.max_sites * F
+    out[i] = min(math.log1p(req.prompt_tokens) / PROMPT_LOG_SCALE, 1.0)
+    i += 1
+    out[i + req.slo_class] = 1.0
+    i += len(SLO_CLASSES)
+    out[i + req.origin] = 1.0
+    i += len(st.region_names)
+    out[i + req.model] = 1.0
+    i += len(st.model_names)
+    out[i] = 1.0 if req.residency else 0.0
+    hour = (snap.hour_utc + st.region_utc_offset_h[req.origin]) % 24.0
+    out[i + 1] = math.sin(2.0 * math.pi * hour / 24.0)
+    out[i + 2] = math.cos(2.0 * math.pi * hour / 24.0)
+    return out

@@ -1,0 +1,216 @@
+"""The Gymnasium layer: a thin template over :class:`gridenv.core.simulator.GridSimulator`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from gridenv.core.scenario import Scenario, load_scenario
+from gridenv.core.simulator import SHED, GridSimulator
+from gridenv.core.snapshot import RouterSnapshot, encode, obs_size
+
+__all__ = ["GridEnv", "InvalidActionError"]
+
+
+class InvalidActionError(ValueError):
+    """A masked (infeasible) action under ``actions.invalid_action: raise``."""
+
+
+class GridEnv(gym.Env):
+    """
+    ## Description
+
+    Route LLM requests across a grid of GPU inference sites: small edge sites close to users and
+    large core data centers further away. Each step is one routing decision for one arriving
+    request (or one re-routed after a site outage): which site serves it, or shed it, and the
+    maximum batch size the target site runs with from now on. Between decisions an event-driven
+    simulator serves requests with continuous batching, a roofline iteration-time model
+    calibrated against measured vLLM/Splitwise numbers, KV-cache limits, network RTTs, outages,
+    and a power and cost model (see the README and ``shared/reference/physics.md``).
+
+    ## Action Space
+
+    ``MultiDiscrete([max_sites + 1, n_batch_levels])``:
+
+    | component | values | meaning |
+    |---|---|---|
+    | 0: site | ``0 .. max_sites - 1`` | the site slot that serves the request |
+    |         | ``max_sites`` | shed the request (refuse it, as an HTTP 429) |
+    | 1: batch level | ``0 .. n_batch_levels - 1`` | maximum batch size of the target site, an index into the scenario's ``batch_levels`` (default ``[8, 32, 128]``); ignored when shedding |
+
+    ``env.action_masks()`` (read by sb3-contrib's MaskablePPO) and ``info["action_mask"]`` give a
+    flat boolean mask of length ``max_sites + 1 + n_batch_levels``. A site is infeasible when
+    it is down, serves another model, lies outside the origin region of a request with
+    residency, has a full waiting queue (``max_queue`` per replica), or cannot hold the prompt
+    in KV cache; padding slots are never feasible; shedding always is. An infeasible site
+    choice is, by default (``actions.invalid_action: shed``), handled by shedding the request
+    and counting it in ``info["invalid_action"]`` and the metric ``invalid_actions``; with
+    ``invalid_action: raise`` it raises :class:`InvalidActionError`.
+
+    ## Observation Space
+
+    ``Box(-1, 1, (max_sites * 12 + 9 + n_regions,), float32)``, encoded by
+    ``gridenv.core.snapshot.encode`` from the router-visible snapshot (the same encoder the
+    exported router uses). Per site slot, 12 features in [0, 1]: present, up, feasible,
+    waiting, running, KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin,
+    energy price, current batch level, edge flag, in-origin-region flag (padding slots are all
+    zero). Then the request: log prompt length, SLO class one-hot (chat, code, summarization),
+    origin region one-hot, model one-hot (llama-2-70b, llama-3-70b, llama-3-8b), residency
+    flag, and sin/cos of the origin's local hour. ``gridenv.core.snapshot.feature_spec`` lists
+    every element with its unit and scaling.
+
+    ## Rewards
+
+    In US dollars per decision, summed over everything that happened since the previous
+    decision, and reported term by term in ``info["rewards"]``:
+
+    ``reward = goodput_value - energy_cost - gpu_cost``
+
+    * ``goodput_value`` ($): for every request completed within both its TTFT and TPOT SLO,
+      ``prompt_tokens * input_value + output_tokens * output_value`` (scenario ``economics``,
+      $/Mtok). Requests that miss an SLO, are shed or fail earn nothing.
+    * ``energy_cost`` ($): the dynamic energy (above the GPUs' idle floor) of the iterations
+      run, times PUE and server overhead, at the site's electricity price at that hour.
+    * ``gpu_cost`` ($): GPU-seconds spent running iterations times the site's $/GPU-hour.
+
+    Every term responds to the decision: where a request runs sets its latency (value), the
+    site's energy price and efficiency (energy) and the GPU time it takes (cost); the batch
+    level trades throughput against TPOT. The idle floor and provisioned GPU cost do not
+    depend on routing and are reported in the episode metrics, not in the reward.
+
+    ## Starting State and Episode End
+
+    ``reset(seed=...)`` draws the episode's arrivals, lengths, SLO classes and random faults from
+    ``self.np_random``: the same seed gives every policy the same arrival sequence. The episode
+    never terminates; it is **truncated** when the simulated clock reaches ``horizon_s``.
+    ``info["episode_metrics"]`` then holds goodput, SLO attainment, TTFT/TPOT percentiles,
+    energy, cost, $/Mtok, tokens per joule and CO2 (``GridSimulator.summary``).
+
+    ## Arguments
+
+    ``gym.make("gridenv/Metro-v0", config={...}, render_mode=None)``: ``config`` is deep-merged
+    into the scenario YAML (e.g. ``{"workload": {"rate_rps": 40}}``); ``scenario=`` takes a
+    scenario name, a YAML path or a :class:`Scenario`.
+
+    ## Registered Configurations
+
+    One id per file in ``configs/scenarios/``: ``gridenv/Metro-v0``, ``gridenv/Continental-v0``,
+    ``gridenv/Outage-v0``, ``gridenv/Bursty-v0``, ``gridenv/Centralized-v0``,
+    ``gridenv/DistributedEdge-v0`` (see the README's table).
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        scenario: str | Scenario = "metro",
+        config: dict | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(scenario, Scenario):
+            self.scenario = scenario if not config else load_scenario(scenario.model_dump(), config)
+        else:
+            self.scenario = load_scenario(scenario, config)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
+        self.render_mode = render_mode
+        self.sim = GridSimulator(self.scenario)
+        st = self.sim.statics
+        self.max_sites = st.max_sites
+        self.n_levels = len(st.batch_levels)
+        self.action_space = spaces.MultiDiscrete([self.max_sites + 1, self.n_levels])
+        self.observation_space = spaces.Box(-1.0, 1.0, (obs_size(st),), dtype=np.float32)
+        self._raise_invalid = self.scenario.actions.invalid_action == "raise"
+        self._snap: RouterSnapshot | None = None
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.sim.reset(self.np_random)
+        self.sim.take_reward()
+        obs = self._observe()
+        return obs, {"action_mask": self.action_masks()}
+
+    def step(self, action):
+        if self.sim.done:
+            raise RuntimeError("step() after the episode ended: call reset()")
+        if self._snap is None:
+            raise RuntimeError("step() before reset()")
+        site, level = self._decode_action(action)
+        invalid = False
+        if site != SHED and (site >= self.sim.n_sites or not self._snap.feasible[site]):
+            if self._raise_invalid:
+                raise InvalidActionError(
+                    f"site slot {site} is masked for this request (feasible slots: "
+                    f"{np.flatnonzero(self._snap.feasible).tolist()}, shed = {self.max_sites})"
+                )
+            invalid = True
+            self.sim.metrics.invalid_actions += 1
+            site = SHED
+        self.sim.decide(site, level)  # simulate until the next decision
+        value, energy, gpu = self.sim.take_reward()
+        reward = value - energy - gpu
+        obs = self._observe()
+        truncated = self.sim.done
+        info: dict[str, Any] = {
+            "rewards": {"goodput_value_usd": value, "energy_cost_usd": energy, "gpu_cost_usd": gpu},
+            "action_mask": self.action_masks(),
+            "invalid_action": invalid,
+            "sim_time_s": self.sim.now,
+        }
+        if truncated:
+            info["episode_metrics"] = self.sim.summary()
+        return obs, float(reward), False, truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """Flat mask: site slots + shed, then batch levels (sb3-contrib MaskablePPO format)."""
+        if self._snap is None:
+            m = np.zeros(self.max_sites + 1 + self.n_levels, dtype=bool)
+            m[self.max_sites:] = True  # nothing to route: only "shed" is meaningful
+            return m
+        return self._snap.action_mask
+
+    # ------------------------------------------------------------------ helpers
+    def _decode_action(self, action) -> tuple[int, int]:
+        a = np.asarray(action)
+        if a.shape != (2,):
+            raise InvalidActionError(f"action must have shape (2,) [site, batch_level], got {a.shape}")
+        site, level = int(a[0]), int(a[1])
+        if not 0 <= site <= self.max_sites or not 0 <= level < self.n_levels:
+            raise InvalidActionError(
+                f"action {[site, level]} outside MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
+            )
+        return (SHED if site == self.max_sites else site), level
+
+    def _observe(self) -> np.ndarray:
+        if self.sim.pending is None:  # episode over: the last observation carries no request
+            self._snap = None
+            return np.zeros(self.observation_space.shape, dtype=np.float32)
+        self._snap = self.sim.snapshot()
+        return encode(self._snap)
+
+    @property
+    def snapshot(self) -> RouterSnapshot | None:
+        """The router-visible snapshot behind the current observation (for heuristics)."""
+        return self._snap
+
+    def episode_metrics(self) -> dict:
+        return self.sim.summary()
+
+    # ------------------------------------------------------------------ rendering
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode")
+            return None
+        from gridenv.envs import render as _render
+
+        if self.render_mode == "ansi":
+            return _render.ansi(self)
+        return _render.rgb_array(self)

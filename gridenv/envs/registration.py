@@ -1,0 +1,29 @@
+"""One registered, versioned Gymnasium id per scenario YAML in ``configs/scenarios/``."""
+
+from __future__ import annotations
+
+__all__ = ["env_id", "register_envs", "ENV_VERSION"]
+
+#: Bump when dynamics or reward change (and add a line to GridEnv's Version History).
+ENV_VERSION = 0
+
+
+def env_id(scenario_name: str) -> str:
+    """``distributed-edge`` -> ``gridenv/DistributedEdge-v0``."""
+    camel = "".join(part.capitalize() for part in scenario_name.replace("_", "-").split("-"))
+    return f"gridenv/{camel}-v{ENV_VERSION}"
+
+
+def register_envs() -> list[str]:
+    import gymnasium as gym
+
+    from gridenv.core.scenario import scenario_names
+
+    ids = []
+    for name in scenario_names():
+        eid = env_id(name)
+        if eid not in gym.registry:
+            gym.register(id=eid, entry_point="gridenv.envs.grid_env:GridEnv",
+                         kwargs={"scenario": name}, disable_env_checker=False)
+        ids.append(eid)
+    return ids
