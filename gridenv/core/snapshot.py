@@ -13,7 +13,7 @@ This module imports numpy only, so a router host needs neither gymnasium nor tor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -152,6 +152,7 @@ class RouterSnapshot:
     # derived by make_snapshot
     feasible: np.ndarray = None  # bool, per site
     ttft_pred_s: np.ndarray = None  # per site
+    _signals: np.ndarray | None = field(default=None, repr=False)  # stacked rows, for encode
 
     @property
     def action_mask(self) -> np.ndarray:
@@ -181,6 +182,21 @@ def _statics_arrays(st: SiteStatics) -> dict:
             "p_lin": np.asarray(st.prefill_lin_s),
             "level_den": float(max(len(st.batch_levels) - 1, 1)),
         }
+        n = st.n_sites
+        cache["kv_cap_min"] = float(cache["kv_cap"].min())
+        cache["model_ok"] = [cache["site_model"] == m for m in range(len(st.model_names))]
+        cache["in_region"] = [
+            (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
+        ]
+        # Per-feature scale, rows in SITE_FEATURES order (ttft_pred is scaled per request).
+        scale = np.ones((N_SITE_FEATURES, n))
+        scale[3] = 1.0 / cache["max_waiting"]
+        scale[4] = 1.0 / cache["run_cap"]
+        scale[7] = 1.0 / RTT_SCALE_MS
+        scale[8] = 1.0 / PRICE_SCALE_USD_PER_KWH
+        scale[9] = 1.0 / cache["level_den"]
+        cache["scale"] = scale
+        cache["obs_size"] = obs_size(st)
         object.__setattr__(st, "_arrays", cache)
     return cache
 
@@ -201,31 +217,27 @@ def make_snapshot(
 ) -> RouterSnapshot:
     """Build a snapshot and derive its feasibility mask and predicted TTFTs."""
     a = _statics_arrays(statics)
-    waiting = np.asarray(waiting, dtype=np.float64)
-    running = np.asarray(running, dtype=np.float64)
-    up = np.asarray(up, dtype=bool)
-    rtt_ms = np.asarray(rtt_ms, dtype=np.float64)
-    feasible = (
-        up
-        & (a["site_model"] == request.model)
-        & (waiting < a["max_waiting"])
-        & (request.prompt_tokens < a["kv_cap"])
+    # One conversion for all live signals (rows), then views: cheap on the hot path.
+    sig = np.array(
+        (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level),
+        dtype=np.float64,
     )
+    waiting, rtt_ms, up = sig[0], sig[3], sig[5] > 0.0
+    feasible = up & a["model_ok"][request.model] & (waiting < a["max_waiting"])
+    if request.prompt_tokens >= a["kv_cap_min"]:
+        feasible &= request.prompt_tokens < a["kv_cap"]
     if request.residency:
         feasible &= a["site_region"] == request.origin
     # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
     # of similar length) spread over the site's replicas.
-    ttft = (
-        rtt_ms * 1e-3 + statics.api_overhead_s
-        + prefill_time_s(statics, request.prompt_tokens) * (1.0 + waiting / a["replicas"])
-    )
+    ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + prefill_time_s(
+        statics, request.prompt_tokens
+    ) * (1.0 + waiting / a["replicas"])
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
-        waiting=waiting, running=running, kv_util=np.asarray(kv_util, dtype=np.float64),
-        rtt_ms=rtt_ms,
-        energy_price_usd_per_kwh=np.asarray(energy_price_usd_per_kwh, dtype=np.float64),
-        up=up, batch_level=np.asarray(batch_level, dtype=np.int64),
-        feasible=feasible, ttft_pred_s=ttft,
+        waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
+        energy_price_usd_per_kwh=sig[4], up=up, batch_level=sig[6].astype(np.int64),
+        feasible=feasible, ttft_pred_s=ttft, _signals=sig,
     )
 
 
@@ -262,24 +274,28 @@ def encode(snap: RouterSnapshot, out: np.ndarray | None = None) -> np.ndarray:
     req = snap.request
     n, F = st.n_sites, N_SITE_FEATURES
     if out is None:
-        out = np.zeros(obs_size(st), dtype=np.float32)
+        out = np.zeros(a["obs_size"], dtype=np.float32)
     else:
         out[:] = 0.0
-    site = np.empty((n, F), dtype=np.float64)
-    site[:, 0] = 1.0
-    site[:, 1] = snap.up
-    site[:, 2] = snap.feasible
-    site[:, 3] = snap.waiting / a["max_waiting"]
-    site[:, 4] = snap.running / a["run_cap"]
-    site[:, 5] = snap.kv_util
-    site[:, 6] = snap.ttft_pred_s / (req.ttft_slo_s * TTFT_RATIO_CLIP)
-    site[:, 7] = snap.rtt_ms / RTT_SCALE_MS
-    site[:, 8] = snap.energy_price_usd_per_kwh / PRICE_SCALE_USD_PER_KWH
-    site[:, 9] = snap.batch_level / a["level_den"]
-    site[:, 10] = a["is_edge"]
-    site[:, 11] = a["site_region"] == req.origin
+    sig = snap._signals
+    if sig is None:  # built by hand, not by make_snapshot
+        sig = np.array((snap.waiting, snap.running, snap.kv_util, snap.rtt_ms,
+                        snap.energy_price_usd_per_kwh, snap.up, snap.batch_level), dtype=np.float64)
+    # Columns in SITE_FEATURES order, then one scale-and-clip for the whole block.
+    site = np.empty((F, n), dtype=np.float64)
+    site[0] = 1.0
+    site[1] = snap.up
+    site[2] = snap.feasible
+    site[3:6] = sig[0:3]
+    site[6] = snap.ttft_pred_s
+    site[7:9] = sig[3:5]
+    site[9] = sig[6]
+    site[10] = a["is_edge"]
+    site[11] = a["in_region"][req.origin]
+    site *= a["scale"]
+    site[6] *= 1.0 / (req.ttft_slo_s * TTFT_RATIO_CLIP)
     np.clip(site, 0.0, 1.0, out=site)
-    out[: n * F] = site.ravel()
+    out[: n * F] = site.T.ravel()
     i = st.max_sites * F
     out[i] = min(math.log1p(req.prompt_tokens) / PROMPT_LOG_SCALE, 1.0)
     i += 1
