@@ -24,10 +24,45 @@ import math
 
 from gridenv.core.catalog import DTYPE_BYTES, GPUSpec, ModelSpec
 
-__all__ = ["ReplicaPerf", "KV_MEMORY_FRACTION", "software_stack"]
+__all__ = [
+    "ReplicaPerf", "KV_MEMORY_FRACTION", "SOFTWARE_STACKS", "DEFAULT_SOFTWARE_STACK",
+    "ENERGY_SCALE_DEFAULT", "software_stack",
+]
 
 #: Vidur's memory planner keeps a 10% margin: KV gets 0.9 * memory - weights.
 KV_MEMORY_FRACTION = 0.9
+
+#: CPU-side overheads of a serving stack, as ``ReplicaPerf`` keyword arguments: ``c_iter_s`` per
+#: iteration (scheduler, input preparation, sampling launch) and ``c_per_seq_s`` per sequence in
+#: the batch (block tables, sampling, detokenization). Neither changes the GPU-side roofline.
+SOFTWARE_STACKS: dict[str, dict[str, float]] = {
+    # Modern vLLM (0.6-era, 2024): physics.md gives 0.1-2 ms per step; inference-sim (BLIS)
+    # fits beta7 = 0.13 ms/step + 4.4 us/request. 1 ms per step also covers the sampling and
+    # detokenization that BLIS attributes elsewhere.
+    "vllm-2024": {"c_iter_s": 1e-3, "c_per_seq_s": 4.4e-6},
+    # The 2023 stack behind splitwise-sim's measured table (splitwise_perf_model.csv): physics.md
+    # gives 5-15 ms per step. Fit to that table (tests/core/test_calibration.py): at batch 1 the
+    # measured time between tokens exceeds the roofline (weights + all-reduce latency + launches)
+    # by 9-10 ms at TP4 and 16-21 ms at TP8 (Llama-2-70B, A100 and H100), so 12 ms per step;
+    # from batch 1 to 64 it grows 0.32-0.44 ms per added sequence of which KV reads and
+    # all-reduce bytes explain about 0.03 ms (0.2-0.3 ms per sequence from 1 to 16), so
+    # 0.25 ms per sequence (Python-side scheduling and per-sequence sampling of that era).
+    "splitwise-2023": {"c_iter_s": 12e-3, "c_per_seq_s": 0.25e-3},
+}
+
+#: The stack ``ReplicaPerf`` assumes when none is given.
+DEFAULT_SOFTWARE_STACK = "vllm-2024"
+
+#: Dynamic-energy calibration factor (``ReplicaPerf.energy_scale``). physics.md section 4: the
+#: raw model's GPU energy per token is about 2x below ML.ENERGY's measurement (Llama-3.1-8B on
+#: H100, batch 64: 0.12 J/token, which includes prefill and framework time). With 2.0, Llama-3-8B
+#: TP1 on H100 (vllm-2024 stack) decoding a batch of 64 at 1000 / 1500 / 2000 tokens of context
+#: gives 0.112 / 0.126 / 0.139 J/token (dynamic + idle floor), against 0.063 / 0.070 / 0.078 raw.
+#: Splitwise's measured A100 average power (Llama-2-70B, TP2-8, batch 1-16, 2023 stack) implies
+#: a factor of 1.6-2.6 on the same dynamic term. Caveat: the factor scales energy after the busy
+#: time is clipped at the iteration time, so a compute-bound (prefill) iteration is booked at
+#: idle + 2 x (TDP - idle), above TDP; it calibrates energy per token, not instantaneous power.
+ENERGY_SCALE_DEFAULT = 2.0
 
 
 class ReplicaPerf:
@@ -47,9 +82,9 @@ class ReplicaPerf:
         tp: int,
         weight_dtype: str = "bf16",
         kv_dtype: str = "bf16",
-        c_iter_s: float = 1e-3,
-        c_per_seq_s: float = 4.4e-6,
-        energy_scale: float = 1.0,
+        c_iter_s: float = SOFTWARE_STACKS[DEFAULT_SOFTWARE_STACK]["c_iter_s"],
+        c_per_seq_s: float = SOFTWARE_STACKS[DEFAULT_SOFTWARE_STACK]["c_per_seq_s"],
+        energy_scale: float = ENERGY_SCALE_DEFAULT,
     ) -> None:
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
@@ -171,23 +206,31 @@ class ReplicaPerf:
         # Compute-bound iterations (constant time) come first, since memory time grows.
         n_c = self._compute_bound_iters(a, b, t_comp, 1 << 62)
         t_c = t_comp + k_fixed
-        if n_c > 0:
-            if dt < n_c * t_c:
-                return int(dt // t_c)
-            dt -= n_c * t_c
-        # Memory-bound iterations j = 0, 1, ...: time a1 + b*j.
-        a1 = a + b * n_c + k_fixed
-        if b <= 0.0:
-            m = int(dt // a1)
+        rest = dt
+        if n_c > 0 and dt < n_c * t_c:
+            n = int(dt // t_c)
         else:
-            p = a1 - 0.5 * b
-            m = int((-p + math.sqrt(p * p + 2.0 * b * dt)) / b)
-            # Guard the float rounding of the closed form.
-            while m > 0 and m * a1 + b * m * (m - 1) * 0.5 > dt:
-                m -= 1
-            while (m + 1) * a1 + b * (m + 1) * m * 0.5 <= dt:
-                m += 1
-        return n_c + m
+            rest -= n_c * t_c
+            # Memory-bound iterations j = 0, 1, ...: time a1 + b*j.
+            a1 = a + b * n_c + k_fixed
+            if b <= 0.0:
+                m = int(rest // a1)
+            else:
+                p = a1 - 0.5 * b
+                m = int((-p + math.sqrt(p * p + 2.0 * b * rest)) / b)
+                # Guard the float rounding of the closed form.
+                while m > 0 and m * a1 + b * m * (m - 1) * 0.5 > rest:
+                    m -= 1
+                while (m + 1) * a1 + b * (m + 1) * m * 0.5 <= rest:
+                    m += 1
+            n = n_c + m
+        # Agree exactly with decode_segment, whose closed form rounds differently: dt equal to
+        # the duration of k iterations gives k (a hair less gives k - 1). Moves 0 or 1 step.
+        while n > 0 and self.decode_segment(decode_n, ctx_sum0, n)[0] > dt:
+            n -= 1
+        while self.decode_segment(decode_n, ctx_sum0, n + 1)[0] <= dt:
+            n += 1
+        return n
 
 
 def software_stack(name: str) -> dict:

@@ -55,6 +55,10 @@ class GridSimulator:
         self._rtt_ms = self.topology.rtt_ms
         self.arrivals: Arrivals | None = None
         self.done = True
+        if scenario.workload.arrivals == "trace":  # fail at construction on a bad trace file
+            from gridenv.core.workload import load_trace_cached
+
+            load_trace_cached(scenario.workload.trace.path, scenario.workload.trace.format)
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:
@@ -357,6 +361,22 @@ class GridSimulator:
         """Episode metrics up to now (see Metrics.summary)."""
         self._idle_accounting(self.now)
         return self.metrics.summary(self.now)
+
+    def in_flight_census(self) -> dict:
+        """Count in-flight requests from the data structures themselves (for invariant checks):
+        pending decision, in transit to a site, queued, prefilling, decoding, awaiting re-routing."""
+        transit = sum(1 for e in self._events if e[2] == DELIVER)
+        queued = prefilling = decoding = 0
+        for site_reps in self.replicas:
+            for r in site_reps:
+                queued += len(r.waiting)
+                prefilling += len(r.prefilling)
+                decoding += len(r.running)
+        return {
+            "pending": 0 if self.pending is None else 1,
+            "transit": transit, "queued": queued, "prefilling": prefilling,
+            "decoding": decoding, "retry": len(self._retry),
+        }
 
     # ------------------------------------------------------------------ router view
     def snapshot(self) -> RouterSnapshot:

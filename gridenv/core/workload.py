@@ -100,7 +100,7 @@ def _lengths(rng: np.random.Generator, dist: LengthDist, n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_trace_cached(path: str, fmt: str | None):
+def load_trace_cached(path: str, fmt: str | None):
     from gridenv.core.traces import load_trace
 
     return load_trace(path, fmt)
@@ -115,7 +115,7 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
 
     if w.arrivals == "trace":
         tr = w.trace
-        trace = _load_trace_cached(tr.path, tr.format)
+        trace = load_trace_cached(tr.path, tr.format)
         base_t = trace.arrival_s / tr.rate_scale
         prompt, output = trace.prompt_tokens, trace.output_tokens
         span = max(base_t[-1], 1e-9) + (base_t[-1] / max(len(base_t) - 1, 1))

@@ -22,8 +22,12 @@ def register_envs() -> list[str]:
     ids = []
     for name in scenario_names():
         eid = env_id(name)
-        if eid not in gym.registry:
-            gym.register(id=eid, entry_point="gridenv.envs.grid_env:GridEnv",
-                         kwargs={"scenario": name}, disable_env_checker=False)
+        # The namespaced id, and a bare alias so that the module:id form
+        # gym.make("gridenv:Metro-v0") works in a fresh interpreter (it imports gridenv, then
+        # looks the part after the colon up); "gridenv:gridenv/Metro-v0" works as well.
+        for rid in (eid, eid.split("/", 1)[1]):
+            if rid not in gym.registry:
+                gym.register(id=rid, entry_point="gridenv.envs.grid_env:GridEnv",
+                             kwargs={"scenario": name})
         ids.append(eid)
     return ids
