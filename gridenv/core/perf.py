@@ -57,7 +57,8 @@ DEFAULT_SOFTWARE_STACK = "vllm-2024"
 #: raw model's GPU energy per token is about 2x below ML.ENERGY's measurement (Llama-3.1-8B on
 #: H100, batch 64: 0.12 J/token, which includes prefill and framework time). With 2.0, Llama-3-8B
 #: TP1 on H100 (vllm-2024 stack) decoding a batch of 64 at 1000 / 1500 / 2000 tokens of context
-#: gives 0.112 / 0.126 / 0.139 J/token (dynamic + idle floor), against 0.063 / 0.070 / 0.078 raw.
+#: gives 0.110 / 0.123 / 0.137 J/token (dynamic + idle floor), against 0.061 / 0.069 / 0.077 raw
+#: (tests/core/test_perf.py).
 #: Splitwise's measured A100 average power (Llama-2-70B, TP2-8, batch 1-16, 2023 stack) implies
 #: a factor of 1.6-2.6 on the same dynamic term. Caveat: the factor scales energy after the busy
 #: time is clipped at the iteration time, so a compute-bound (prefill) iteration is booked at
