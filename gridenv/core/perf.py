@@ -13,7 +13,7 @@ so k decode iterations take an arithmetic series of time (``decode_segment``) an
 iterations that fit in a time span has a closed form (``decode_iters_within``): the engine jumps
 from event to event and its cost grows with requests, not tokens.
 
-Power: ``P_gpu = P_idle + (TDP - P_idle) * min(1, 0.9 u_c + 0.4 u_m)`` with ``u_c = T_comp/T_iter``
+Power: ``P_gpu = P_idle + (TDP - P_idle) * min(1, s * (0.9 u_c + 0.4 u_m))`` with ``u_c = T_comp/T_iter``
 and ``u_m = T_mem/T_iter``. This module returns the *dynamic* energy above the idle floor; the
 idle floor is accounted per site for all provisioned GPUs.
 """
@@ -60,9 +60,9 @@ DEFAULT_SOFTWARE_STACK = "vllm-2024"
 #: gives 0.110 / 0.123 / 0.137 J/token (dynamic + idle floor), against 0.061 / 0.069 / 0.077 raw
 #: (tests/core/test_perf.py).
 #: Splitwise's measured A100 average power (Llama-2-70B, TP2-8, batch 1-16, 2023 stack) implies
-#: a factor of 1.6-2.6 on the same dynamic term. Caveat: the factor scales energy after the busy
-#: time is clipped at the iteration time, so a compute-bound (prefill) iteration is booked at
-#: idle + 2 x (TDP - idle), above TDP; it calibrates energy per token, not instantaneous power.
+#: a factor of 1.6-2.6 on the same dynamic term. The factor scales the utilization term before
+#: it is capped at 1, so a GPU never draws more than its TDP (a compute-bound prefill iteration
+#: is booked at TDP).
 ENERGY_SCALE_DEFAULT = 2.0
 
 
@@ -153,8 +153,8 @@ class ReplicaPerf:
 
     def iter_energy_j(self, t_iter: float, t_comp: float, t_mem: float) -> float:
         """Dynamic (above idle) GPU energy of one iteration on all tp GPUs, joules."""
-        busy = 0.9 * t_comp + 0.4 * t_mem
-        return self.energy_scale * self.dyn_power_w * (busy if busy < t_iter else t_iter)
+        busy = self.energy_scale * (0.9 * t_comp + 0.4 * t_mem)
+        return self.dyn_power_w * (busy if busy < t_iter else t_iter)
 
     def prefill_time_s(self, prompt_tokens: float) -> float:
         """Time of an iteration that prefills one prompt alone (no decoders)."""
@@ -192,8 +192,8 @@ class ReplicaPerf:
         # memory-bound part: i in [i_c, k)
         mem_tail = (k - i_c) * a + b * (k * (k - 1) - i_c * (i_c - 1)) * 0.5
         duration = i_c * t_comp + mem_tail + k * k_fixed
-        busy = 0.9 * t_comp * k + 0.4 * mem_sum
-        energy = self.energy_scale * self.dyn_power_w * (busy if busy < duration else duration)
+        busy = self.energy_scale * (0.9 * t_comp * k + 0.4 * mem_sum)
+        energy = self.dyn_power_w * (busy if busy < duration else duration)
         return duration, energy
 
     def decode_iters_within(self, decode_n: int, ctx_sum0: float, dt: float) -> int:
@@ -236,11 +236,7 @@ class ReplicaPerf:
 
 def software_stack(name: str) -> dict:
     """ReplicaPerf keyword arguments of a named serving-software profile (``SOFTWARE_STACKS``)."""
-    stacks = globals().get("SOFTWARE_STACKS") or {
-        "vllm-2024": {"c_iter_s": 1e-3, "c_per_seq_s": 4.4e-6},
-        "splitwise-2023": {"c_iter_s": 9e-3, "c_per_seq_s": 4.4e-6},
-    }
     try:
-        return dict(stacks[name])
+        return dict(SOFTWARE_STACKS[name])
     except KeyError:
-        raise KeyError(f"unknown software_stack {name!r}; known: {sorted(stacks)}") from None
+        raise KeyError(f"unknown software_stack {name!r}; known: {sorted(SOFTWARE_STACKS)}") from None

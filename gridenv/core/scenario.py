@@ -290,6 +290,15 @@ class Scenario(_Strict):
             raise ValueError(f"workload.trace.slo_class: {self.workload.trace.slo_class!r} is not a class of this workload")
         return self
 
+    @field_validator("software_stack")
+    @classmethod
+    def _known_stack(cls, v: str) -> str:
+        from gridenv.core.perf import SOFTWARE_STACKS
+
+        if v not in SOFTWARE_STACKS:
+            raise ValueError(f"unknown software_stack {v!r}; known: {sorted(SOFTWARE_STACKS)}")
+        return v
+
     @property
     def n_sites(self) -> int:
         return len(self.sites)
