@@ -53,6 +53,11 @@ class GridSimulator:
         self._start_hour = d.start_hour_utc
         self._hours_per_s = 24.0 / d.period_s
         self._rtt_ms = self.topology.rtt_ms
+        self._book_consts = [
+            (s.site_power_factor, s.tp * s.gpu_usd_per_h / 3600.0, s.tp, s.utc_offset_h,
+             s.price_usd_per_kwh, s.carbon_g_per_kwh)
+            for s in self.topology.sites
+        ]
         self.arrivals: Arrivals | None = None
         self.done = True
         if scenario.workload.arrivals == "trace":  # fail at construction on a bad trace file
@@ -69,6 +74,7 @@ class GridSimulator:
         self.done = False
         self.pending: Request | None = None
         self.metrics = Metrics(self.n_sites)
+        self._site_book = [[0.0] * 5 for _ in range(self.n_sites)]
         self.replicas: list[list[Replica]] = [
             [Replica(s.index, j, s.perf, sc.max_prefill_tokens) for j in range(s.replicas)]
             for s in topo.sites
@@ -307,19 +313,31 @@ class GridSimulator:
         """Charge a replica's busy time and dynamic energy to its site."""
         if busy_s <= 0.0 and energy_j <= 0.0:
             return
-        spec = self.topology.sites[site]
-        h = self._local_hour_index(site, t)
-        kwh = energy_j * spec.site_power_factor / J_PER_KWH
-        e_usd = kwh * spec.price_usd_per_kwh[h]
-        g_usd = busy_s * spec.tp * spec.gpu_usd_per_h / 3600.0
-        m = self.metrics
-        m.dyn_energy_j[site] += energy_j * spec.site_power_factor
-        m.dyn_energy_usd[site] += e_usd
-        m.dyn_co2_g[site] += kwh * spec.carbon_g_per_kwh[h]
-        m.busy_gpu_s[site] += busy_s * spec.tp
-        m.busy_gpu_usd[site] += g_usd
+        power_factor, usd_per_gpu_s, tp, utc_offset_h, prices, carbon = self._book_consts[site]
+        h = int((self._start_hour + t * self._hours_per_s + utc_offset_h) % 24.0) % 24
+        site_j = energy_j * power_factor
+        kwh = site_j / J_PER_KWH
+        e_usd = kwh * prices[h]
+        g_usd = busy_s * usd_per_gpu_s
+        b = self._site_book[site]  # [J, energy $, CO2 g, GPU-s, GPU $], folded into metrics lazily
+        b[0] += site_j
+        b[1] += e_usd
+        b[2] += kwh * carbon[h]
+        b[3] += busy_s * tp
+        b[4] += g_usd
         self.reward_energy_usd += e_usd
         self.reward_gpu_usd += g_usd
+
+    def _fold_book(self) -> None:
+        """Move the per-site running sums into the metrics arrays."""
+        m = self.metrics
+        for s, b in enumerate(self._site_book):
+            m.dyn_energy_j[s] += b[0]
+            m.dyn_energy_usd[s] += b[1]
+            m.dyn_co2_g[s] += b[2]
+            m.busy_gpu_s[s] += b[3]
+            m.busy_gpu_usd[s] += b[4]
+            b[:] = [0.0] * 5
 
     def take_reward(self) -> tuple[float, float, float]:
         """(goodput value, energy cost, GPU cost) in $ accrued since the last call."""
@@ -359,6 +377,7 @@ class GridSimulator:
 
     def summary(self) -> dict:
         """Episode metrics up to now (see Metrics.summary)."""
+        self._fold_book()
         self._idle_accounting(self.now)
         return self.metrics.summary(self.now)
 

@@ -122,7 +122,7 @@ def _model_names() -> tuple[str, ...]:
     return tuple(sorted(MODELS))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestView:
     """The request being routed, as the router sees it (no output length: that is unknown)."""
 
@@ -135,7 +135,7 @@ class RequestView:
     tpot_slo_s: float
 
 
-@dataclass
+@dataclass(slots=True)
 class RouterSnapshot:
     """Live signals for every site plus the request, and what is derived from them."""
 
@@ -196,6 +196,12 @@ def _statics_arrays(st: SiteStatics) -> dict:
         scale[8] = 1.0 / PRICE_SCALE_USD_PER_KWH
         scale[9] = 1.0 / cache["level_den"]
         cache["scale"] = scale
+        template = np.zeros((len(st.region_names), N_SITE_FEATURES, n))
+        template[:, 0] = 1.0
+        template[:, 10] = cache["is_edge"]
+        for r in range(len(st.region_names)):
+            template[r, 11] = cache["site_region"] == r
+        cache["template"] = template
         cache["obs_size"] = obs_size(st)
         object.__setattr__(st, "_arrays", cache)
     return cache
@@ -205,8 +211,12 @@ def prefill_time_s(st: SiteStatics, prompt_tokens: float) -> np.ndarray:
     """Per-site time to prefill one prompt alone (the roofline model of gridenv.core.perf)."""
     a = _statics_arrays(st)
     L = float(prompt_tokens)
-    comp = a["p_tok"] * L + a["p_attn"] * (L * L * 0.5)
-    return np.maximum(a["p_mem"], comp) + a["p_fixed"] + a["p_lin"] * L
+    comp = a["p_tok"] * L
+    comp += a["p_attn"] * (L * L * 0.5)
+    np.maximum(comp, a["p_mem"], out=comp)
+    comp += a["p_fixed"]
+    comp += a["p_lin"] * L
+    return comp
 
 
 def make_snapshot(
@@ -281,17 +291,15 @@ def encode(snap: RouterSnapshot, out: np.ndarray | None = None) -> np.ndarray:
     if sig is None:  # built by hand, not by make_snapshot
         sig = np.array((snap.waiting, snap.running, snap.kv_util, snap.rtt_ms,
                         snap.energy_price_usd_per_kwh, snap.up, snap.batch_level), dtype=np.float64)
-    # Columns in SITE_FEATURES order, then one scale-and-clip for the whole block.
-    site = np.empty((F, n), dtype=np.float64)
-    site[0] = 1.0
+    # Rows in SITE_FEATURES order; the constant rows (present, is_edge, in_origin_region) come
+    # from a per-origin template, then one scale-and-clip for the whole block.
+    site = a["template"][req.origin].copy()
     site[1] = snap.up
     site[2] = snap.feasible
     site[3:6] = sig[0:3]
     site[6] = snap.ttft_pred_s
     site[7:9] = sig[3:5]
     site[9] = sig[6]
-    site[10] = a["is_edge"]
-    site[11] = a["in_region"][req.origin]
     site *= a["scale"]
     site[6] *= 1.0 / (req.ttft_slo_s * TTFT_RATIO_CLIP)
     np.clip(site, 0.0, 1.0, out=site)
