@@ -88,6 +88,7 @@ class GridSimulator:
         self._events: list = []
         self._seq = 0
         self._retry: list = []
+        self._retry_dirty = False
         self._price_hour = -1
         self.reward_value_usd = 0.0
         self.reward_energy_usd = 0.0
@@ -167,13 +168,14 @@ class GridSimulator:
     def _run_until_decision(self) -> None:
         events = self._events
         horizon = self.scenario.horizon_s
+        heappop = heapq.heappop
+        t_dec = self._next_decision_time()
         while True:
-            t_dec = self._next_decision_time()
             if events and events[0][0] <= t_dec:
                 t = events[0][0]
                 if t >= horizon:
                     break
-                _, _, kind, obj, version = heapq.heappop(events)
+                _, _, kind, obj, version = heappop(events)
                 self.now = t
                 if kind == WAKE:
                     if obj.version == version:
@@ -182,11 +184,15 @@ class GridSimulator:
                     self._on_deliver(obj, t)
                 elif kind == SITE_DOWN:
                     self._on_site_down(obj, t)
+                    t_dec = self._next_decision_time()  # evicted requests await re-routing
                 elif kind == SITE_UP:
                     self.site_down[obj] -= 1
                 else:
                     (r, s), factor = obj
                     self.link_factor[r, s] = factor
+                if self._retry_dirty:
+                    self._retry_dirty = False
+                    t_dec = self._next_decision_time()
             else:
                 if t_dec >= horizon:
                     break
@@ -277,6 +283,7 @@ class GridSimulator:
             self.metrics.retried += 1
             self._seq += 1
             heapq.heappush(self._retry, (t, self._seq, req))
+            self._retry_dirty = True
         else:
             self.metrics.failed += 1
 
