@@ -15,9 +15,14 @@ the columns, checked against the data:
   ``token_size - 1`` decode iterations from context ``prompt_size + 1``, i.e. the iteration at a
   context of about ``prompt_size + token_size / 2`` per sequence (``decode_segment``).
 
-Model configuration: ``SOFTWARE_STACKS["splitwise-2023"]`` (the CPU overheads of that stack) and
-the catalog's GPU constants. Batch 16 and 64 rows all have prompt 512 and output 128; batch 1
-rows vary prompt (128-8192) and output (128-8192) with medians 512 and 128.
+Model configuration: ``SOFTWARE_STACKS["splitwise-2023"]`` (CPU overheads and all-reduce terms
+of that stack, fitted to this table; the comment there gives the evidence for each) and the
+catalog's GPU constants. Batch 16 and 64 rows all have prompt 512 and output 128; batch 1 rows
+vary prompt (128-8192) and output (128-8192) with medians 512 and 128.
+
+Required, and asserted strictly: every (hw, TP4/TP8, batch 1/16/64) median within +-35% for
+both prefill and time between tokens. TP2 rows are not used by the fit and serve as an
+out-of-sample check.
 
 Run with ``-s`` to see the tables.
 """
@@ -32,7 +37,13 @@ from pathlib import Path
 import pytest
 
 from gridenv.core.catalog import GPUS, MODELS
-from gridenv.core.perf import ENERGY_SCALE_DEFAULT, SOFTWARE_STACKS, ReplicaPerf
+from gridenv.core.perf import (
+    DEFAULT_SOFTWARE_STACK,
+    ENERGY_SCALE_DEFAULT,
+    SOFTWARE_STACKS,
+    ReplicaPerf,
+    software_stack,
+)
 from gridenv.core.scenario import Scenario
 
 CSV_PATH = (
@@ -48,15 +59,9 @@ TOLERANCE = 0.35  # |model / measured - 1| (the issue: within +-35% of the media
 STACK = "splitwise-2023"
 MAX_PREFILL_TOKENS = Scenario.model_fields["max_prefill_tokens"].default
 
-#: Batched prefill (16 and 64 prompts of 512 tokens) is where the 2023 stack is slower than the
-#: roofline with the catalog's efficiencies: measured per-token prefill cost at 16-64 prompts is
-#: 1.3-1.8x that of a single prompt of the same total length on A100, and TP8 is barely faster
-#: than TP4 (H100: 89 vs 107 us per token) where the model halves it. No permitted parameter
-#: (c_iter_s, c_per_seq_s, eta_bw/eta_f within physics.md's ranges) moves these cells: they are
-#: compute + all-reduce bound and CPU overhead is < 2% of them. The model stays a lower bound:
-#: this test pins that (model between 0.40x and 1.35x of measured) instead of the +-35% band, and
-#: lists which cells fall outside +-35%. Set to -TOLERANCE to make the check strict.
-BATCHED_PREFILL_LOWER = -0.60
+#: Batch-1 prefill per prompt size (beyond the requirement, which is on the medians): the
+#: looser band for the TP8 cells, see test_prefill_by_prompt_size_batch1.
+BY_PROMPT_TP8_TOLERANCE = 0.50
 
 
 def _load() -> list[dict]:
@@ -80,7 +85,7 @@ def rows() -> list[dict]:
 def _perf(hw: str, tp: int, stack: str = STACK, energy_scale: float = 1.0) -> ReplicaPerf:
     return ReplicaPerf(
         GPUS[HARDWARE.get(hw, hw)], MODELS["llama-2-70b"], tp,
-        energy_scale=energy_scale, **SOFTWARE_STACKS[stack],
+        energy_scale=energy_scale, **software_stack(stack),
     )
 
 
@@ -104,10 +109,10 @@ def model_tbt_s(perf: ReplicaPerf, batch: int, prompt: int, output: int) -> floa
     return perf.decode_segment(batch, batch * (prompt + 1), k)[0] / k
 
 
-def _group(rows, keys):
+def _group(rows, keys, tps=TPS, batches=BATCHES):
     groups = defaultdict(list)
     for r in rows:
-        if r["hardware"] in HARDWARE and r["tensor_parallel"] in TPS and r["batch_size"] in BATCHES:
+        if r["hardware"] in HARDWARE and r["tensor_parallel"] in tps and r["batch_size"] in batches:
             groups[tuple(r[k] for k in keys)].append(r)
     return dict(sorted(groups.items()))
 
@@ -116,9 +121,10 @@ def _med(rs, key):
     return statistics.median(r[key] for r in rs)
 
 
-def _prefill_errors(rows):
+def _prefill_errors(rows, tps=TPS, batches=BATCHES):
     out = []
-    for (hw, tp, b), rs in _group(rows, ("hardware", "tensor_parallel", "batch_size")).items():
+    for (hw, tp, b), rs in _group(rows, ("hardware", "tensor_parallel", "batch_size"),
+                                  tps, batches).items():
         prompt = int(_med(rs, "prompt_size"))
         measured = _med(rs, "prompt_time") * 1e-3
         model = model_prefill_s(_perf(hw, tp), b, prompt)
@@ -126,9 +132,9 @@ def _prefill_errors(rows):
     return out
 
 
-def _tbt_errors(rows, keys):
+def _tbt_errors(rows, keys, tps=TPS, batches=BATCHES):
     out = []
-    for key, rs in _group(rows, keys).items():
+    for key, rs in _group(rows, keys, tps, batches).items():
         hw, tp, b = key[:3]
         prompt, output = int(_med(rs, "prompt_size")), int(_med(rs, "token_size"))
         measured = _med(rs, "token_time") * 1e-3
@@ -137,8 +143,8 @@ def _tbt_errors(rows, keys):
     return out
 
 
-def _flag(err, lower=-TOLERANCE):
-    return "" if lower <= err <= TOLERANCE else "  <-- outside"
+def _flag(err, tol=TOLERANCE):
+    return "" if abs(err) <= tol else "  <-- outside"
 
 
 # --------------------------------------------------------------------------- time between tokens
@@ -176,35 +182,32 @@ def test_time_between_tokens_medians(rows, record_property):
 
 # --------------------------------------------------------------------------------------- prefill
 def test_prefill_medians(rows, record_property):
-    """Per (hw, TP, batch) median prompt_time vs the model at the median prompt size.
-
-    Batch 1: +-35% asserted. Batch 16 and 64: see BATCHED_PREFILL_LOWER."""
+    """Per (hw, TP, batch) median prompt_time vs the model at the median prompt size: +-35%."""
     errs = _prefill_errors(rows)
     assert len(errs) == len(HARDWARE) * len(TPS) * len(BATCHES)
     lines = [f"prefill (prompt_time), medians per (hw, tp, batch); model packs prompts into "
              f"iterations of <= {MAX_PREFILL_TOKENS} tokens",
              "hw          tp batch prompt  n  measured_ms  model_ms   error"]
     for hw, tp, b, p, n, meas, mod, err in errs:
-        flag = _flag(err)
-        if flag and b > 1:
-            flag += " +-35% (known gap, see BATCHED_PREFILL_LOWER)"
         lines.append(f"{hw:11s} {tp:2d} {b:5d} {p:6d} {n:2d} {meas * 1e3:11.1f} "
-                     f"{mod * 1e3:9.1f} {err:+7.1%}{flag}")
+                     f"{mod * 1e3:9.1f} {err:+7.1%}{_flag(err)}")
     print("\n" + "\n".join(lines))
     record_property("prefill_table", "\n".join(lines))
-    single = [e for e in errs if e[2] == 1]
-    assert all(abs(e[-1]) <= TOLERANCE for e in single), single
-    batched = [e for e in errs if e[2] > 1]
-    assert all(BATCHED_PREFILL_LOWER <= e[-1] <= TOLERANCE for e in batched), batched
+    bad = [e for e in errs if abs(e[-1]) > TOLERANCE]
+    assert not bad, f"prefill outside +-35%: {bad}"
 
 
 def test_prefill_by_prompt_size_batch1(rows, record_property):
-    """Batch 1, per prompt size (128-8192): printed for inspection; asserted loosely.
+    """Batch 1, per prompt size (128-8192). Beyond the requirement; restricted honestly.
 
-    The 2023 stack's prefill has a floor of about 50 ms at TP8 (even for 128 tokens) and long
-    prompts at TP8 run at the TP4 rate; the model (fixed costs + FLOPs / TP) does not reproduce
-    either, so only the 512-2048 range, which the simulator's traces mostly use, is held to
-    +-35%; the rest must stay within 0.40x-1.35x."""
+    TP4: every prompt size within +-35%. TP8: within +-50% only. At TP8 the 2023 stack's prefill
+    of one 1024-2048-token prompt costs 151-134 us per token on A100 (H100: 76-67), while its
+    batched prefill (16-64 x 512 tokens) costs 254-230 us (H100: 99-90): per token, 1.2-1.9x
+    more at 8k-32k tokens per batch than at 1-2k. The model's per-token cost is one constant
+    per (hw, TP), fitted to the required medians (512-token and batched prompts), so it
+    over-predicts the 1-2k-token single prompts at TP8 (A100 +36% / +44%). The stack also has a
+    prefill floor of about 55 ms at TP8 even for 128 tokens (H100), which the model's fixed costs
+    (about 34 ms) do not reach (-42%)."""
     groups = _group([r for r in rows if r["batch_size"] == 1],
                     ("hardware", "tensor_parallel", "prompt_size"))
     lines = ["prefill at batch 1 per prompt size",
@@ -216,12 +219,61 @@ def test_prefill_by_prompt_size_batch1(rows, record_property):
         err = mod / meas - 1
         lines.append(f"{hw:11s} {tp:2d} {p:6d} {len(rs):2d} {meas * 1e3:11.1f} "
                      f"{mod * 1e3:9.1f} {err:+7.1%}{_flag(err)}")
-        lower = -TOLERANCE if 512 <= p <= 2048 else BATCHED_PREFILL_LOWER
-        if not lower <= err <= TOLERANCE:
+        tol = TOLERANCE if tp == 4 else BY_PROMPT_TP8_TOLERANCE
+        if abs(err) > tol:
             bad.append((hw, tp, p, err))
     print("\n" + "\n".join(lines))
     record_property("prefill_by_prompt_table", "\n".join(lines))
+    assert len(groups) == 2 * 2 * 7
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------- out of sample, TP2
+def test_tp2_out_of_sample(rows, record_property):
+    """TP2 rows (not used to fit the splitwise-2023 profile): medians within +-35%.
+
+    Batch 64 at TP2 is left out: 64 x (512 + 128) tokens of KV (13 GB) do not fit next to
+    Llama-2-70B's 138 GB of weights on 2 x 80 GB (the model's KV capacity is 18k tokens), and the
+    measured rows show it (prompt_time of 64 prompts 4x below that of 16)."""
+    perf = _perf("A100", 2)
+    assert perf.kv_capacity_tokens < 64 * (512 + 128)
+    pre = _prefill_errors(rows, tps=(2,), batches=(1, 16))
+    tbt = _tbt_errors(rows, ("hardware", "tensor_parallel", "batch_size"), tps=(2,),
+                      batches=(1, 16))
+    assert len(pre) == len(tbt) == len(HARDWARE) * 2
+    lines = ["TP2 (out of sample), medians per (hw, batch)",
+             "hw          tp batch  prefill meas/model ms   error |  tbt meas/model ms   error"]
+    for p, t in zip(pre, tbt):
+        lines.append(f"{p[0]:11s} {p[1]:2d} {p[2]:5d} {p[5] * 1e3:9.1f} {p[6] * 1e3:9.1f} "
+                     f"{p[-1]:+7.1%} | {t[6] * 1e3:7.2f} {t[7] * 1e3:7.2f} {t[-1]:+7.1%}")
+    print("\n" + "\n".join(lines))
+    record_property("tp2_table", "\n".join(lines))
+    bad = [e for e in pre + tbt if abs(e[-1]) > TOLERANCE]
+    assert not bad, bad
+
+
+def test_stack_factors_leave_modern_stack_alone():
+    """The 2023 all-reduce factors are part of that profile only: vllm-2024 (the default) keeps
+    the catalog's all-reduce figures, and the 2023 profile changes only the all-reduce and CPU
+    terms, never the GEMM / memory roofline."""
+    assert DEFAULT_SOFTWARE_STACK == "vllm-2024"
+    assert set(SOFTWARE_STACKS["vllm-2024"]) == {"c_iter_s", "c_per_seq_s"}
+    gpu, model = GPUS["H100"], MODELS["llama-2-70b"]
+    for tp in (2, 4, 8):
+        plain = ReplicaPerf(gpu, model, tp, **software_stack("vllm-2024"))
+        explicit = ReplicaPerf(gpu, model, tp, allreduce_latency_scale=1.0,
+                               allreduce_bw_scale=1.0, allreduce_ring_tp_scaling=False,
+                               **software_stack("vllm-2024"))
+        old = ReplicaPerf(gpu, model, tp, **software_stack("splitwise-2023"))
+        for name in ReplicaPerf.__slots__:
+            assert getattr(plain, name) == getattr(explicit, name), name
+        for name in ("mem_base_s", "mem_per_ctx_token_s", "comp_per_token_s", "comp_attn_s",
+                     "kv_capacity_tokens"):
+            assert getattr(old, name) == getattr(plain, name), name
+        assert plain.comm_base_s == 2.0 * model.n_layers * gpu.allreduce_latency_s
+        assert old.comm_per_token_s > plain.comm_per_token_s
+    with pytest.raises(ValueError):
+        ReplicaPerf(gpu, model, 4, allreduce_bw_scale=0.0)
 
 
 # ----------------------------------------------------------------------------------------- power
