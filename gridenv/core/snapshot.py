@@ -73,6 +73,11 @@ class SiteStatics:
     prefill_attn_s: tuple[float, ...]
     prefill_fixed_s: tuple[float, ...]
     prefill_lin_s: tuple[float, ...]
+    # What running a request costs at each site (an operator knows its own prices).
+    tp: tuple[int, ...]  # GPUs per replica
+    gpu_usd_per_h: tuple[float, ...]  # per GPU
+    gpu_tdp_w: tuple[float, ...]  # per GPU
+    site_power_factor: tuple[float, ...]  # PUE * (1 + server overhead)
 
     @property
     def n_sites(self) -> int:
@@ -113,6 +118,10 @@ class SiteStatics:
             prefill_attn_s=tuple(p.comp_attn_s for p in perfs),
             prefill_fixed_s=tuple(p.fixed_s + p.comm_base_s + p.c_per_seq_s for p in perfs),
             prefill_lin_s=tuple(p.comm_per_token_s for p in perfs),
+            tp=tuple(s.tp for s in topo.sites),
+            gpu_usd_per_h=tuple(s.gpu_usd_per_h for s in topo.sites),
+            gpu_tdp_w=tuple(s.perf.gpu.tdp_w for s in topo.sites),
+            site_power_factor=tuple(s.site_power_factor for s in topo.sites),
         )
 
 

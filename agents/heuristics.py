@@ -1,0 +1,389 @@
+"""Heuristic routing baselines taken from production LLM routers.
+
+Each heuristic reads only the :class:`~gridenv.core.snapshot.RouterSnapshot` (what a real router
+sees: queues, KV use, RTTs, energy prices, predicted TTFT, the feasibility mask) and follows the
+formula in ``shared/reference/routers.md``:
+
+============== ================================ ==========================================================
+name           modelled on                      rule (among feasible sites only)
+============== ================================ ==========================================================
+random         Dynamo, vLLM production-stack    uniform random site
+round-robin    Dynamo, vLLM production-stack    next feasible site in a fixed cycle over the site slots
+local-first    locality routing                 smallest RTT from the request's origin
+jsq            AIBrix least-request, Splitwise  fewest outstanding requests ``waiting + running``
+p2c            Envoy LEAST_REQUEST, Ray Serve   sample 2 distinct feasible sites, take the one with fewer
+                                                ``waiting + running`` (ties: the first sampled)
+llm-d          llm-d endpoint picker default    argmax ``2*queue_score + 2*(1 - kv_util)`` with
+                                                ``queue_score = (maxQ - Q) / (maxQ - minQ)``, Q = waiting
+                                                (1 for every site when all Q are equal). The default
+                                                profile's ``3*prefix_match`` term is left out: gridenv
+                                                does not model prefix caches, so it would be 0 everywhere.
+slo-greedy     llm-d latency scorer + admitter  largest TTFT headroom ``ttft_slo_s - ttft_pred_s``;
+                                                shed (HTTP 429) when every headroom is negative
+local-spill    Envoy locality LB, Ray locality  sites in RTT order (nearest first); the first whose headroom
+                                                is at least ``spill_headroom_frac * ttft_slo_s`` (default
+                                                0.2); when none is, the largest headroom (never sheds)
+cost-greedy    DynamoLLM (HPCA'25)              cheapest site predicted to meet the TTFT SLO (headroom >= 0);
+                                                when none does, slo-greedy's rule, which then sheds
+============== ================================ ==========================================================
+
+Ties are broken by the smaller predicted TTFT, then the lower site index (deterministic).
+
+**Cost estimate of cost-greedy.** The price of serving the request at a site, from what the
+operator knows of its own sites (``SiteStatics``: GPUs per replica, $/GPU-hour, TDP, PUE times
+server overhead) and the live energy price: the GPU time of the request's prefill
+(``prefill_time_s``, the same roofline the TTFT estimate uses) at full power,
+``t_prefill * tp * ($/GPU-h / 3600 + TDP * power_factor * price / 3.6e6)``. Prefill time stands in
+for the whole request's cost because the output length is unknown to a router; it ranks sites
+by how much GPU money and energy a token costs there. Equal costs are broken by the larger TTFT
+headroom, so load spreads over equally cheap sites.
+
+**Batching level.** No production router sets the engine's batch size, so every heuristic
+keeps the chosen site's current level (``snapshot.batch_level[site]``) unless constructed with
+``level=<index>``; when shedding (level ignored by the env) it returns the middle level.
+
+**Scores.** ``scores(obs, snapshot)`` returns one value in [0, 1] per site slot (length
+``statics.max_sites``, like ``agents.sb3_policy.SB3Policy.scores``; padding slots score 0): 0
+for infeasible sites, and for feasible ones the heuristic's preference rescaled to [0.1, 1] (so
+a feasible site never scores 0). For the
+deterministic heuristics ``argmax(scores)`` is the site ``act`` picks (unless it sheds). For
+``random`` the scores are proportional to the pick probability; for ``p2c`` they are jsq's
+load score (the quantity compared between the two samples).
+
+**Randomness.** ``random`` and ``p2c`` draw from a generator seeded in ``reset(seed)`` (from
+``[seed, 0x5EED]``, so the policy's stream never coincides with the env's arrival stream for
+the same seed). ``round-robin`` restarts its cycle at slot 0 on every reset.
+
+Importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.policy import Policy
+from gridenv.core.snapshot import RouterSnapshot, prefill_time_s
+
+__all__ = [
+    "HEURISTICS", "Heuristic", "make_heuristic", "heuristic_names",
+    "RandomPolicy", "RoundRobin", "LocalFirst", "JoinShortestQueue", "PowerOfTwoChoices",
+    "LlmdScorer", "SloGreedy", "LocalSpill", "CostGreedy",
+]
+
+#: Feasible sites score in [SCORE_FLOOR, 1]; infeasible ones score 0.
+SCORE_FLOOR = 0.1
+_POLICY_STREAM = 0x5EED
+
+
+# ---------------------------------------------------------------------------- score helpers
+def _unit_scores(pref: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """Min-max rescale a higher-is-better preference over the feasible sites to [0.1, 1]."""
+    out = np.zeros(len(feasible), dtype=np.float64)
+    if not feasible.any():
+        return out
+    p = np.asarray(pref, dtype=np.float64)[feasible]
+    lo, hi = float(p.min()), float(p.max())
+    span = hi - lo
+    out[feasible] = 1.0 if span <= 0.0 else SCORE_FLOOR + (1.0 - SCORE_FLOOR) * (p - lo) / span
+    return np.clip(out, 0.0, 1.0, out=out)  # rounding may overshoot 1 by an ulp
+
+
+def _rank_scores(order: np.ndarray, n_sites: int) -> np.ndarray:
+    """Scores from a preference order of feasible sites (best first): 1 down to 0.1 linearly."""
+    out = np.zeros(n_sites, dtype=np.float64)
+    k = len(order)
+    if k == 1:
+        out[order[0]] = 1.0
+    elif k > 1:
+        out[order] = 1.0 - (1.0 - SCORE_FLOOR) * np.arange(k) / (k - 1)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _best(key: np.ndarray, snap: RouterSnapshot, candidates: np.ndarray | None = None) -> int | None:
+    """Index minimizing ``key`` among candidate sites (default: feasible), ties by TTFT then index."""
+    cand = np.flatnonzero(snap.feasible if candidates is None else candidates)
+    if len(cand) == 0:
+        return None
+    order = np.lexsort((cand, snap.ttft_pred_s[cand], np.asarray(key, dtype=np.float64)[cand]))
+    return int(cand[order[0]])
+
+
+def headroom_s(snap: RouterSnapshot) -> np.ndarray:
+    """Predicted TTFT headroom per site, in seconds: ``ttft_slo_s - ttft_pred_s``."""
+    return snap.request.ttft_slo_s - snap.ttft_pred_s
+
+
+def outstanding(snap: RouterSnapshot) -> np.ndarray:
+    """Outstanding requests per site: ``waiting + running``."""
+    return snap.waiting + snap.running
+
+
+# ---------------------------------------------------------------------------- base class
+class Heuristic(Policy):
+    """A snapshot-only routing rule: subclasses implement :meth:`choose` and :meth:`scores`.
+
+    Args:
+        level: batching level index to request at the chosen site; ``None`` (default) keeps the
+            site's current level.
+    """
+
+    name = "heuristic"
+    #: True for heuristics that draw random numbers.
+    randomized = False
+
+    def __init__(self, level: int | None = None) -> None:
+        self.level = level
+        self._rng = np.random.default_rng([0, _POLICY_STREAM])
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(None if seed is None else [int(seed), _POLICY_STREAM])
+
+    def choose(self, snap: RouterSnapshot) -> int | None:
+        """The chosen site index, or ``None`` to shed. Must return a feasible site."""
+        raise NotImplementedError
+
+    def site_scores(self, snap: RouterSnapshot) -> np.ndarray:
+        """Scores of the real sites (length ``n_sites``); :meth:`scores` pads them."""
+        raise NotImplementedError
+
+    def scores(self, obs: np.ndarray | None, snapshot: RouterSnapshot) -> np.ndarray:
+        """A score in [0, 1] per site slot (``max_sites``), 0 for infeasible and padding slots."""
+        out = np.zeros(snapshot.statics.max_sites, dtype=np.float64)
+        out[: snapshot.statics.n_sites] = self.site_scores(snapshot)
+        return out
+
+    def act(self, obs: np.ndarray | None, snapshot: RouterSnapshot) -> np.ndarray:
+        st = snapshot.statics
+        site = self.choose(snapshot)
+        if site is None or not snapshot.feasible[site]:  # the second is a bug guard: shed
+            return np.array([st.max_sites, len(st.batch_levels) // 2], dtype=np.int64)
+        level = int(snapshot.batch_level[site]) if self.level is None else int(self.level)
+        return np.array([site, level], dtype=np.int64)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, level={self.level!r})"
+
+
+# ---------------------------------------------------------------------------- the heuristics
+class RandomPolicy(Heuristic):
+    """Uniformly random feasible site (Dynamo / vLLM production-stack ``random``)."""
+
+    name = "random"
+    randomized = True
+
+    def choose(self, snap):
+        cand = np.flatnonzero(snap.feasible)
+        return int(self._rng.choice(cand)) if len(cand) else None
+
+    def site_scores(self, snapshot):
+        return snapshot.feasible.astype(np.float64)
+
+
+class RoundRobin(Heuristic):
+    """Cycle over site slots, skipping infeasible ones (Dynamo / vLLM production-stack)."""
+
+    name = "round-robin"
+
+    def __init__(self, level: int | None = None) -> None:
+        super().__init__(level)
+        self._next = 0
+
+    def reset(self, seed=None):
+        super().reset(seed)
+        self._next = 0
+
+    def _cycle_order(self, snap) -> np.ndarray:
+        n = snap.statics.n_sites
+        slots = (self._next + np.arange(n)) % n
+        return slots[snap.feasible[slots]]
+
+    def choose(self, snap):
+        order = self._cycle_order(snap)
+        if len(order) == 0:
+            return None
+        site = int(order[0])
+        self._next = (site + 1) % snap.statics.n_sites
+        return site
+
+    def site_scores(self, snapshot):
+        return _rank_scores(self._cycle_order(snapshot), snapshot.statics.n_sites)
+
+
+class LocalFirst(Heuristic):
+    """Nearest feasible site by RTT from the request's origin."""
+
+    name = "local-first"
+
+    def choose(self, snap):
+        return _best(snap.rtt_ms, snap)
+
+    def site_scores(self, snapshot):
+        return _unit_scores(-snapshot.rtt_ms, snapshot.feasible)
+
+
+class JoinShortestQueue(Heuristic):
+    """Fewest outstanding requests, waiting + running (AIBrix least-request, Splitwise JSQ)."""
+
+    name = "jsq"
+
+    def choose(self, snap):
+        return _best(outstanding(snap), snap)
+
+    def site_scores(self, snapshot):
+        return _unit_scores(-outstanding(snapshot), snapshot.feasible)
+
+
+class PowerOfTwoChoices(Heuristic):
+    """Two distinct random feasible sites, keep the less loaded (Envoy LEAST_REQUEST, Ray Serve)."""
+
+    name = "p2c"
+    randomized = True
+
+    def choose(self, snap):
+        cand = np.flatnonzero(snap.feasible)
+        if len(cand) == 0:
+            return None
+        if len(cand) == 1:
+            return int(cand[0])
+        a, b = self._rng.choice(cand, size=2, replace=False)
+        load = outstanding(snap)
+        return int(b) if load[b] < load[a] else int(a)
+
+    def site_scores(self, snapshot):
+        return _unit_scores(-outstanding(snapshot), snapshot.feasible)
+
+
+class LlmdScorer(Heuristic):
+    """llm-d endpoint picker's default profile without the prefix scorer (see module doc)."""
+
+    name = "llm-d"
+    QUEUE_WEIGHT = 2.0
+    KV_WEIGHT = 2.0
+    # PREFIX_WEIGHT = 3.0 in llm-d; gridenv has no prefix cache, so the term is omitted.
+
+    def raw_scores(self, snap) -> np.ndarray:
+        """``2*queue_score + 2*(1 - kv_util)`` per site (queue score over feasible sites)."""
+        f = snap.feasible
+        q = snap.waiting
+        queue_score = np.ones(len(q))
+        if f.any():
+            qmax, qmin = float(q[f].max()), float(q[f].min())
+            if qmax > qmin:
+                queue_score = (qmax - q) / (qmax - qmin)
+        return self.QUEUE_WEIGHT * queue_score + self.KV_WEIGHT * (1.0 - snap.kv_util)
+
+    def choose(self, snap):
+        return _best(-self.raw_scores(snap), snap)
+
+    def site_scores(self, snapshot):
+        # Absolute, not min-max: the weighted sum divided by its maximum, floored at 0.1.
+        total = self.QUEUE_WEIGHT + self.KV_WEIGHT
+        s = np.clip(self.raw_scores(snapshot) / total, 0.0, 1.0)
+        return np.where(snapshot.feasible, SCORE_FLOOR + (1.0 - SCORE_FLOOR) * s, 0.0)
+
+
+class SloGreedy(Heuristic):
+    """Largest predicted TTFT headroom; shed when every feasible site's headroom is negative."""
+
+    name = "slo-greedy"
+
+    def choose(self, snap):
+        site = _best(-headroom_s(snap), snap)
+        if site is None or headroom_s(snap)[site] < 0.0:
+            return None
+        return site
+
+    def site_scores(self, snapshot):
+        return _unit_scores(headroom_s(snapshot), snapshot.feasible)
+
+
+class LocalSpill(Heuristic):
+    """Local first with spill-over: nearest site whose headroom stays above a threshold.
+
+    Args:
+        spill_headroom_frac: a site is kept while its predicted TTFT headroom is at least this
+            fraction of the request's TTFT SLO (default 0.2); otherwise the next-nearest is tried.
+    """
+
+    name = "local-spill"
+
+    def __init__(self, level: int | None = None, spill_headroom_frac: float = 0.2) -> None:
+        super().__init__(level)
+        self.spill_headroom_frac = float(spill_headroom_frac)
+
+    def _order(self, snap) -> np.ndarray:
+        """Feasible sites, preferred first: those above the threshold by RTT, then the rest by headroom."""
+        cand = np.flatnonzero(snap.feasible)
+        h = headroom_s(snap)[cand]
+        ok = h >= self.spill_headroom_frac * snap.request.ttft_slo_s
+        rtt = snap.rtt_ms[cand]
+        # ok first (key 0); among ok: RTT ascending; among the rest: headroom descending.
+        primary = np.where(ok, rtt, -h)
+        order = np.lexsort((cand, snap.ttft_pred_s[cand], primary, ~ok))
+        return cand[order]
+
+    def choose(self, snap):
+        order = self._order(snap)
+        return int(order[0]) if len(order) else None
+
+    def site_scores(self, snapshot):
+        return _rank_scores(self._order(snapshot), snapshot.statics.n_sites)
+
+
+class CostGreedy(Heuristic):
+    """Cheapest site predicted to meet the TTFT SLO (DynamoLLM-style); see the module doc."""
+
+    name = "cost-greedy"
+
+    @staticmethod
+    def cost_index(snap) -> np.ndarray:
+        """Estimated $ of GPU rent and energy for the request's prefill at each site."""
+        st = snap.statics
+        t_prefill = prefill_time_s(st, snap.request.prompt_tokens)
+        tp = np.asarray(st.tp, dtype=np.float64)
+        usd_per_gpu_s = np.asarray(st.gpu_usd_per_h) / 3600.0
+        energy_usd_per_gpu_s = (np.asarray(st.gpu_tdp_w) * np.asarray(st.site_power_factor)
+                                * snap.energy_price_usd_per_kwh / 3.6e6)
+        return t_prefill * tp * (usd_per_gpu_s + energy_usd_per_gpu_s)
+
+    def _order(self, snap) -> np.ndarray:
+        cand = np.flatnonzero(snap.feasible)
+        h = headroom_s(snap)[cand]
+        meets = h >= 0.0
+        # SLO-meeting sites first, cheapest first (ties: more headroom); then the rest by headroom.
+        primary = np.where(meets, self.cost_index(snap)[cand], 0.0)
+        order = np.lexsort((cand, -h, primary, ~meets))
+        return cand[order]
+
+    def choose(self, snap):
+        order = self._order(snap)
+        if len(order) == 0 or headroom_s(snap)[order[0]] < 0.0:
+            return None  # nothing meets the SLO: slo-greedy's rule sheds
+        return int(order[0])
+
+    def site_scores(self, snapshot):
+        return _rank_scores(self._order(snapshot), snapshot.statics.n_sites)
+
+
+# ---------------------------------------------------------------------------- registry
+HEURISTICS: dict[str, type[Heuristic]] = {
+    cls.name: cls
+    for cls in (RandomPolicy, RoundRobin, LocalFirst, JoinShortestQueue, PowerOfTwoChoices,
+                LlmdScorer, SloGreedy, LocalSpill, CostGreedy)
+}
+
+
+def heuristic_names() -> list[str]:
+    """Registered heuristic names, in leaderboard order."""
+    return list(HEURISTICS)
+
+
+def make_heuristic(name: str, **kwargs) -> Heuristic:
+    """A fresh heuristic by name (``jsq``, ``slo-greedy``, ...); kwargs go to its constructor."""
+    try:
+        cls = HEURISTICS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown heuristic {name!r}; known heuristics: {', '.join(HEURISTICS)}"
+        ) from None
+    return cls(**kwargs)
