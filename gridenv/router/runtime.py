@@ -1,0 +1,490 @@
+"""Router runtime: load an exported policy and turn a JSON snapshot into a routing decision.
+
+    from gridenv.router.runtime import RouterPolicy
+    policy = RouterPolicy.load("exported/metro")      # policy.onnx + policy.json
+    policy.decide({"endpoints": [...], "request": {...}})
+    # {"endpoint": "edge-north", "shed": False, "batch_level": 1, "max_batch_size": 32,
+    #  "scores": {"edge-north": 0.91, ...}, "shed_score": 0.0, "site_index": 0, "action": [0, 1]}
+
+Imports numpy, onnxruntime and ``gridenv.core.snapshot`` only: no torch, no stable-baselines3,
+no gymnasium of its own (``import gridenv`` registers the Gymnasium ids when gymnasium happens
+to be installed; the runtime does not need it).
+
+Loading verifies ``policy.json`` against ``policy.onnx`` and against this gridenv: format
+version, the SHA-256 of ``policy.onnx``, the observation feature spec (it must equal what
+``feature_spec(SiteStatics.from_dict(statics))`` produces now, so a changed encoder is caught),
+the observation size, the number of sites and the graph's input/output shapes. Any mismatch
+raises :class:`PolicyFileError` with one line naming what differs.
+
+The JSON snapshot (``POST /v1/route`` body)::
+
+    {"endpoints": [{"name": "edge-north", "waiting": 3, "running": 12, "kv_util": 0.41,
+                    "rtt_ms": 6.0, "energy_price_usd_per_kwh": 0.18, "up": true,
+                    "batch_level": 1}, ...],
+     "request": {"prompt_tokens": 812, "slo_class": "chat", "origin": "north",
+                 "model": "llama-3-8b", "residency": false,
+                 "ttft_slo_s": 0.25, "tpot_slo_s": 0.1},
+     "hour_utc": 14.5}
+
+* ``endpoints``: one object per site, matched by ``name``; every site of the policy must be
+  present (extra keys are ignored). ``waiting`` (requests sent, not yet running) and ``running``
+  are numbers >= 0; ``kv_util`` in [0, 1]; ``rtt_ms`` (from the request's origin) and
+  ``energy_price_usd_per_kwh`` >= 0; ``up`` a boolean; ``batch_level`` (optional, default the
+  scenario's initial level) an index into the policy's ``batch_levels``.
+* ``request``: ``prompt_tokens`` an integer >= 1; ``slo_class`` one of chat, code,
+  summarization; ``origin`` a region name; ``model`` a model name; ``residency`` a boolean (the
+  request must stay in its origin region); ``ttft_slo_s`` / ``tpot_slo_s`` optional (> 0),
+  defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json).
+* ``hour_utc`` optional, in [0, 24): the time of day; default the current UTC time.
+
+A field that is missing or invalid raises :class:`SnapshotError` whose message starts with the
+field's path: ``endpoints[2].kv_util: expected a number in [0, 1], got 1.7``.
+
+The decision: ``endpoint`` (site name, or null when shedding), ``shed``, ``batch_level`` (index)
+and ``max_batch_size`` (the batch size it stands for; ignored when shedding), ``scores`` (per
+site: the policy's probability of choosing it, the softmax over the masked site logits, in
+[0, 1], infeasible sites 0), ``shed_score`` (the shed slot's probability; scores + shed_score sum
+to 1), ``site_index`` (the env's site slot; ``max_sites`` = shed) and ``action`` (the env
+action ``[site_index, batch_level]``). The decision is the argmax, exactly the action
+``MaskablePPO.predict(..., deterministic=True)`` takes on the same snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gridenv.core.snapshot import (
+    SLO_CLASSES,
+    RequestView,
+    RouterSnapshot,
+    SiteStatics,
+    encode,
+    feature_spec,
+    make_snapshot,
+    obs_size,
+)
+
+__all__ = [
+    "RouterPolicy", "PolicyFileError", "SnapshotError", "snapshot_to_json",
+    "FORMAT_VERSION", "POLICY_JSON", "POLICY_ONNX", "CONTRACT_KEY", "contract_sha256",
+]
+
+#: policy.json format read and written by this version.
+FORMAT_VERSION = 1
+POLICY_JSON = "policy.json"
+POLICY_ONNX = "policy.onnx"
+#: ONNX metadata key holding the SHA-256 of the policy.json sections the graph is bound to.
+CONTRACT_KEY = "gridenv.contract_sha256"
+CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults")
+
+_FMAX = sys.float_info.max  # bounds checks: NaN and +-inf fail `lo <= v <= _FMAX`
+_PER_SITE = ("site_region", "site_model", "is_edge", "replicas", "max_waiting", "kv_capacity_tokens",
+             "prefill_mem_s", "prefill_tok_s", "prefill_attn_s", "prefill_fixed_s", "prefill_lin_s")
+
+
+class PolicyFileError(ValueError):
+    """An exported policy that this runtime refuses (the message says what does not match)."""
+
+
+class SnapshotError(ValueError):
+    """An invalid JSON snapshot; the message starts with the path of the field at fault."""
+
+
+def _typename(v) -> str:
+    return "null" if v is None else {bool: "boolean", int: "integer", float: "number", str: "string",
+                                     list: "list", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _show(v) -> str:
+    s = json.dumps(v) if isinstance(v, (str, int, float, bool)) or v is None else _typename(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _number(obj: dict, key: str, where: str, lo: float, hi: float, what: str) -> float:
+    try:
+        v = obj[key]
+    except KeyError:
+        raise SnapshotError(f"{where}.{key}: missing (expected {what})") from None
+    t = type(v)
+    if (t is float or t is int) and lo <= v <= hi:
+        return v
+    raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(v)}")
+
+
+def _boolean(obj: dict, key: str, where: str) -> bool:
+    try:
+        v = obj[key]
+    except KeyError:
+        raise SnapshotError(f"{where}.{key}: missing (expected true or false)") from None
+    if type(v) is not bool:
+        raise SnapshotError(f"{where}.{key}: expected true or false, got {_show(v)}")
+    return v
+
+
+def _choice(obj: dict, key: str, where: str, index: dict, what: str) -> int:
+    try:
+        v = obj[key]
+    except KeyError:
+        raise SnapshotError(f"{where}.{key}: missing (expected {what})") from None
+    i = index.get(v) if type(v) is str else None
+    if i is None:
+        raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(v)}")
+    return i
+
+
+def snapshot_to_json(snap: RouterSnapshot) -> dict:
+    """The JSON form of a snapshot (what a router sends to ``POST /v1/route``)."""
+    st, req = snap.statics, snap.request
+    endpoints = [
+        {"name": st.site_names[i], "waiting": float(snap.waiting[i]), "running": float(snap.running[i]),
+         "kv_util": float(snap.kv_util[i]), "rtt_ms": float(snap.rtt_ms[i]),
+         "energy_price_usd_per_kwh": float(snap.energy_price_usd_per_kwh[i]), "up": bool(snap.up[i]),
+         "batch_level": int(snap.batch_level[i])}
+        for i in range(st.n_sites)
+    ]
+    return {
+        "endpoints": endpoints,
+        "request": {"prompt_tokens": int(req.prompt_tokens), "slo_class": SLO_CLASSES[req.slo_class],
+                    "origin": st.region_names[req.origin], "model": st.model_names[req.model],
+                    "residency": bool(req.residency), "ttft_slo_s": float(req.ttft_slo_s),
+                    "tpot_slo_s": float(req.tpot_slo_s)},
+        "hour_utc": float(snap.hour_utc),
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def contract_sha256(meta: dict) -> str:
+    """SHA-256 of the canonical JSON of the policy.json sections a graph is exported for."""
+    part = {k: meta.get(k) for k in CONTRACT_SECTIONS}
+    return _sha256(json.dumps(part, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+
+
+def _get(meta: dict, dotted: str):
+    cur = meta
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise PolicyFileError(f"{POLICY_JSON}: missing field {dotted!r}")
+        cur = cur[part]
+    return cur
+
+
+class RouterPolicy:
+    """An exported routing policy, ready to decide (thread-safe; use :meth:`load`)."""
+
+    def __init__(self, meta: dict, onnx_bytes: bytes, path: Path, intra_op_threads: int = 1) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        try:
+            self._setup(meta, onnx_bytes, intra_op_threads)
+        except PolicyFileError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError) as err:  # odd JSON types
+            raise PolicyFileError(f"{POLICY_JSON}: malformed ({type(err).__name__}: {err})") from None
+
+    def _setup(self, meta: dict, onnx_bytes: bytes, intra_op_threads: int) -> None:
+        self._verify_meta(meta, onnx_bytes)
+        st = self.statics
+        self.site_names: tuple[str, ...] = st.site_names
+        self.max_sites = st.max_sites
+        self.n_sites = st.n_sites
+        self.batch_levels = tuple(int(b) for b in st.batch_levels)
+        self.n_levels = len(self.batch_levels)
+        self.obs_size = obs_size(st)
+        self.scenario: str = meta["scenario"]["name"]
+        self.env_id: str = meta["scenario"]["env_id"]
+        self.sha256: str = meta["onnx"]["sha256"]
+        self.initial_batch_level = int(meta["action"].get("initial_batch_level", 0))
+        self._site_index = {n: i for i, n in enumerate(st.site_names)}
+        self._region_index = {n: i for i, n in enumerate(st.region_names)}
+        self._model_index = {n: i for i, n in enumerate(st.model_names)}
+        self._class_index = {n: i for i, n in enumerate(SLO_CLASSES)}
+        slos = meta["request_defaults"]["slo_s"]
+        self._slo = [(float(slos[c]["ttft_s"]), float(slos[c]["tpot_s"])) for c in SLO_CLASSES]
+        self._regions_what = f"a region name ({', '.join(st.region_names)})"
+        self._models_what = f"a model name ({', '.join(st.model_names)})"
+        self._classes_what = f"an SLO class ({', '.join(SLO_CLASSES)})"
+        self._level_what = f"a batch level index in [0, {self.n_levels - 1}]"
+        self._session = self._make_session(onnx_bytes, intra_op_threads)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, intra_op_threads: int = 1) -> "RouterPolicy":
+        """Load ``path/policy.json`` + ``path/policy.onnx`` (or a ``.onnx`` / ``.json`` path in it).
+
+        Raises PolicyFileError when the files are missing, do not belong together, or do not
+        match this gridenv's encoder.
+        """
+        p = Path(path).expanduser()
+        if p.is_file() and p.suffix in (".onnx", ".json"):
+            p = p.parent
+        if not p.is_dir():
+            raise PolicyFileError(f"{p}: no such policy directory (expected {POLICY_JSON} + {POLICY_ONNX})")
+        jpath, opath = p / POLICY_JSON, p / POLICY_ONNX
+        for f in (jpath, opath):
+            if not f.is_file():
+                raise PolicyFileError(f"{f}: missing (an exported policy is {POLICY_JSON} + {POLICY_ONNX}; "
+                                      "export one with python -m agents.export)")
+        try:
+            meta = json.loads(jpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PolicyFileError(f"{jpath}: not valid JSON ({err})") from None
+        if not isinstance(meta, dict):
+            raise PolicyFileError(f"{jpath}: expected a JSON object")
+        return cls(meta, opath.read_bytes(), p, intra_op_threads)
+
+    def _verify_meta(self, meta: dict, onnx_bytes: bytes) -> None:
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PolicyFileError(f"{POLICY_JSON}: format_version {version!r}, this runtime reads "
+                                  f"{FORMAT_VERSION}: re-export the policy with this gridenv")
+        want = _get(meta, "onnx.sha256")
+        got = _sha256(onnx_bytes)
+        if got != want:
+            raise PolicyFileError(f"{POLICY_ONNX} does not match {POLICY_JSON}: sha256 {got[:16]}... != "
+                                  f"{str(want)[:16]}... (modified, or not exported together)")
+        sd = _get(meta, "statics")
+        try:
+            st = SiteStatics.from_dict(sd)
+        except (TypeError, ValueError) as err:
+            raise PolicyFileError(f"{POLICY_JSON}: statics: {err}") from None
+        n = len(st.site_names)
+        for k in _PER_SITE:
+            if len(getattr(st, k)) != n:
+                raise PolicyFileError(f"{POLICY_JSON}: statics.{k} has {len(getattr(st, k))} entries for "
+                                      f"{n} sites")
+        if not 1 <= n <= st.max_sites:
+            raise PolicyFileError(f"{POLICY_JSON}: {n} sites for max_sites {st.max_sites}")
+        if len(set(st.site_names)) != n:
+            raise PolicyFileError(f"{POLICY_JSON}: statics.site_names has duplicates")
+        if not st.batch_levels:
+            raise PolicyFileError(f"{POLICY_JSON}: statics.batch_levels is empty")
+        if any(not 0 <= r < len(st.region_names) for r in st.site_region):
+            raise PolicyFileError(f"{POLICY_JSON}: statics.site_region refers to an unknown region")
+        if any(not 0 <= m < len(st.model_names) for m in st.site_model):
+            raise PolicyFileError(f"{POLICY_JSON}: statics.site_model refers to an unknown model")
+        # The encoder: the feature spec in the file must be what this gridenv produces now.
+        spec_now = feature_spec(st)
+        spec_file = _get(meta, "observation.features")
+        if spec_file != spec_now:
+            if not isinstance(spec_file, list) or len(spec_file) != len(spec_now):
+                got_n = len(spec_file) if isinstance(spec_file, list) else _typename(spec_file)
+                raise PolicyFileError(f"{POLICY_JSON}: observation feature spec has {got_n} features, "
+                                      f"this gridenv encodes {len(spec_now)} for these sites")
+            i = next(i for i, (a, b) in enumerate(zip(spec_file, spec_now)) if a != b)
+            raise PolicyFileError(f"{POLICY_JSON}: observation feature spec differs at [{i}]: file "
+                                  f"{spec_file[i]}, this gridenv encodes {spec_now[i]} (exported with "
+                                  "another encoder version?)")
+        size = _get(meta, "observation.size")
+        if size != obs_size(st):
+            raise PolicyFileError(f"{POLICY_JSON}: observation.size {size}, the feature spec has "
+                                  f"{obs_size(st)}")
+        act = _get(meta, "action")
+        if not isinstance(act, dict):
+            raise PolicyFileError(f"{POLICY_JSON}: action: expected an object")
+        lvl = act.get("initial_batch_level", 0)
+        if type(lvl) is not int or not 0 <= lvl < len(st.batch_levels):
+            raise PolicyFileError(f"{POLICY_JSON}: action.initial_batch_level {lvl!r} is not a batch level index")
+        checks = {
+            "max_sites": st.max_sites, "n_sites": n, "shed_index": st.max_sites,
+            "site_slots": list(st.site_names), "batch_levels": [int(b) for b in st.batch_levels],
+        }
+        for k, v in checks.items():
+            if act.get(k) != v:
+                raise PolicyFileError(f"{POLICY_JSON}: action.{k} is {act.get(k)!r}, statics say {v!r} "
+                                      f"(number of sites or levels does not match)")
+        slos = _get(meta, "request_defaults.slo_s")
+        for c in SLO_CLASSES:
+            e = slos.get(c) if isinstance(slos, dict) else None
+            if not (isinstance(e, dict) and all(isinstance(e.get(k), (int, float)) and e.get(k) > 0
+                                                for k in ("ttft_s", "tpot_s"))):
+                raise PolicyFileError(f"{POLICY_JSON}: request_defaults.slo_s.{c}: expected "
+                                      "{ttft_s, tpot_s} > 0")
+        for k in ("scenario.name", "scenario.env_id"):
+            _get(meta, k)
+        self.statics = st
+
+    def _make_session(self, onnx_bytes: bytes, threads: int):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(int(threads), 1)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            raise PolicyFileError(f"{POLICY_ONNX}: ONNX Runtime cannot load it ({err})") from None
+        n_site, n_mask = self.statics.max_sites + 1, self.statics.max_sites + 1 + len(self.statics.batch_levels)
+        n_obs = obs_size(self.statics)
+        ins = {i.name: i.shape for i in sess.get_inputs()}
+        outs = {o.name: o.shape for o in sess.get_outputs()}
+        expect_in = {"obs": n_obs, "action_mask": n_mask}
+        expect_out = {"logits": n_mask, "site_scores": n_site, "site": None, "batch_level": None}
+        for name, width in expect_in.items():
+            if name not in ins or len(ins[name]) != 2 or ins[name][1] != width:
+                raise PolicyFileError(f"{POLICY_ONNX}: input {name!r} has shape {ins.get(name)}, policy.json "
+                                      f"needs [batch, {width}] ({self.statics.n_sites} sites, max_sites "
+                                      f"{self.statics.max_sites})")
+        for name, width in expect_out.items():
+            if name not in outs or (width is not None and (len(outs[name]) != 2 or outs[name][1] != width)):
+                raise PolicyFileError(f"{POLICY_ONNX}: output {name!r} has shape {outs.get(name)}, "
+                                      f"policy.json needs [batch, {width}]")
+        bound = sess.get_modelmeta().custom_metadata_map.get(CONTRACT_KEY)
+        if bound != contract_sha256(self.meta):
+            raise PolicyFileError(f"{POLICY_JSON} was edited after export: its scenario/observation/statics/"
+                                  f"action/request_defaults do not hash to what {POLICY_ONNX} was exported "
+                                  f"for ({CONTRACT_KEY} {str(bound)[:16]}...)")
+        self._out_names = ["logits", "site_scores", "site", "batch_level"]
+        return sess
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_from_json(self, data) -> RouterSnapshot:
+        """A RouterSnapshot from the JSON form (see the module docstring); raises SnapshotError."""
+        if type(data) is not dict:
+            raise SnapshotError(f"body: expected a JSON object with endpoints and request, got {_typename(data)}")
+        eps = data.get("endpoints")
+        if type(eps) is not list:
+            raise SnapshotError("endpoints: missing" if eps is None else
+                                f"endpoints: expected a list of endpoint objects, got {_typename(eps)}")
+        n = self.n_sites
+        waiting = [0.0] * n
+        running = [0.0] * n
+        kv = [0.0] * n
+        rtt = [0.0] * n
+        price = [0.0] * n
+        up = [False] * n
+        level = [self.initial_batch_level] * n
+        seen = [False] * n
+        index = self._site_index
+        for i, ep in enumerate(eps):
+            where = f"endpoints[{i}]"
+            if type(ep) is not dict:
+                raise SnapshotError(f"{where}: expected an endpoint object, got {_typename(ep)}")
+            name = ep.get("name")
+            j = index.get(name) if type(name) is str else None
+            if j is None:
+                if "name" not in ep:
+                    raise SnapshotError(f"{where}.name: missing")
+                raise SnapshotError(f"{where}.name: unknown endpoint {_show(name)}; this policy routes "
+                                    f"between {', '.join(self.site_names)}")
+            if seen[j]:
+                raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
+            seen[j] = True
+            waiting[j] = _number(ep, "waiting", where, 0.0, _FMAX, "a number >= 0")
+            running[j] = _number(ep, "running", where, 0.0, _FMAX, "a number >= 0")
+            kv[j] = _number(ep, "kv_util", where, 0.0, 1.0, "a number in [0, 1]")
+            rtt[j] = _number(ep, "rtt_ms", where, 0.0, _FMAX, "a number >= 0")
+            price[j] = _number(ep, "energy_price_usd_per_kwh", where, 0.0, _FMAX, "a number >= 0")
+            up[j] = _boolean(ep, "up", where)
+            b = ep.get("batch_level")
+            if b is not None:
+                if type(b) is not int or not 0 <= b < self.n_levels:
+                    raise SnapshotError(f"{where}.batch_level: expected {self._level_what}, got {_show(b)}")
+                level[j] = b
+        if not all(seen):
+            missing = [self.site_names[k] for k in range(n) if not seen[k]]
+            raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
+                                "must be present)")
+        req = data.get("request")
+        if type(req) is not dict:
+            raise SnapshotError("request: missing" if req is None else
+                                f"request: expected an object, got {_typename(req)}")
+        try:
+            pt = req["prompt_tokens"]
+        except KeyError:
+            raise SnapshotError("request.prompt_tokens: missing (expected an integer >= 1)") from None
+        if type(pt) is float and pt.is_integer():
+            pt = int(pt)
+        if type(pt) is not int or pt < 1:
+            raise SnapshotError(f"request.prompt_tokens: expected an integer >= 1, got {_show(pt)}")
+        cls = _choice(req, "slo_class", "request", self._class_index, self._classes_what)
+        origin = _choice(req, "origin", "request", self._region_index, self._regions_what)
+        model = _choice(req, "model", "request", self._model_index, self._models_what)
+        residency = _boolean(req, "residency", "request")
+        ttft, tpot = self._slo[cls]
+        if req.get("ttft_slo_s") is not None:
+            ttft = _number(req, "ttft_slo_s", "request", 1e-9, _FMAX, "a number > 0")
+        if req.get("tpot_slo_s") is not None:
+            tpot = _number(req, "tpot_slo_s", "request", 1e-9, _FMAX, "a number > 0")
+        hour = data.get("hour_utc")
+        if hour is None:
+            hour = (time.time() % 86400.0) / 3600.0
+        elif not ((type(hour) is float or type(hour) is int) and 0.0 <= hour < 24.0):
+            raise SnapshotError(f"hour_utc: expected a number in [0, 24), got {_show(hour)}")
+        view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
+        return make_snapshot(self.statics, view, hour, waiting, running, kv, rtt, price, up, level)
+
+    def check_snapshot(self, snap: RouterSnapshot) -> None:
+        """Raise ValueError when `snap` comes from other sites than the policy's."""
+        st = snap.statics
+        if st is not self.statics and (st.site_names != self.site_names or st.max_sites != self.max_sites
+                                       or st.region_names != self.statics.region_names
+                                       or st.model_names != self.statics.model_names):
+            raise ValueError(f"snapshot of sites {list(st.site_names)} (max_sites {st.max_sites}), the policy "
+                             f"routes between {list(self.site_names)} (max_sites {self.max_sites})")
+
+    # ------------------------------------------------------------------ inference
+    def run(self, obs: np.ndarray, mask: np.ndarray):
+        """Raw graph outputs for a batch: (logits, site_scores, site, batch_level)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        mask = np.asarray(mask, dtype=bool)
+        if obs.ndim == 1:
+            obs, mask = obs.reshape(1, -1), mask.reshape(1, -1)
+        return self._session.run(self._out_names, {"obs": obs, "action_mask": mask})
+
+    def _decision(self, outs) -> dict:
+        _, scores, site, level = outs
+        s = int(site[0])
+        b = int(level[0])
+        row = scores[0].tolist()
+        shed = s >= self.n_sites  # shed slot (padding slots are masked, never chosen)
+        return {
+            "endpoint": None if shed else self.site_names[s],
+            "shed": shed,
+            "batch_level": b,
+            "max_batch_size": self.batch_levels[b],
+            "scores": dict(zip(self.site_names, row)),
+            "shed_score": row[self.max_sites],
+            "site_index": s,
+            "action": [s, b],
+        }
+
+    def decide_snapshot(self, snap: RouterSnapshot, obs: np.ndarray | None = None) -> dict:
+        """The decision for an in-process RouterSnapshot (`obs`: its ``encode``, if at hand)."""
+        if obs is None:
+            obs = encode(snap)
+        return self._decision(self.run(obs, snap.action_mask))
+
+    def decide(self, data) -> dict:
+        """The decision for a JSON snapshot (a parsed dict); raises SnapshotError."""
+        snap = self.snapshot_from_json(data)
+        return self._decision(self.run(encode(snap), snap.action_mask))
+
+    def score(self, data) -> dict:
+        """llm-d scorer style: a score in [0, 1] per endpoint, plus the best one and shed share."""
+        d = self.decide(data)
+        return {"scores": d["scores"], "shed_score": d["shed_score"], "best": d["endpoint"],
+                "shed": d["shed"], "batch_level": d["batch_level"], "max_batch_size": d["max_batch_size"]}
+
+    def health(self) -> dict:
+        return {
+            "status": "ok", "policy_sha256": self.sha256, "format_version": FORMAT_VERSION,
+            "scenario": self.scenario, "env_id": self.env_id, "sites": list(self.site_names),
+            "max_sites": self.max_sites, "batch_levels": list(self.batch_levels),
+            "obs_size": self.obs_size, "path": str(self.path),
+        }
+
+    def __repr__(self) -> str:
+        return (f"RouterPolicy({str(self.path)!r}, scenario={self.scenario!r}, sites={len(self.site_names)}, "
+                f"sha256={self.sha256[:12]}...)")

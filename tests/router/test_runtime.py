@@ -1,0 +1,317 @@
+"""gridenv.router.runtime: loading checks, JSON snapshot validation, episode parity, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sb3_contrib")
+
+import gymnasium as gym  # noqa: E402
+
+import gridenv  # noqa: E402,F401
+from gridenv.core.snapshot import encode  # noqa: E402
+from gridenv.router.runtime import (  # noqa: E402
+    PolicyFileError,
+    RouterPolicy,
+    SnapshotError,
+    snapshot_to_json,
+)
+
+METRO = "gridenv/Metro-v0"
+SITES = ["edge-north", "edge-south", "edge-east", "edge-west", "core"]
+
+
+def tiny_metro_run(tmp_path_factory) -> Path:
+    """A MaskablePPO trained for a few hundred steps on 20 s Metro episodes, with DummyVecEnv +
+    VecNormalize, saved as model.zip + vecnormalize.pkl; trained once per test session."""
+    run = tmp_path_factory.getbasetemp() / "tiny_metro_run" / "metro_maskable_ppo_s0"
+    if (run / "DONE").exists():
+        return run
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make(METRO, config={"horizon_s": 20})]), norm_reward=False)
+    model = MaskablePPO("MlpPolicy", venv, n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu")
+    model.learn(384)
+    run.mkdir(parents=True, exist_ok=True)
+    model.save(run / "model.zip")
+    venv.save(str(run / "vecnormalize.pkl"))
+    (run / "DONE").touch()
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_metro_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(run_dir, tmp_path_factory):
+    from agents.export import export_policy
+
+    out = tmp_path_factory.mktemp("router_policy") / "metro"
+    export_policy(run_dir, out, verify_states=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(policy_dir):
+    return RouterPolicy.load(policy_dir)
+
+
+def _snapshot() -> dict:
+    return {
+        "endpoints": [
+            {"name": n, "waiting": i, "running": 3 * i, "kv_util": 0.1 * i, "rtt_ms": 6.0 + 8 * i,
+             "energy_price_usd_per_kwh": 0.18 if i < 4 else 0.09, "up": True, "batch_level": 1}
+            for i, n in enumerate(SITES)
+        ],
+        "request": {"prompt_tokens": 700, "slo_class": "chat", "origin": "north", "model": "llama-3-8b",
+                    "residency": False},
+        "hour_utc": 13.25,
+    }
+
+
+# ---------------------------------------------------------------------------- decisions
+def test_decide_shape(policy):
+    d = policy.decide(_snapshot())
+    assert set(d) >= {"endpoint", "shed", "batch_level", "max_batch_size", "scores", "site_index"}
+    assert d["endpoint"] in SITES or (d["endpoint"] is None and d["shed"])
+    assert d["max_batch_size"] == [8, 32, 128][d["batch_level"]]
+    assert list(d["scores"]) == SITES
+    assert all(0.0 <= v <= 1.0 for v in d["scores"].values())
+    assert abs(sum(d["scores"].values()) + d["shed_score"] - 1.0) < 1e-5
+    assert d["action"] == [d["site_index"], d["batch_level"]]
+    # omitted optional fields: batch_level, SLOs, hour (-> now)
+    snap = _snapshot()
+    del snap["hour_utc"]
+    for ep in snap["endpoints"]:
+        del ep["batch_level"]
+    assert policy.decide(snap)["endpoint"] in SITES + [None]
+    assert policy.score(_snapshot())["scores"] == d["scores"]
+
+
+def test_nothing_feasible_sheds(policy):
+    snap = _snapshot()
+    for ep in snap["endpoints"]:
+        ep["up"] = False
+    d = policy.decide(snap)
+    assert d["shed"] and d["endpoint"] is None and d["site_index"] == 5
+    assert all(v == 0.0 for v in d["scores"].values()) and d["shed_score"] == pytest.approx(1.0)
+
+
+def test_residency_keeps_request_in_region(policy):
+    snap = _snapshot()
+    snap["request"].update(residency=True, origin="south")
+    d = policy.decide(snap)
+    assert d["endpoint"] in ("edge-south", None)
+    assert all(v == 0.0 for k, v in d["scores"].items() if k != "edge-south")
+
+
+def test_episode_parity_with_sb3(run_dir, policy):
+    """The runtime fed with the env's own snapshots reproduces a whole episode's decisions, and the
+    JSON form of each snapshot encodes to the env's observation bit for bit."""
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    model = MaskablePPO.load(run_dir / "model.zip", device="cpu")
+    vn = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make(METRO)]))
+    vn.training = False
+    env = gym.make(METRO, config={"horizon_s": 30})
+    obs, _ = env.reset(seed=11)
+    done, n, sheds, rewards = False, 0, 0, 0.0
+    while not done:
+        snap = env.unwrapped.snapshot
+        ref, _ = model.predict(vn.normalize_obs(obs), action_masks=env.unwrapped.action_masks(),
+                               deterministic=True)
+        d = policy.decide_snapshot(snap)
+        assert d["action"] == np.asarray(ref).tolist(), f"decision {n}"
+        assert snap.action_mask[d["site_index"]]
+        # the JSON path: same observation, same decision; and with the SLOs left to the defaults
+        j = snapshot_to_json(snap)
+        assert policy.decide(j) == d
+        np.testing.assert_array_equal(encode(policy.snapshot_from_json(j)), obs)
+        del j["request"]["ttft_slo_s"], j["request"]["tpot_slo_s"]
+        np.testing.assert_array_equal(encode(policy.snapshot_from_json(json.loads(json.dumps(j)))), obs)
+        sheds += d["shed"]
+        obs, r, _, done, _ = env.step(np.array(d["action"]))
+        rewards += r
+        n += 1
+    assert n > 300
+    print(f"\nepisode parity: {n} decisions identical to MaskablePPO.predict ({sheds} sheds)")
+
+
+# ---------------------------------------------------------------------------- validation
+def _bad(mutate):
+    snap = _snapshot()
+    mutate(snap)
+    return snap
+
+
+BAD = [
+    (lambda s: s["endpoints"][2].update(kv_util=1.7), r"^endpoints\[2\]\.kv_util: expected a number in \[0, 1\]"),
+    (lambda s: s["endpoints"][1].pop("waiting"), r"^endpoints\[1\]\.waiting: missing"),
+    (lambda s: s["endpoints"][0].update(running="3"), r"^endpoints\[0\]\.running: expected a number >= 0, got \"3\""),
+    (lambda s: s["endpoints"][0].update(rtt_ms=-1), r"^endpoints\[0\]\.rtt_ms: expected a number >= 0"),
+    (lambda s: s["endpoints"][0].update(waiting=True), r"^endpoints\[0\]\.waiting: expected a number"),
+    (lambda s: s["endpoints"][0].update(waiting=float("nan")), r"^endpoints\[0\]\.waiting: expected a number"),
+    (lambda s: s["endpoints"][3].update(up="yes"), r"^endpoints\[3\]\.up: expected true or false"),
+    (lambda s: s["endpoints"][3].update(batch_level=3), r"^endpoints\[3\]\.batch_level: expected a batch level"),
+    (lambda s: s["endpoints"][4].update(name="edge-mars"), r"^endpoints\[4\]\.name: unknown endpoint \"edge-mars\""),
+    (lambda s: s["endpoints"][4].pop("name"), r"^endpoints\[4\]\.name: missing"),
+    (lambda s: s["endpoints"][4].update(name="edge-north"), r"^endpoints\[4\]\.name: duplicate endpoint"),
+    (lambda s: s["endpoints"].pop(), r"^endpoints: missing core"),
+    (lambda s: s["endpoints"].append(7), r"^endpoints\[5\]: expected an endpoint object"),
+    (lambda s: s.pop("endpoints"), r"^endpoints: missing"),
+    (lambda s: s.update(endpoints={}), r"^endpoints: expected a list"),
+    (lambda s: s.pop("request"), r"^request: missing"),
+    (lambda s: s["request"].update(prompt_tokens=0), r"^request\.prompt_tokens: expected an integer >= 1"),
+    (lambda s: s["request"].update(prompt_tokens=12.5), r"^request\.prompt_tokens: expected an integer"),
+    (lambda s: s["request"].update(slo_class="batch"), r"^request\.slo_class: expected an SLO class"),
+    (lambda s: s["request"].update(origin="mars"), r"^request\.origin: expected a region name"),
+    (lambda s: s["request"].update(model="gpt-5"), r"^request\.model: expected a model name"),
+    (lambda s: s["request"].pop("residency"), r"^request\.residency: missing"),
+    (lambda s: s["request"].update(ttft_slo_s=0), r"^request\.ttft_slo_s: expected a number > 0"),
+    (lambda s: s.update(hour_utc=24), r"^hour_utc: expected a number in \[0, 24\)"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD, ids=[m for _, m in BAD])
+def test_invalid_snapshot_names_the_field(policy, mutate, message):
+    with pytest.raises(SnapshotError, match=message):
+        policy.decide(_bad(mutate))
+
+
+def test_not_an_object(policy):
+    with pytest.raises(SnapshotError, match="^body: expected a JSON object"):
+        policy.decide([1, 2])
+
+
+# ---------------------------------------------------------------------------- refusals
+def _copy(policy_dir: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "p"
+    d.mkdir()
+    for f in ("policy.onnx", "policy.json"):
+        (d / f).write_bytes((policy_dir / f).read_bytes())
+    return d
+
+
+def _edit(d: Path, fn) -> None:
+    meta = json.loads((d / "policy.json").read_text())
+    fn(meta)
+    (d / "policy.json").write_text(json.dumps(meta))
+
+
+def test_tampered_onnx_refused(policy_dir, tmp_path):
+    d = _copy(policy_dir, tmp_path)
+    with open(d / "policy.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(PolicyFileError, match="policy.onnx does not match policy.json: sha256"):
+        RouterPolicy.load(d)
+
+
+def test_wrong_feature_spec_refused(policy_dir, tmp_path):
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, lambda m: m["observation"]["features"][5].update(name="site[0].kv_util_v2"))
+    with pytest.raises(PolicyFileError, match=r"feature spec differs at \[5\]"):
+        RouterPolicy.load(d)
+    d2 = tmp_path / "q"
+    d2.mkdir()
+    d2 = _copy(policy_dir, d2)
+    _edit(d2, lambda m: m["observation"]["features"].pop())
+    with pytest.raises(PolicyFileError, match="feature spec has 73 features, this gridenv encodes 74"):
+        RouterPolicy.load(d2)
+
+
+def _drop_last_site(m: dict) -> None:
+    st = m["statics"]
+    n = len(st["site_names"])
+    for k, v in st.items():
+        if isinstance(v, list) and len(v) == n and k != "batch_levels":
+            st[k] = v[:-1]
+
+
+@pytest.mark.parametrize("case", ["n_sites", "site_slots", "max_sites", "statics_ragged", "consistent_edit"])
+def test_wrong_number_of_sites_refused(policy_dir, tmp_path, case):
+    d = _copy(policy_dir, tmp_path)
+    if case == "n_sites":
+        _edit(d, lambda m: m["action"].update(n_sites=4))
+        msg = "action.n_sites is 4"
+    elif case == "site_slots":
+        _edit(d, lambda m: m["action"].update(site_slots=SITES[:4]))
+        msg = "action.site_slots"
+    elif case == "max_sites":  # more slots than the graph has: the spec no longer matches
+        _edit(d, lambda m: (m["statics"].update(max_sites=6), m["action"].update(max_sites=6, shed_index=6)))
+        msg = "feature spec has 74 features, this gridenv encodes 86"
+    elif case == "statics_ragged":
+        _edit(d, lambda m: m["statics"].update(site_names=SITES[:4]))
+        msg = "statics.site_region has 5 entries for 4 sites"
+    else:  # a self-consistent policy.json for 4 sites: only the graph's contract hash catches it
+        def four(m):
+            _drop_last_site(m)
+            m["action"].update(n_sites=4, site_slots=SITES[:4])
+        _edit(d, four)
+        msg = "policy.json was edited after export"
+    with pytest.raises(PolicyFileError, match=msg):
+        RouterPolicy.load(d)
+
+
+def test_other_refusals(policy_dir, tmp_path):
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, lambda m: m.update(format_version=99))
+    with pytest.raises(PolicyFileError, match="format_version 99"):
+        RouterPolicy.load(d)
+    _edit(d, lambda m: m.update(format_version=1))
+    RouterPolicy.load(d)  # restored
+    _edit(d, lambda m: m["request_defaults"]["slo_s"]["chat"].update(ttft_s=9.0))
+    with pytest.raises(PolicyFileError, match="edited after export"):
+        RouterPolicy.load(d)
+    (d / "policy.json").write_text("{not json")
+    with pytest.raises(PolicyFileError, match="not valid JSON"):
+        RouterPolicy.load(d)
+    (d / "policy.json").unlink()
+    with pytest.raises(PolicyFileError, match="policy.json: missing"):
+        RouterPolicy.load(d)
+    with pytest.raises(PolicyFileError, match="no such policy directory"):
+        RouterPolicy.load(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------- CLI, imports
+def test_cli_check_and_decide(policy_dir, tmp_path, capsys):
+    from gridenv.router.__main__ import main
+
+    assert main(["check", "--policy", str(policy_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["sites"] == SITES
+    f = tmp_path / "snap.json"
+    f.write_text(json.dumps(_snapshot()))
+    assert main(["decide", "--policy", str(policy_dir), str(f)]) == 0
+    assert json.loads(capsys.readouterr().out)["max_batch_size"] in (8, 32, 128)
+    f.write_text(json.dumps(_bad(lambda s: s["endpoints"][2].update(kv_util=2))))
+    assert main(["decide", "--policy", str(policy_dir), str(f)]) == 2
+    assert capsys.readouterr().err.startswith("error: endpoints[2].kv_util: expected a number in [0, 1]")
+    assert main(["check", "--policy", str(tmp_path)]) == 2
+    assert "policy.json: missing" in capsys.readouterr().err
+
+
+def test_runtime_does_not_import_torch(policy_dir):
+    code = textwrap.dedent(f"""
+        import json, sys
+        from gridenv.router.runtime import RouterPolicy
+        p = RouterPolicy.load({str(policy_dir)!r})
+        d = p.decide(json.loads({json.dumps(json.dumps(_snapshot()))}))
+        assert d["endpoint"] in {SITES!r} or d["shed"]
+        print(json.dumps({{m: m in sys.modules for m in ("torch", "stable_baselines3", "sb3_contrib",
+                                                        "gymnasium")}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not loaded["torch"] and not loaded["stable_baselines3"] and not loaded["sb3_contrib"], loaded
