@@ -1,0 +1,214 @@
+"""A trained Stable-Baselines3 agent (MaskablePPO or PPO ``.zip``) as an :class:`agents.policy.Policy`.
+
+    from agents.sb3_policy import SB3Policy
+    policy = SB3Policy("runs/metro_maskable_ppo_s0/best_model/best_model.zip")
+    action = policy.act(obs, env.unwrapped.snapshot)
+
+* The algorithm is read from the archive (its policy class), not from the file name.
+* Observation normalization: the VecNormalize statistics are read from ``vecnormalize.pkl``
+  beside the model (``train.py`` saves one beside ``model.zip`` and ``best_model.zip``; for a
+  checkpoint ``<prefix>_<N>_steps.zip`` it is ``<prefix>_vecnormalize_<N>_steps.pkl``) or from an
+  explicit path. Only the observation part is applied, with ``VecNormalize.normalize_obs``
+  semantics: ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)``; no env is needed.
+* Actions are deterministic. MaskablePPO predicts with ``snapshot.action_mask``, so it never
+  picks a masked site. Plain PPO predicts without the mask; when its site is masked the policy
+  **sheds explicitly** (``[max_sites, level]``), which is the outcome of the env's documented
+  fallback (``actions.invalid_action: shed``) but keeps the Policy contract (never return a masked
+  site) and also works under ``invalid_action: raise``. Such fallbacks are counted in
+  :attr:`SB3Policy.n_masked_fallbacks`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from agents.policy import Policy
+from gridenv.core.snapshot import RouterSnapshot
+
+__all__ = ["SB3Policy", "detect_algo", "find_vecnormalize"]
+
+_CKPT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
+
+
+def detect_algo(path: str | Path) -> str:
+    """``"maskable_ppo"`` or ``"ppo"`` from the policy class stored in an SB3 ``.zip``.
+
+    Raises ValueError when `path` is not an SB3 model archive (or holds another algorithm).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+        policy_class = data["policy_class"]
+        module = policy_class.get("__module__", "") if isinstance(policy_class, dict) else ""
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError) as err:
+        raise ValueError(f"{path} is not a valid Stable-Baselines3 model archive ({type(err).__name__}: {err})") from err
+    if "sb3_contrib.common.maskable" in module:
+        return "maskable_ppo"
+    if module.startswith("stable_baselines3.common.policies"):
+        return "ppo"
+    raise ValueError(f"{path}: unsupported policy class from module {module!r} (expected MaskablePPO or PPO)")
+
+
+def find_vecnormalize(model_path: str | Path) -> Path:
+    """Where the VecNormalize statistics of `model_path` are expected (the file may not exist)."""
+    p = Path(model_path)
+    m = _CKPT.match(p.name)
+    if m:  # CheckpointCallback naming
+        ckpt = p.with_name(f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl")
+        if ckpt.exists():
+            return ckpt
+    return p.with_name("vecnormalize.pkl")
+
+
+def _load_obs_stats(path: Path) -> dict:
+    """mean, var, epsilon, clip_obs, norm_obs of a pickled VecNormalize (no env needed)."""
+    try:
+        with open(path, "rb") as f:
+            vn = pickle.load(f)  # VecNormalize.__setstate__ leaves venv = None
+        rms = vn.obs_rms
+        stats = {
+            "mean": np.asarray(rms.mean, dtype=np.float64),
+            "std": np.sqrt(np.asarray(rms.var, dtype=np.float64) + float(vn.epsilon)),
+            "clip_obs": float(vn.clip_obs),
+            "norm_obs": bool(vn.norm_obs),
+        }
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # unpickling garbage raises anything from UnpicklingError to EOFError
+        raise ValueError(f"{path} is not a valid VecNormalize statistics file ({type(err).__name__}: {err})") from err
+    if isinstance(rms, dict):
+        raise ValueError(f"{path}: dict observation statistics are not supported")
+    return stats
+
+
+def _run_name(model_path: Path) -> str:
+    """The run directory's name: ``runs/<run>/model.zip``, ``runs/<run>/best_model/x.zip``, ..."""
+    parent = model_path.parent
+    if parent.name in ("best_model", "checkpoints") and parent.parent.name:
+        return parent.parent.name
+    return parent.name or model_path.stem
+
+
+class SB3Policy(Policy):
+    """A MaskablePPO / PPO model as a Policy (see the module docstring).
+
+    Args:
+        path: the model ``.zip``, or a run directory (its ``best_model/best_model.zip`` when
+            present, else its ``model.zip``).
+        vecnormalize: the VecNormalize ``.pkl``; default: found beside the model. ``False``: the
+            model was trained on raw observations.
+        name: leaderboard name; default: the run directory's name.
+        device: torch device.
+
+    Raises:
+        FileNotFoundError: the model or the VecNormalize file does not exist (the message names it).
+        ValueError: a file that is not an SB3 model / VecNormalize pickle, or one made for
+            different observation or action spaces.
+    """
+
+    def __init__(self, path: str | Path, vecnormalize: str | Path | bool | None = None,
+                 name: str | None = None, device: str = "cpu") -> None:
+        path = Path(path)
+        if path.is_dir():
+            best, final = path / "best_model" / "best_model.zip", path / "model.zip"
+            path = best if best.is_file() else final
+        if not path.is_file():
+            raise FileNotFoundError(f"SB3 model not found: {path}")
+        self.path = path
+        self.algo = detect_algo(path)
+        if self.algo == "maskable_ppo":
+            from sb3_contrib import MaskablePPO as Algo
+        else:
+            from stable_baselines3 import PPO as Algo
+        try:
+            self.model = Algo.load(path, device=device)
+        except Exception as err:  # a damaged policy.pth inside a valid zip, wrong versions, ...
+            raise ValueError(f"cannot load {self.algo} model {path}: {type(err).__name__}: {err}") from err
+        space = self.model.action_space
+        nvec = getattr(space, "nvec", None)
+        if nvec is None or len(nvec) != 2:
+            raise ValueError(f"{path}: expected a MultiDiscrete([max_sites + 1, n_levels]) action space, got {space}")
+        self.max_sites = int(nvec[0]) - 1
+        self.n_levels = int(nvec[1])
+        self.obs_shape = tuple(self.model.observation_space.shape)
+
+        self.vecnormalize_path: Path | None = None
+        self._stats: dict | None = None
+        if vecnormalize is not False:
+            vn_path = find_vecnormalize(path) if vecnormalize in (None, True) else Path(vecnormalize)
+            if not vn_path.is_file():
+                raise FileNotFoundError(
+                    f"VecNormalize statistics not found: {vn_path} (pass vecnormalize=<path>, or "
+                    "vecnormalize=False for a model trained without VecNormalize)"
+                )
+            stats = _load_obs_stats(vn_path)
+            if stats["mean"].shape != self.obs_shape:
+                raise ValueError(f"{vn_path}: statistics for observations of shape {stats['mean'].shape}, "
+                                 f"the model takes {self.obs_shape}")
+            self.vecnormalize_path = vn_path
+            self._stats = stats if stats["norm_obs"] else None
+        self.name = name or _run_name(path)
+        #: plain PPO only: decisions where the predicted site was masked and the policy shed.
+        self.n_masked_fallbacks = 0
+
+    # ------------------------------------------------------------------ Policy API
+    def reset(self, seed: int | None = None) -> None:
+        """Deterministic policy: nothing to reseed."""
+
+    def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        """``clip((obs - mean) / sqrt(var + eps), -clip_obs, clip_obs)`` as float32 (or obs as is)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.shape[-len(self.obs_shape):] != self.obs_shape:
+            raise ValueError(f"{self.name}: observation of shape {obs.shape}, the model takes {self.obs_shape} "
+                             "(trained on another scenario?)")
+        if self._stats is None:
+            return obs
+        s = self._stats
+        return np.clip((obs - s["mean"]) / s["std"], -s["clip_obs"], s["clip_obs"]).astype(np.float32)
+
+    def _mask(self, snapshot: RouterSnapshot) -> np.ndarray:
+        mask = np.asarray(snapshot.action_mask, dtype=bool)
+        if mask.shape != (self.max_sites + 1 + self.n_levels,):
+            raise ValueError(f"{self.name}: action mask of length {mask.shape[0]}, the model expects "
+                             f"{self.max_sites + 1 + self.n_levels} ({self.max_sites} site slots + shed + "
+                             f"{self.n_levels} batch levels)")
+        return mask
+
+    def act(self, obs: np.ndarray, snapshot: RouterSnapshot) -> np.ndarray:
+        x = self.normalize_obs(obs)
+        mask = self._mask(snapshot)
+        if self.algo == "maskable_ppo":
+            action, _ = self.model.predict(x, action_masks=mask, deterministic=True)
+        else:
+            action, _ = self.model.predict(x, deterministic=True)
+        action = np.asarray(action, dtype=np.int64).reshape(2).copy()
+        if not mask[action[0]]:  # plain PPO chose a masked site: shed, as the env would
+            self.n_masked_fallbacks += 1
+            action[0] = self.max_sites
+        return action
+
+    def scores(self, obs: np.ndarray, snapshot: RouterSnapshot) -> np.ndarray:
+        """The policy's probability of each site slot (masked sites 0), scaled so the best is 1."""
+        import torch
+
+        x = self.normalize_obs(obs)
+        mask = self._mask(snapshot)
+        obs_t, _ = self.model.policy.obs_to_tensor(x)
+        with torch.no_grad():
+            if self.algo == "maskable_ppo":
+                dist = self.model.policy.get_distribution(obs_t, action_masks=mask)
+            else:
+                dist = self.model.policy.get_distribution(obs_t)
+            # MultiCategorical keeps a list of per-component distributions; the first is the site
+            site = dist.distributions[0] if hasattr(dist, "distributions") else dist.distribution[0]
+            probs = site.probs.cpu().numpy().reshape(-1)[: self.max_sites]
+        probs = np.where(mask[: self.max_sites], probs, 0.0)
+        top = probs.max()
+        return probs / top if top > 0 else probs

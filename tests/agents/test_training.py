@@ -1,0 +1,335 @@
+"""train.py and agents/training.py: a tiny run end to end, resume, hyperparameter files, bad args.
+
+The training runs use a 8-second horizon, 2 envs and a tiny network so the whole file takes a
+few seconds; they check the plumbing (files, statistics, logs), not learning.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+pytest.importorskip("sb3_contrib")
+pytest.importorskip("tensorboard")
+
+import gridenv  # noqa: E402,F401
+from agents import training as T  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS = ("goodput_tokens_per_s", "slo_attainment", "usd_per_mtok", "energy_kwh")
+
+
+def _load_train():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+train = _load_train()
+
+TINY_YAML = """
+default:
+  n_envs: 2
+  n_steps: 64
+  batch_size: 64
+  n_epochs: 1
+  gamma: 0.99
+  net_arch: [32, 32]
+  normalize: {obs: true, reward: true}
+  env_config: {horizon_s: 8}
+  eval_episodes: 1
+  eval_seeds_start: 5000
+"""
+
+
+def tiny_args(run_dir: Path, hp: Path, *extra: str) -> list[str]:
+    return ["--run-dir", str(run_dir), "--hyperparams", str(hp), "--total-timesteps", "512",
+            "--eval-freq", "128", "--checkpoint-freq", "128", "--no-eval-leaderboard",
+            "--no-progress-bar", "--verbose", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_hp(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("hp") / "tiny.yaml"
+    p.write_text(TINY_YAML)
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_hp):
+    run_dir = tmp_path_factory.mktemp("runs") / "metro_tiny"
+    result = train.main(tiny_args(run_dir, tiny_hp))
+    return run_dir, result
+
+
+# ----------------------------------------------------------------------------- a tiny run
+def test_run_writes_models_checkpoints_and_stats(tiny_run):
+    run_dir, result = tiny_run
+    assert result["timesteps"] >= 512
+    assert (run_dir / "model.zip").is_file() and (run_dir / "vecnormalize.pkl").is_file()
+    ckpts = sorted((run_dir / "checkpoints").glob("rl_model_*_steps.zip"))
+    assert len(ckpts) >= 4
+    for c in ckpts:  # every checkpoint carries its VecNormalize statistics
+        steps = c.name.split("_")[-2]
+        assert (run_dir / "checkpoints" / f"rl_model_vecnormalize_{steps}_steps.pkl").is_file()
+    last = T.latest_checkpoint(run_dir / "checkpoints")
+    assert last.timesteps == result["timesteps"]  # the final model is also the last checkpoint
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["args"]["total_timesteps"] == 512 and saved["scenario"] == "metro"
+    assert saved["commands"][0].startswith("python train.py") and "--run-dir" in saved["commands"][0]
+    assert saved["hyperparams"]["env_config"] == {"horizon_s": 8}
+
+
+def test_best_model_has_the_statistics_it_was_evaluated_with(tiny_run):
+    run_dir, _ = tiny_run
+    best = run_dir / "best_model"
+    assert (best / "best_model.zip").is_file() and (best / "vecnormalize.pkl").is_file()
+    info = json.loads((best / "best.json").read_text())
+    # Checkpoint and evaluation fire on the same step: the checkpoint's stats are the best model's.
+    ckpt_pkl = run_dir / "checkpoints" / f"rl_model_vecnormalize_{info['timesteps']}_steps.pkl"
+    with open(best / "vecnormalize.pkl", "rb") as f, open(ckpt_pkl, "rb") as g:
+        a, b = pickle.load(f), pickle.load(g)
+    np.testing.assert_array_equal(a.obs_rms.mean, b.obs_rms.mean)
+    np.testing.assert_array_equal(a.obs_rms.var, b.obs_rms.var)
+    assert a.obs_rms.count > 100  # statistics of training observations, not a fresh VecNormalize
+
+
+def test_tensorboard_has_custom_episode_and_eval_scalars(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = tiny_run
+    tb_dirs = list((run_dir / "tb").iterdir())
+    assert [d.name for d in tb_dirs] == ["maskable_ppo_1"]
+    ea = EventAccumulator(str(tb_dirs[0]))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for m in METRICS:
+        assert f"episode/{m}" in tags, sorted(tags)
+        assert f"eval/{m}" in tags, sorted(tags)
+        values = [e.value for e in ea.Scalars(f"episode/{m}")]
+        assert values and all(np.isfinite(values))
+    assert "eval/mean_reward" in tags and "rollout/ep_rew_mean" in tags
+    slo = [e.value for e in ea.Scalars("episode/slo_attainment")]
+    assert all(0.0 <= v <= 1.0 for v in slo)
+
+
+def test_monitor_csv_has_episode_metrics(tiny_run):
+    run_dir, _ = tiny_run
+    csv = run_dir / "monitor" / "train_0.monitor.csv"
+    header = csv.read_text().splitlines()[1].split(",")
+    assert header[:3] == ["r", "l", "t"] and set(METRICS) <= set(header)
+
+
+def test_resume_continues_from_last_checkpoint(tiny_run, tiny_hp, tmp_path):
+    src, first = tiny_run
+    run_dir = tmp_path / src.name
+    shutil.copytree(src, run_dir)
+    ckpt = T.latest_checkpoint(run_dir / "checkpoints")
+    with open(ckpt.vecnormalize, "rb") as f:
+        saved = pickle.load(f)
+
+    # The loader train.py uses restores exactly the saved statistics.
+    venv = T.make_vec_env("gridenv/Metro-v0", 2, 0, 0.99, {}, {"horizon_s": 8},
+                          vecnormalize_path=ckpt.vecnormalize)
+    np.testing.assert_array_equal(venv.obs_rms.mean, saved.obs_rms.mean)
+    np.testing.assert_array_equal(venv.obs_rms.var, saved.obs_rms.var)
+    assert venv.obs_rms.count == saved.obs_rms.count and venv.ret_rms.var == saved.ret_rms.var
+    assert venv.training and venv.norm_reward
+    venv.close()
+
+    monitor_lines = (run_dir / "monitor" / "train_0.monitor.csv").read_text().splitlines()
+    result = train.main(["--run-dir", str(run_dir), "--resume", "--total-timesteps", "1024",
+                         "--no-progress-bar"])
+    assert result["resumed_from"].timesteps == ckpt.timesteps == first["timesteps"]
+    assert result["timesteps"] >= 1024 > ckpt.timesteps
+    with open(run_dir / "vecnormalize.pkl", "rb") as f:
+        after = pickle.load(f)
+    new_steps = result["timesteps"] - ckpt.timesteps
+    assert after.obs_rms.count >= saved.obs_rms.count + new_steps  # continued, not restarted
+    assert (run_dir / "checkpoints" / f"rl_model_{result['timesteps']}_steps.zip").is_file()
+    # Logs continue: Monitor CSV appended, evaluation history kept.
+    after_lines = (run_dir / "monitor" / "train_0.monitor.csv").read_text().splitlines()
+    assert after_lines[: len(monitor_lines)] == monitor_lines and len(after_lines) > len(monitor_lines)
+    evals = np.load(run_dir / "eval" / "evaluations.npz")["timesteps"]
+    assert evals.min() <= ckpt.timesteps < evals.max()
+    # Same TensorBoard run continued; unspecified arguments came from args.json.
+    assert [d.name for d in (run_dir / "tb").iterdir()] == ["maskable_ppo_1"]
+    record = json.loads((run_dir / "args.json").read_text())
+    assert record["args"]["n_envs"] is None and record["args"]["eval_freq"] == 128
+    assert record["args"]["hyperparams"] == str(tiny_hp)
+    assert len(record["commands"]) == 2 and "--resume" in record["commands"][1]
+
+
+def test_plain_ppo_run(tiny_hp, tmp_path):
+    run_dir = tmp_path / "metro_ppo"
+    result = train.main(tiny_args(run_dir, tiny_hp, "--algo", "ppo", "--total-timesteps", "128",
+                                  "--eval-freq", "128"))
+    assert result["timesteps"] == 128
+    assert (run_dir / "best_model" / "vecnormalize.pkl").is_file()
+    assert [d.name for d in (run_dir / "tb").iterdir()] == ["ppo_1"]
+
+
+# ----------------------------------------------------------------------------- bad arguments
+def _cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_scenario_is_a_clear_error(capsys, tmp_path):
+    err = _cli_error(capsys, ["--scenario", "atlantis", "--run-dir", str(tmp_path / "r")])
+    assert "unknown scenario 'atlantis'" in err and "metro" in err
+
+
+def test_missing_hyperparams_file_is_a_clear_error(capsys, tmp_path):
+    err = _cli_error(capsys, ["--hyperparams", str(tmp_path / "nope.yaml"), "--run-dir", str(tmp_path / "r")])
+    assert "hyperparameter file not found" in err and "nope.yaml" in err
+
+
+def test_bad_yaml_key_is_a_clear_error(capsys, tmp_path):
+    hp = tmp_path / "hp.yaml"
+    hp.write_text("default:\n  n_steps: 64\nmetro:\n  learning_rat: 0.001\n")
+    err = _cli_error(capsys, ["--hyperparams", str(hp), "--run-dir", str(tmp_path / "r")])
+    assert "unknown hyperparameter 'learning_rat'" in err and "[metro]" in err
+
+
+def test_unknown_algo_and_bad_env_config(capsys, tmp_path):
+    err = _cli_error(capsys, ["--algo", "dqn"])
+    assert "invalid choice: 'dqn'" in err
+    err = _cli_error(capsys, ["--env-config", "{horizon", "--run-dir", str(tmp_path / "r")])
+    assert "--env-config is not valid JSON" in err
+
+
+def test_existing_run_needs_resume_or_overwrite(capsys, tiny_run):
+    run_dir, _ = tiny_run
+    err = _cli_error(capsys, ["--run-dir", str(run_dir)])
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    err = _cli_error(capsys, ["--run-dir", str(tmp_path / "empty"), "--resume"])
+    assert "no checkpoint" in err
+
+
+def test_resume_with_other_algo_is_refused(capsys, tiny_run, tmp_path):
+    src, _ = tiny_run
+    shutil.copytree(src, tmp_path / "r")
+    err = _cli_error(capsys, ["--run-dir", str(tmp_path / "r"), "--resume", "--algo", "ppo"])
+    assert "trained with algo 'maskable_ppo'" in err
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+def test_yaml_merges_default_and_scenario_entry(tmp_path):
+    hp = tmp_path / "hp.yaml"
+    hp.write_text(
+        "default:\n  n_steps: 512\n  gamma: 0.995\n  net_arch: [64, 64]\n"
+        "  normalize: {obs: true, reward: true}\n  env_config: {}\n"
+        "metro:\n  n_steps: 128\n  net_arch: [16]\n  normalize: {reward: false}\n"
+        "gridenv/Outage-v0:\n  gamma: 0.9\n  env_config: {horizon_s: 30}\n"
+    )
+    metro = T.load_hyperparams(hp, "metro")
+    assert metro == {"n_steps": 128, "gamma": 0.995, "net_arch": [16],
+                     "normalize": {"obs": True, "reward": False}, "env_config": {}}
+    assert T.load_hyperparams(hp, "gridenv/Metro-v0") == metro  # by id, found under its name
+    outage = T.load_hyperparams(hp, "outage")  # by name, found under its id
+    assert outage["gamma"] == 0.9 and outage["n_steps"] == 512 and outage["env_config"] == {"horizon_s": 30}
+    assert T.load_hyperparams(hp, "bursty")["gamma"] == 0.995  # no entry: the default
+
+
+@pytest.mark.parametrize("text, match", [
+    ("default:\n  n_steps: [1\n", "invalid YAML"),
+    ("metro:\n  n_steps: 64\n", "'default:' entry"),
+    ("default:\n  n_steps: 64\natlantis: {}\n", "unknown entry 'atlantis'"),
+    ("default:\n  normalize: {obs: true, rewards: true}\n", "unknown normalize key"),
+    ("default:\n  n_steps: many\n", "n_steps has the wrong type"),
+    ("default:\n  learning_rate: fast\n", "learning_rate must be a number or 'lin_<number>'"),
+    ("default: {}\nmetro: {}\ngridenv/Metro-v0: {}\n", "both 'metro' and 'gridenv/Metro-v0'"),
+])
+def test_bad_hyperparam_files(tmp_path, text, match):
+    hp = tmp_path / "hp.yaml"
+    hp.write_text(text)
+    with pytest.raises(T.HyperparamError, match=match):
+        T.load_hyperparams(hp, "metro")
+
+
+def test_shipped_ppo_yaml_is_valid_for_every_scenario():
+    from gridenv.core.scenario import scenario_names
+
+    for name in scenario_names():
+        hp = T.load_hyperparams(ROOT / "configs" / "ppo.yaml", name)
+        assert hp["n_envs"] * hp["n_steps"] % hp["batch_size"] == 0, name
+        assert hp["normalize"]["reward"] and 0.9 < hp["gamma"] < 1
+        assert hp["eval_seeds_start"] + hp["eval_episodes"] <= 10_000  # leaderboard seeds are held out
+
+
+def test_args_parsing_and_help():
+    args, explicit = train.parse_args([])
+    assert args == train.Args() and explicit == set()
+    assert args.scenario == "metro" and args.algo == "maskable_ppo" and args.total_timesteps > 100_000
+    args, explicit = train.parse_args(["--total-timesteps", "10", "--no-progress-bar", "--resume", "--n-envs", "3"])
+    assert (args.total_timesteps, args.progress_bar, args.resume, args.n_envs) == (10, False, True, 3)
+    assert explicit == {"total_timesteps", "progress_bar", "resume", "n_envs"}
+    help_text = train.build_parser().format_help()
+    docs = train._field_docs(train.Args)
+    assert set(docs) == set(train.Args.__dataclass_fields__)  # a docstring per field
+    assert "--no-eval-leaderboard" in help_text and "--hyperparams" in help_text
+
+
+# ----------------------------------------------------------------------------- wrappers
+def test_episode_metrics_reach_monitor_info():
+    env = T.make_env("gridenv/Metro-v0", {"horizon_s": 3})()
+    env.reset(seed=0)
+    shed = np.array([env.unwrapped.max_sites, 0])
+    while True:
+        _, _, term, trunc, info = env.step(shed)
+        if term or trunc:
+            break
+    ep = info["episode"]
+    assert {"r", "l", *T.EPISODE_METRICS} <= set(ep)
+    assert ep["shed"] == info["episode_metrics"]["shed"] > 0
+    assert ep["slo_attainment"] == info["episode_metrics"]["slo_attainment"]
+
+
+def test_fixed_seed_cycle_repeats_arrivals():
+    env = T.FixedSeedCycle(gym.make("gridenv/Metro-v0", config={"horizon_s": 3}), [7, 8])
+
+    def first_prompts():
+        out = []
+        for _ in range(2):
+            env.reset()
+            out.append(env.unwrapped.snapshot.request.prompt_tokens)
+        return out
+
+    a = first_prompts()
+    env.restart_seed_cycle()
+    assert first_prompts() == a
+    env.reset(seed=7)  # an explicit seed wins
+    assert env.unwrapped.snapshot.request.prompt_tokens == a[0]
+
+
+# ----------------------------------------------------------------------------- leaderboard
+@pytest.mark.slow
+def test_leaderboard_ranks_the_trained_agent_with_the_heuristics(tiny_run, tmp_path):
+    pytest.importorskip("agents.evaluation")
+    from agents.heuristics import heuristic_names
+
+    src, _ = tiny_run
+    run_dir = tmp_path / src.name
+    shutil.copytree(src, run_dir)
+    path = train.leaderboard(run_dir, "metro", 1, suite="smoke", log=lambda *a: None)
+    assert path is not None and path.is_file()
+    lb = json.loads(path.read_text())
+    names = {p["name"] for p in lb["policies"]}
+    assert names == {*heuristic_names(), run_dir.name}
+    assert lb["suite"]["scenarios"] == ["metro"] and lb["suite"]["seeds"] == [10000]
+    mine = [e for e in lb["episodes"] if e["policy"] == run_dir.name]
+    assert len(mine) == 1 and mine[0]["metrics"]["invalid_actions"] == 0
