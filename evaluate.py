@@ -8,7 +8,11 @@
 Writes into --out: leaderboard.json (schema: agents/evaluation.py), leaderboard.csv,
 leaderboard.md, reward_by_scenario.png, cost_vs_slo.png, normalized_score_iqm.png, and with
 --tb-logdir learning_curves.png; with --report claims also claims.md and claims.json.
-Every policy runs on the same (scenario, seed) pairs; the numbers do not depend on --workers.
+Every policy runs on the same (scenario, seed) pairs; the numbers do not depend on --workers
+or --backend. --backend ray runs each episode as a Ray task, on the cluster at --ray-address
+(auto, ray://host:10001) or on a local Ray with --workers CPUs (pip install -e '.[ray]'). An
+episode that fails is retried twice; if it still fails, the run exits with status 1 and lists
+each failed episode (policy, scenario, seed, error).
 
 --report claims runs the `claims` suite (centralized vs distributed-edge: same 8 H100s, demand
 and prices) and prints mean network RTT, TTFT p50 and efficiency (goodput tokens per $ and per
@@ -43,7 +47,12 @@ class Args:
                                       "paths, optionally label=path (default: every heuristic; "
                                       "slo-greedy with --report claims)")
     out: str | None = _arg(None, "output directory (default: leaderboards/<suite>)")
-    workers: int = _arg(min(2, os.cpu_count() or 1), "worker processes running episodes")
+    workers: int = _arg(min(2, os.cpu_count() or 1), "worker processes running episodes (--backend "
+                                                      "ray without --ray-address: CPUs of the local Ray)")
+    backend: str = _arg("local", "where episodes run: local (worker processes on this machine) or "
+                                 "ray (a Ray task each)", choices=["local", "ray"])
+    ray_address: str | None = _arg(None, "Ray cluster for --backend ray: auto, ray://host:10001 "
+                                         "(default: $RAY_ADDRESS, else a local Ray for the run)")
     scenarios: str | None = _arg(None, "comma-separated scenarios replacing the suite's")
     seeds: str | None = _arg(None, "comma-separated seeds replacing the suite's")
     report: str | None = _arg(None, "extra report: 'claims' checks the brief's edge figures",
@@ -99,6 +108,12 @@ def main(argv=None) -> int:
             raise ValueError("--workers must be at least 1")
         if args.resamples < 1:
             raise ValueError("--resamples must be at least 1")
+        if args.ray_address and args.backend != "ray":
+            raise ValueError("--ray-address needs --backend ray")
+        if args.backend == "ray":
+            from agents.backends import require_ray
+
+            require_ray()  # BackendUnavailable (an ImportError) says how to install it
         seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
         scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
         suite = get_suite(suite_name, args.suites_file, scenarios=scenarios, seeds=seeds)
@@ -123,14 +138,16 @@ def main(argv=None) -> int:
     n_eps = (len(policies) + (not any(p.spec == "random" for p in policies))) \
         * len(suite.scenarios) * len(suite.seeds)
     if not args.quiet:
+        where = (f"Ray ({args.ray_address or os.environ.get('RAY_ADDRESS') or f'local, {args.workers} CPUs'})"
+                 if args.backend == "ray" else f"{args.workers} worker(s)")
         print(f"suite {suite.name}: {len(suite.scenarios)} scenarios x {len(suite.seeds)} seeds, "
-              f"{n_eps} episodes on {args.workers} worker(s) -> {out}", file=sys.stderr)
+              f"{n_eps} episodes on {where} -> {out}", file=sys.stderr)
     progress, bar = _progress(args.quiet, n_eps)
     t0 = time.perf_counter()
     try:
         lb = evaluate(suite, policies, workers=args.workers, progress=progress,
-                      resamples=args.resamples)
-    except RuntimeError as e:  # a policy crashed inside an episode
+                      resamples=args.resamples, backend=args.backend, ray_address=args.ray_address)
+    except RuntimeError as e:  # episodes failed on every attempt: agents.backends.TaskFailures
         print(f"evaluate.py: {e}", file=sys.stderr)
         return 1
     finally:
@@ -169,9 +186,14 @@ def _progress(quiet: bool, total: int):
 
         bar = tqdm(total=total, unit="ep", file=sys.stderr)
 
-        def update(done, total, rec):
-            bar.set_postfix_str(f"{rec['policy']} {rec['scenario']} seed {rec['seed']}")
-            bar.update(1)
+        def update(done, total, rec, status):
+            if status.event != "done":  # a failure or a retry: its own line above the bar
+                bar.write(f"{status.name} {'FAILED' if status.event == 'failed' else 'failed, retrying'}: "
+                          f"{status.error}", file=sys.stderr)
+            fails = f"{status.failed} failed, " if status.failed else ""
+            bar.set_postfix_str(f"{fails}{status.name}")
+            if status.event != "retry":
+                bar.update(1)
 
         return update, bar
     from agents.evaluation import print_progress

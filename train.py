@@ -4,6 +4,8 @@
     python train.py --scenario outage --algo ppo --seed 1
     python train.py --resume                         # continue runs/metro_maskable_ppo_s0 from its last checkpoint
     python train.py --total-timesteps 2000000 --resume   # ... and extend it to 2M steps
+    python train.py --backend ray --seeds 0,1,2      # 3 runs in parallel on Ray, then one leaderboard
+    python train.py --backend ray --sweep configs/sweeps/ppo_lr_ent.yaml --seeds 0,1
 
 A run directory (default ``runs/<scenario>_<algo>_s<seed>``) holds:
 
@@ -51,7 +53,7 @@ class Args:
     n_envs: Optional[int] = None
     """number of DummyVecEnv sub-envs (default: n_envs of the hyperparameter file)"""
     run_dir: Optional[str] = None
-    """where checkpoints, models, logs go (default: runs/<scenario>_<algo>_s<seed>)"""
+    """where checkpoints, models, logs go (default: runs/<scenario>_<algo>_s<seed>); with --seeds or --sweep, the parent directory of the runs' directories (default: runs)"""
     resume: bool = False
     """continue the run in --run-dir from its last checkpoint (model, VecNormalize statistics, timestep count, best eval score)"""
     overwrite: bool = False
@@ -80,6 +82,16 @@ class Args:
     """torch device"""
     verbose: int = 1
     """0: quiet, 1: progress messages, 2: also SB3's per-rollout tables"""
+    seeds: Optional[str] = None
+    """comma-separated seeds, e.g. 0,1,2: one independent run per seed (and --sweep variant), in <run-dir>/<scenario>_<algo>_s<seed>[_<variant>], then one leaderboard of all of them against the heuristics (agents/backends.py: train_runs)"""
+    sweep: Optional[str] = None
+    """sweep YAML (configs/sweeps/): hyperparameter variants merged over --hyperparams; one run per variant and seed"""
+    backend: str = "local"
+    """where the runs go: local (this machine: --workers processes, default one run after another) or ray (a Ray task per run, on --ray-address or a local Ray with --workers CPUs; pip install -e '.[ray]')"""
+    workers: Optional[int] = None
+    """runs at once: local processes (default 1), or the CPUs of the local Ray (default: all cores)"""
+    ray_address: Optional[str] = None
+    """Ray cluster for --backend ray: auto, ray://host:10001 (default: $RAY_ADDRESS, else a local Ray for the run)"""
 
 
 # ----------------------------------------------------------------------------- argument parsing
@@ -115,7 +127,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         elif typ is bool:
             parser.add_argument(flag, action="store_true", help=docs.get(f.name), **kw)
         else:
-            choices = ("maskable_ppo", "ppo") if f.name == "algo" else None
+            choices = {"algo": ("maskable_ppo", "ppo"), "backend": ("local", "ray")}.get(f.name)
             parser.add_argument(flag, type=typ, choices=choices, help=docs.get(f.name), **kw)
     return parser
 
@@ -208,10 +220,22 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
             "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.pop("activation_fn", "tanh")],
             "ortho_init": hp.pop("ortho_init", True),
         }
+        policy_name = hp.pop("policy", "mlp")
+        site_hidden, critic_hidden = hp.pop("site_hidden", [64, 64]), hp.pop("critic_hidden", [128, 128])
+        if policy_name == "site_scoring":  # agents/site_policy.py: one network scores every site
+            from agents.site_policy import MaskableSiteScoringPolicy, SiteScoringPolicy
+
+            policy = MaskableSiteScoringPolicy if args.algo == "maskable_ppo" else SiteScoringPolicy
+            policy_kwargs.pop("net_arch")
+            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden)
+        elif policy_name == "mlp":
+            policy = "MlpPolicy"
+        else:
+            raise T.HyperparamError(f"policy: {policy_name!r} is not one of 'mlp', 'site_scoring'")
         for key in ("learning_rate", "clip_range"):
             if isinstance(hp.get(key), str):  # "lin_3e-4"
                 hp[key] = T.linear_schedule(float(hp[key][4:]))
-        model = Algo("MlpPolicy", venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
+        model = Algo(policy, venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
                      tensorboard_log=str(run_dir / "tb"), policy_kwargs=policy_kwargs, **hp)
     remaining = args.total_timesteps - model.num_timesteps
 
@@ -323,6 +347,14 @@ def main(argv: Optional[list] = None) -> dict:
     from agents.training import ConfigError
 
     try:
+        if args.seeds or args.sweep or args.backend != "local":  # several runs, or runs on Ray
+            from agents.backends import BackendUnavailable, train_runs
+
+            try:
+                return train_runs(args, explicit, command, script=__file__)
+            except BackendUnavailable as err:
+                print(f"train.py: error: {err}", file=sys.stderr)
+                sys.exit(2)
         return train(args, explicit, command)
     except ConfigError as err:  # bad scenario, hyperparameter file, run dir: a CLI error, not a traceback
         build_parser().error(str(err))

@@ -4,7 +4,9 @@ A *suite* (``configs/suites.yaml``) is a list of scenarios x seeds plus optional
 overrides. :func:`evaluate` runs every policy on every (scenario, seed) pair: the same seeds for
 every policy, hence the same arrival sequences (common random numbers). Each episode is
 independent (fresh env, ``env.reset(seed=seed)``, ``policy.reset(seed)``), so the numbers do not
-depend on how episodes are spread over worker processes.
+depend on how episodes are spread over worker processes, nor on the backend that runs them
+(:mod:`agents.backends`: ``local`` processes or ``ray`` tasks; a failed episode is retried, then
+reported by name).
 
 Statistics (see :mod:`agents.stats`):
 
@@ -59,12 +61,10 @@ in the worker processes only.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -300,49 +300,26 @@ def run_episode(ep: EpisodeSpec) -> dict:
     }
 
 
-def _worker_init() -> None:
-    # One thread per worker: the machine's cores are shared by the workers.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-
-
-def _episode_error(ep: EpisodeSpec, e: Exception) -> RuntimeError:
-    return RuntimeError(f"policy {ep.policy!r} failed on {ep.scenario} seed {ep.seed}: "
-                        f"{type(e).__name__}: {e}")
-
-
-ProgressFn = Callable[[int, int, dict], None]
+#: ``progress(done, total, record, status)``: after every finished episode (``record`` is None
+#: if it failed for good) and every retry; ``status`` is an :class:`agents.backends.Status`.
+ProgressFn = Callable[[int, int, "dict | None", object], None]
 
 
 def run_episodes(
-    episodes: Sequence[EpisodeSpec], workers: int = 1, progress: ProgressFn | None = None
+    episodes: Sequence[EpisodeSpec],
+    workers: int = 1,
+    progress: ProgressFn | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> list[dict]:
-    """Run episodes in order (``workers`` > 1: spawned processes); results in input order."""
-    results: list[dict | None] = [None] * len(episodes)
-    workers = max(1, min(int(workers), len(episodes)))
-    if workers == 1:
-        for i, ep in enumerate(episodes):
-            try:
-                results[i] = run_episode(ep)
-            except Exception as e:
-                raise _episode_error(ep, e) from e
-            if progress:
-                progress(i + 1, len(episodes), results[i])
-        return results  # type: ignore[return-value]
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_episode, ep): i for i, ep in enumerate(episodes)}
-        for done, fut in enumerate(as_completed(futures), 1):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as e:
-                for f in futures:
-                    f.cancel()
-                raise _episode_error(episodes[i], e) from e
-            if progress:
-                progress(done, len(episodes), results[i])
-    return results  # type: ignore[return-value]
+    """Run episodes on `backend` (``workers`` > 1: spawned processes); results in input order.
+
+    See :mod:`agents.backends`; raises :class:`agents.backends.TaskFailures` (a RuntimeError
+    naming each failed episode) if some episode failed on every attempt.
+    """
+    from agents.backends import run_episodes as _run
+
+    return _run(episodes, backend, workers, ray_address, progress)
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -464,8 +441,12 @@ def evaluate(
     progress: ProgressFn | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     add_reference: bool = True,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
     """Run `policies` on `suite` and return the leaderboard dict.
+
+    `backend` (``local`` or ``ray``), `workers` and `ray_address`: see :mod:`agents.backends`.
 
     With `add_reference`, ``random`` is added when missing (the normalized score needs it).
     Policy specs are loaded once here first, so a bad spec fails before any episode runs.
@@ -481,15 +462,22 @@ def evaluate(
         EpisodeSpec(p.label, p.spec, sc, seed, suite.overrides)
         for p in policies for sc in suite.scenarios for seed in suite.seeds
     ]
-    records = run_episodes(episodes, workers, progress)
+    records = run_episodes(episodes, workers, progress, backend, ray_address)
     return aggregate(records, policies, suite, resamples=resamples)
 
 
-def print_progress(done: int, total: int, rec: dict) -> None:
-    """A line per finished episode on stderr."""
+def print_progress(done: int, total: int, rec: dict | None, status=None) -> None:
+    """A line per finished, failed or retried episode on stderr (with failures and time left)."""
+    head = f"[{done:>{len(str(total))}}/{total}]"
+    if rec is None:  # status.event is "failed" or "retry"
+        what = "FAILED" if status.event == "failed" else "failed, retrying"
+        print(f"{head} {status.name} {what}: {status.error}", file=sys.stderr, flush=True)
+        return
     m = rec["metrics"]
     slo = m.get("slo_attainment")
-    print(f"[{done:>{len(str(total))}}/{total}] {rec['policy']:<12} {rec['scenario']:<17} "
+    extra = status.summary() if status is not None else ""
+    print(f"{head} {rec['policy']:<12} {rec['scenario']:<17} "
           f"seed={rec['seed']:<6} reward=${rec['reward']:9.3f} "
-          f"slo={'n/a' if slo is None else f'{slo:.3f}'} ({rec['wall_s']:.1f} s)",
+          f"slo={'n/a' if slo is None else f'{slo:.3f}'} ({rec['wall_s']:.1f} s)"
+          + (f"  [{extra}]" if extra else ""),
           file=sys.stderr, flush=True)

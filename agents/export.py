@@ -98,18 +98,12 @@ def resolve_model(path: str | Path) -> tuple[Path, Path]:
 
 
 def _detect_algo(path: Path) -> str:
+    from agents.sb3_policy import detect_algo
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            data = json.loads(zf.read("data"))
-        module = data["policy_class"].get("__module__", "")
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, AttributeError,
-            OSError) as err:
-        raise ExportError(f"{path}: not a Stable-Baselines3 model archive ({type(err).__name__}: {err})") from None
-    if "sb3_contrib.common.maskable" in module:
-        return "maskable_ppo"
-    if module.startswith("stable_baselines3.common.policies"):
-        return "ppo"
-    raise ExportError(f"{path}: unsupported policy class from {module!r} (expected MaskablePPO or PPO)")
+        return detect_algo(path)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
 
 
 def _load_model(path: Path):
@@ -135,14 +129,21 @@ def _load_vecnormalize(path: Path) -> dict:
         raise ExportError(f"{path}: not a VecNormalize pickle ({type(err).__name__}: {err})") from None
     if not isinstance(vn, VecNormalize):
         raise ExportError(f"{path}: not a VecNormalize pickle (holds a {type(vn).__name__})")
-    if isinstance(vn.obs_rms, dict):
+    # From __dict__: with norm_obs=False there is no obs_rms, and a missing attribute would be
+    # looked up on the (absent) wrapped venv.
+    d = vn.__dict__
+    norm_obs = bool(d["norm_obs"])
+    rms = d.get("obs_rms")
+    if isinstance(rms, dict):
         raise ExportError(f"{path}: dict observation statistics are not supported")
-    return {
-        "mean": np.asarray(vn.obs_rms.mean, dtype=np.float64),
-        "var": np.asarray(vn.obs_rms.var, dtype=np.float64),
-        "epsilon": float(vn.epsilon),
-        "clip_obs": float(vn.clip_obs),
-        "norm_obs": bool(vn.norm_obs),
+    if norm_obs and rms is None:
+        raise ExportError(f"{path}: norm_obs is set but there are no observation statistics")
+    return {  # without obs normalization: identity statistics, never applied (norm_obs False)
+        "mean": np.asarray(rms.mean, dtype=np.float64) if rms is not None else None,
+        "var": np.asarray(rms.var, dtype=np.float64) if rms is not None else None,
+        "epsilon": float(d["epsilon"]),
+        "clip_obs": float(d["clip_obs"]),
+        "norm_obs": norm_obs,
     }
 
 
@@ -208,10 +209,11 @@ def _make_module(policy, stats: dict, n_site_choices: int):
             self.action_net = policy.action_net
             self.normalize = stats["norm_obs"]
             self.clip_obs = stats["clip_obs"]
-            self.register_buffer("obs_mean", torch.as_tensor(stats["mean"], dtype=torch.float64))
-            self.register_buffer(
-                "obs_std", torch.as_tensor(np.sqrt(stats["var"] + stats["epsilon"]), dtype=torch.float64)
-            )
+            if self.normalize:
+                self.register_buffer("obs_mean", torch.as_tensor(stats["mean"], dtype=torch.float64))
+                self.register_buffer(
+                    "obs_std", torch.as_tensor(np.sqrt(stats["var"] + stats["epsilon"]), dtype=torch.float64)
+                )
             self.register_buffer("masked_logit", torch.tensor(MASKED_LOGIT, dtype=torch.float32))
             self.n_site = n_site_choices
 
@@ -364,7 +366,7 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
     if nvec is None or [int(x) for x in nvec] != [n_site_choices, n_levels]:
         raise ExportError(f"{model_path}: action space {model.action_space}, scenario {name!r} needs "
                           f"MultiDiscrete([{n_site_choices}, {n_levels}])")
-    if stats["mean"].shape != (n_obs,):
+    if stats["norm_obs"] and stats["mean"].shape != (n_obs,):
         raise ExportError(f"{vn_path}: statistics for observations of shape {stats['mean'].shape}, "
                           f"the model takes ({n_obs},)")
 

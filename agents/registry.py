@@ -6,7 +6,11 @@
 * a path to a Stable-Baselines3 model ``.zip`` -> ``agents.sb3_policy.SB3Policy(path)`` (it
   finds the VecNormalize statistics saved beside the model);
 * a path to an exported ONNX policy, a ``.onnx`` file or a directory
-  -> ``agents.onnx_policy.ONNXPolicy(path)``.
+  -> ``agents.onnx_policy.ONNXPolicy(path)``;
+* a custom :class:`~agents.policy.Policy` subclass built with no arguments, as
+  ``package.module:ClassName`` (an importable module) or ``path/to/file.py:ClassName`` (a file
+  loaded by path). Worker processes and Ray workers load it the same way, so the module must be
+  importable, or the file present at that path, wherever episodes run.
 
 The SB3 and ONNX back ends are imported only when such a spec is given, so loading a heuristic
 never imports torch or onnxruntime.
@@ -14,6 +18,11 @@ never imports torch or onnxruntime.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
 from pathlib import Path
 
 from agents.heuristics import HEURISTICS, make_heuristic
@@ -25,7 +34,8 @@ __all__ = ["load_policy", "is_heuristic", "describe_specs"]
 def describe_specs() -> str:
     """What a policy spec may be (for error messages and --help)."""
     return (f"a heuristic ({', '.join(HEURISTICS)}), a path to an SB3 model .zip, "
-            "or a path to an ONNX policy (.onnx file or directory)")
+            "a path to an ONNX policy (.onnx file or directory), "
+            "or a Policy class as package.module:Class or path/to/file.py:Class")
 
 
 def is_heuristic(spec: str) -> bool:
@@ -34,8 +44,6 @@ def is_heuristic(spec: str) -> bool:
 
 def _backend(module: str, cls: str, spec: str):
     """Import ``module.cls`` lazily, turning a missing module into a clear error."""
-    import importlib
-
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -55,6 +63,8 @@ def load_policy(spec: str) -> Policy:
     spec = str(spec).strip()
     if spec in HEURISTICS:
         return make_heuristic(spec)
+    if _CLASS_SPEC.fullmatch(spec):
+        return _load_class(spec)
     path = Path(spec).expanduser()
     looks_like_path = path.suffix in (".zip", ".onnx") or "/" in spec or path.exists()
     if not looks_like_path:
@@ -68,3 +78,37 @@ def load_policy(spec: str) -> Policy:
     if path.suffix == ".onnx" or path.is_dir():
         return _backend("agents.onnx_policy", "ONNXPolicy", spec)(str(path))
     raise ValueError(f"policy {spec!r}: unrecognized file type; expected {describe_specs()}")
+
+
+#: ``package.module:Class`` or ``some/file.py:Class``.
+_CLASS_SPEC = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|.+\.py):[A-Za-z_]\w*")
+
+
+def _load_class(spec: str) -> Policy:
+    """``module:Class`` / ``file.py:Class`` -> ``Class()``, which must be a Policy subclass."""
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"policy {spec!r}: no such file {where}")
+        # One module per file, loaded once per process (a stable name derived from the path).
+        mod_name = f"_gridenv_policy_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        mod = sys.modules.get(mod_name)
+        if mod is None:
+            loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+            mod = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_name] = mod
+            try:
+                loader_spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[mod_name]
+                raise
+    else:
+        try:
+            mod = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"policy {spec!r}: cannot import module {where!r} ({e})") from None
+    cls = getattr(mod, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise ValueError(f"policy {spec!r}: {where} has no Policy subclass named {name!r}")
+    return cls()

@@ -53,6 +53,20 @@ def detect_algo(path: str | Path) -> str:
         return "maskable_ppo"
     if module.startswith("stable_baselines3.common.policies"):
         return "ppo"
+    # A custom policy class (e.g. agents.site_policy): deserialize it as SB3 does and ask it.
+    try:
+        from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+        from stable_baselines3.common.policies import ActorCriticPolicy
+        from stable_baselines3.common.save_util import json_to_data
+
+        cls = json_to_data(json.dumps({"policy_class": policy_class}))["policy_class"]
+    except Exception:  # noqa: BLE001 - an unloadable class is reported below
+        cls = None
+    if isinstance(cls, type):
+        if issubclass(cls, MaskableActorCriticPolicy):
+            return "maskable_ppo"
+        if issubclass(cls, ActorCriticPolicy):
+            return "ppo"
     raise ValueError(f"{path}: unsupported policy class from module {module!r} (expected MaskablePPO or PPO)")
 
 
@@ -72,12 +86,17 @@ def _load_obs_stats(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             vn = pickle.load(f)  # VecNormalize.__setstate__ leaves venv = None
-        rms = vn.obs_rms
+        # Read attributes from __dict__: with norm_obs=False there is no obs_rms, and a missing
+        # attribute would be looked up on the (absent) wrapped venv.
+        norm_obs = bool(vn.__dict__["norm_obs"])
+        rms = vn.__dict__.get("obs_rms")
+        if norm_obs and rms is None:
+            raise ValueError("norm_obs is set but there are no observation statistics")
         stats = {
-            "mean": np.asarray(rms.mean, dtype=np.float64),
-            "std": np.sqrt(np.asarray(rms.var, dtype=np.float64) + float(vn.epsilon)),
-            "clip_obs": float(vn.clip_obs),
-            "norm_obs": bool(vn.norm_obs),
+            "mean": np.asarray(rms.mean, dtype=np.float64) if norm_obs else None,
+            "std": np.sqrt(np.asarray(rms.var, dtype=np.float64) + float(vn.__dict__["epsilon"])) if norm_obs else None,
+            "clip_obs": float(vn.__dict__["clip_obs"]),
+            "norm_obs": norm_obs,
         }
     except FileNotFoundError:
         raise
@@ -149,7 +168,7 @@ class SB3Policy(Policy):
                     "vecnormalize=False for a model trained without VecNormalize)"
                 )
             stats = _load_obs_stats(vn_path)
-            if stats["mean"].shape != self.obs_shape:
+            if stats["norm_obs"] and stats["mean"].shape != self.obs_shape:
                 raise ValueError(f"{vn_path}: statistics for observations of shape {stats['mean'].shape}, "
                                  f"the model takes {self.obs_shape}")
             self.vecnormalize_path = vn_path

@@ -95,6 +95,11 @@ HYPERPARAM_KEYS = {
     "max_grad_norm": float,
     "target_kl": (float, type(None)),
     "normalize_advantage": bool,
+    # policy: "mlp" (SB3's MlpPolicy, net_arch) or "site_scoring" (agents/site_policy.py: one
+    # network shared by all sites scores each of them; site_hidden, critic_hidden)
+    "policy": str,
+    "site_hidden": list,
+    "critic_hidden": list,
     # policy_kwargs
     "net_arch": (list, dict),
     "activation_fn": str,  # "tanh" | "relu"

@@ -282,7 +282,7 @@ def test_cli_bad_inputs(run_dir, tmp_path, capsys):
     fake.write_text("not a zip")
     shutil.copy(run_dir / "vecnormalize.pkl", fake.parent)
     assert main([str(fake), "--out", out, "--scenario", "metro"]) == 2
-    assert "not a Stable-Baselines3 model archive" in _one_error_line(capsys)
+    assert "not a valid Stable-Baselines3 model archive" in _one_error_line(capsys)
 
     novn = tmp_path / "novn"
     novn.mkdir()
