@@ -148,6 +148,7 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
     from stable_baselines3.common.callbacks import CheckpointCallback
 
     from agents import training as T
+    from gridenv.core.scenario import deep_merge
 
     # 1. Arguments: scenario, run dir, and on --resume the arguments the run was started with.
     scenario, env_id = T.resolve_scenario(args.scenario)
@@ -189,7 +190,7 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
             raise T.ConfigError(f"--env-config is not valid JSON: {err}") from err
         if not isinstance(extra, dict):
             raise T.ConfigError("--env-config must be a JSON object, e.g. '{\"horizon_s\": 60}'")
-        hp["env_config"] = T._deep_merge(hp.get("env_config") or {}, extra)
+        hp["env_config"] = deep_merge(hp.get("env_config") or {}, extra)
     # Run-level entries of the file; what is left are the algorithm's constructor arguments.
     n_envs = args.n_envs or hp.pop("n_envs", 4)
     eval_episodes = args.eval_episodes or hp.pop("eval_episodes", 2)

@@ -625,7 +625,9 @@ def train_runs(args, explicit: set, command: str, script: str | os.PathLike) -> 
                                 "--overwrite to replace them, or another --run-dir")
         hyperparams = args.hyperparams
         if v.overrides:
-            merged = T._deep_merge(base_hp, v.overrides)
+            from gridenv.core.scenario import deep_merge
+
+            merged = deep_merge(base_hp, v.overrides)
             T._check_entry(merged, f"{args.sweep}: variant {v.name}")
             run_dir.mkdir(parents=True, exist_ok=True)
             hyperparams = str(run_dir / "hyperparams.yaml")

@@ -19,7 +19,6 @@ bottom and calls into this module for the parts that are not specific to one run
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import gridenv  # noqa: F401  (registers the gridenv/* ids)
+from gridenv.core.scenario import deep_merge
 from gridenv.envs.registration import env_id as scenario_env_id
 
 __all__ = [
@@ -134,16 +134,6 @@ def resolve_scenario(name: str) -> tuple[str, str]:
     )
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _check_entry(entry: Any, where: str) -> dict:
     if entry is None:
         return {}
@@ -202,7 +192,7 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
     name, eid = resolve_scenario(scenario)
     if name in data and eid in data:
         raise HyperparamError(f"{path}: both {name!r} and {eid!r} entries: keep one")
-    merged = _deep_merge(data["default"] or {}, data.get(name) or data.get(eid) or {})
+    merged = deep_merge(data["default"] or {}, data.get(name) or data.get(eid) or {})
     return merged
 
 

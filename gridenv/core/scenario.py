@@ -18,7 +18,7 @@ from gridenv.core.catalog import GPUS, MODELS
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_names",
-    "SLO_CLASSES", "DEFAULT_SLOS",
+    "SLO_CLASSES", "DEFAULT_SLOS", "deep_merge",
 ]
 
 #: SLO classes, in the fixed order the observation one-hot uses.
@@ -337,11 +337,12 @@ def scenario_names() -> list[str]:
     return sorted(p.stem for p in scenario_dir().glob("*.yaml"))
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` merged into a copy of `base`: mappings merge key by key, anything else replaces."""
     out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -377,7 +378,7 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
         where, base = str(path), path.parent
         raw.setdefault("source", str(path))
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     trace = (raw.get("workload") or {}).get("trace")
     if isinstance(trace, dict) and isinstance(trace.get("path"), str):
         p = Path(trace["path"])

@@ -32,28 +32,9 @@ METRO = "gridenv/Metro-v0"
 PARITY_STATES = 10_000
 
 
-def tiny_metro_run(tmp_path_factory) -> Path:
-    """A MaskablePPO trained for a few hundred steps on 20 s Metro episodes, with DummyVecEnv +
-    VecNormalize, saved as model.zip + vecnormalize.pkl; trained once per test session."""
-    run = tmp_path_factory.getbasetemp() / "tiny_metro_run" / "metro_maskable_ppo_s0"
-    if (run / "DONE").exists():
-        return run
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    venv = VecNormalize(DummyVecEnv([lambda: gym.make(METRO, config={"horizon_s": 20})]), norm_reward=False)
-    model = MaskablePPO("MlpPolicy", venv, n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu")
-    model.learn(384)
-    run.mkdir(parents=True, exist_ok=True)
-    model.save(run / "model.zip")
-    venv.save(str(run / "vecnormalize.pkl"))
-    (run / "DONE").touch()
-    return run
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_metro_run(tmp_path_factory)
+def run_dir(tiny_metro_run):
+    return tiny_metro_run
 
 
 @pytest.fixture(scope="module")
