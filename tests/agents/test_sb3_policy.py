@@ -100,7 +100,16 @@ def test_plain_ppo_sheds_a_masked_choice(runs, monkeypatch):
     obs, _ = env.reset(seed=0)
     snap = env.unwrapped.snapshot
     snap.feasible = np.zeros_like(snap.feasible)  # every site masked
-    monkeypatch.setattr(policy.model, "predict", lambda *a, **k: (np.array([0, 2]), None))
+    import torch
+
+    fixed = torch.zeros(1, policy.max_sites + 1 + 3)
+    fixed[0, 0] = fixed[0, -1] = 10.0  # the policy's choice: site 0, batch level 2
+
+    class Fixed(torch.nn.Module):
+        def forward(self, latent):
+            return fixed.expand(latent.shape[0], -1)
+
+    monkeypatch.setattr(policy.model.policy, "action_net", Fixed())
     assert policy.act(obs, snap).tolist() == [policy.max_sites, 2]
     assert policy.n_masked_fallbacks == 1
 
