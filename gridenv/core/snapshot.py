@@ -212,20 +212,30 @@ def _statics_arrays(st: SiteStatics) -> dict:
             template[r, 11] = cache["site_region"] == r
         cache["template"] = template
         cache["obs_size"] = obs_size(st)
+        cache["prefill_memo"] = {}
         object.__setattr__(st, "_arrays", cache)
     return cache
 
 
 def prefill_time_s(st: SiteStatics, prompt_tokens: float) -> np.ndarray:
-    """Per-site time to prefill one prompt alone (the roofline model of gridenv.core.perf)."""
+    """Per-site time to prefill one prompt alone (the roofline model of gridenv.core.perf).
+
+    Memoized per prompt length (a hot path: once per decision); the returned array is
+    read-only."""
     a = _statics_arrays(st)
-    L = float(prompt_tokens)
-    comp = a["p_tok"] * L
-    comp += a["p_attn"] * (L * L * 0.5)
-    np.maximum(comp, a["p_mem"], out=comp)
-    comp += a["p_fixed"]
-    comp += a["p_lin"] * L
-    return comp
+    memo = a["prefill_memo"]
+    out = memo.get(prompt_tokens)
+    if out is None:
+        L = float(prompt_tokens)
+        out = a["p_tok"] * L
+        out += a["p_attn"] * (L * L * 0.5)
+        np.maximum(out, a["p_mem"], out=out)
+        out += a["p_fixed"]
+        out += a["p_lin"] * L
+        out.flags.writeable = False
+        if len(memo) < 65536:
+            memo[prompt_tokens] = out
+    return out
 
 
 def make_snapshot(
