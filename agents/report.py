@@ -139,6 +139,16 @@ def _grid(n: int):
     return nrows, ncols
 
 
+def _save_panels(plt, fig, axes, n_used: int, path: Path) -> Path:
+    """Blank the unused panels of a grid figure, save it as PNG and close it."""
+    for ax in list(axes.flat)[n_used:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_rewards(lb: dict, path: Path) -> Path:
     """Mean episode reward per policy, one panel per scenario, with 95% bootstrap CIs."""
     plt = _plt()
@@ -158,12 +168,7 @@ def plot_rewards(lb: dict, path: Path) -> Path:
         ax.set_title(sc)
         ax.set_xlabel("episode reward ($), 95% CI")
         ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[len(scen):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_panels(plt, fig, axes, len(scen), path)
 
 
 def plot_cost_vs_slo(lb: dict, path: Path) -> Path:
@@ -186,12 +191,7 @@ def plot_cost_vs_slo(lb: dict, path: Path) -> Path:
         ax.set_xlabel("routing cost $ (dynamic energy + busy GPU)")
         ax.set_ylabel("SLO attainment")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(scen):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_panels(plt, fig, axes, len(scen), path)
 
 
 def plot_normalized_scores(lb: dict, path: Path) -> Path:
