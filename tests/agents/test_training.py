@@ -177,6 +177,31 @@ def test_plain_ppo_run(tiny_hp, tmp_path):
     assert [d.name for d in (run_dir / "tb").iterdir()] == ["ppo_1"]
 
 
+@pytest.mark.parametrize("algo", ["maskable_ppo", "ppo"])
+def test_site_scoring_policy_run_acts_through_sb3policy(tmp_path, algo):
+    """The default actor of configs/ppo.yaml, trained, saved and loaded as a leaderboard policy."""
+    from agents.sb3_policy import SB3Policy
+    from agents.site_policy import MaskableSiteScoringPolicy, SiteScoringPolicy
+
+    hp = tmp_path / "site.yaml"
+    hp.write_text(TINY_YAML.replace("  net_arch: [32, 32]\n", "  policy: site_scoring\n  site_hidden: [16]\n"
+                                    "  critic_hidden: [16]\n").replace("{obs: true,", "{obs: false,"))
+    run_dir = tmp_path / f"metro_site_{algo}"
+    train.main(tiny_args(run_dir, hp, "--algo", algo, "--total-timesteps", "128", "--eval-freq", "0"))
+    policy = SB3Policy(run_dir / "model.zip")
+    expected = MaskableSiteScoringPolicy if algo == "maskable_ppo" else SiteScoringPolicy
+    assert type(policy.model.policy) is expected
+    assert policy.model.policy.mlp_extractor.site_mlp[0].out_features == 16
+    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5}).unwrapped
+    obs, _ = env.reset(seed=0)
+    for _ in range(50):
+        action = policy.act(obs, env.snapshot)
+        assert action[0] == env.max_sites or env.snapshot.feasible[action[0]]
+        obs, _, _, trunc, _ = env.step(action)
+        if trunc:
+            break
+
+
 # ----------------------------------------------------------------------------- bad arguments
 def _cli_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:
