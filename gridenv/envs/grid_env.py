@@ -52,7 +52,7 @@ class GridEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(-1, 1, (max_sites * 12 + 9 + n_regions,), float32)``, encoded by
+    ``Box(-1, 1, (max_sites * 12 + 10 + n_regions,), float32)``, encoded by
     ``gridenv.core.snapshot.encode`` from the router-visible snapshot (the same encoder the
     exported router uses). Per site slot, 12 features in [0, 1]: present, up, feasible,
     waiting, running, KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin,

@@ -45,6 +45,12 @@ def test_every_scenario_is_registered() -> None:
 
 
 @pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
+def test_observation_size_is_the_documented_formula(env_id: str) -> None:
+    env = gym.make(env_id).unwrapped  # GridEnv docstring: 12 * max_sites + 10 + n_regions
+    assert env.observation_space.shape == (12 * env.max_sites + 10 + env.sim.topology.n_regions,)
+
+
+@pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
 def test_gymnasium_env_checker(env_id: str) -> None:
     gym_check_env(gym.make(env_id, config=SHORT).unwrapped, skip_render_check=False)
 
