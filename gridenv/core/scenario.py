@@ -43,6 +43,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _in_catalog(name: str, catalog: dict, what: str) -> str:
+    """`name` if it is a key of `catalog`, else a ValueError listing the known names."""
+    if name not in catalog:
+        raise ValueError(f"unknown {what} {name!r}; known: {sorted(catalog)}")
+    return name
+
+
 def _check_series(v: HourlySeries, name: str, lo: float = 0.0) -> HourlySeries:
     vals = v if isinstance(v, list) else [v]
     if isinstance(v, list) and len(v) != 24:
@@ -77,16 +84,12 @@ class Site(_Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, v: str) -> str:
-        if v not in GPUS:
-            raise ValueError(f"unknown GPU {v!r}; known: {sorted(GPUS)}")
-        return v
+        return _in_catalog(v, GPUS, "GPU")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; known: {sorted(MODELS)}")
-        return v
+        return _in_catalog(v, MODELS, "model")
 
     @field_validator("energy_price_usd_per_kwh", "carbon_g_per_kwh")
     @classmethod
@@ -169,8 +172,7 @@ class Workload(_Strict):
     @classmethod
     def _known_models(cls, v: dict[str, float]) -> dict[str, float]:
         for name, share in v.items():
-            if name not in MODELS:
-                raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+            _in_catalog(name, MODELS, "model")
             if share < 0:
                 raise ValueError(f"share of {name!r} must be >= 0")
         if sum(v.values()) <= 0:
@@ -295,9 +297,7 @@ class Scenario(_Strict):
     def _known_stack(cls, v: str) -> str:
         from gridenv.core.perf import SOFTWARE_STACKS
 
-        if v not in SOFTWARE_STACKS:
-            raise ValueError(f"unknown software_stack {v!r}; known: {sorted(SOFTWARE_STACKS)}")
-        return v
+        return _in_catalog(v, SOFTWARE_STACKS, "software_stack")
 
     @property
     def n_sites(self) -> int:
