@@ -367,7 +367,7 @@ class GridSimulator:
         m = self.metrics
         # Hourly series are piecewise constant: integrate them on a grid fine enough to
         # resolve every local-hour boundary (at most 1/10 of a simulated hour per step).
-        hour_s = 3600.0 * 24.0 / (24.0 * self._hours_per_s) / 24.0
+        hour_s = 1.0 / self._hours_per_s  # one local hour, in simulated seconds
         n = max(1, int(math.ceil(t_end / (hour_s / 10.0))))
         n = min(n, 20000)
         edges = np.linspace(0.0, t_end, n + 1)

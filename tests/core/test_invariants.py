@@ -4,6 +4,7 @@ the live counters agree with the data structures, energy never falls below the i
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gridenv.core.scenario import load_scenario
@@ -118,3 +119,21 @@ def test_the_property_test_reached_every_fate() -> None:
     """Guards the generator: the random scenarios above must exercise every way a request ends
     (runs after the property test; pytest keeps file order)."""
     assert FATES >= {"completed", "shed", "failed", "retried"}, FATES
+
+
+def test_idle_floor_cost_integrates_hourly_prices() -> None:
+    """Idle energy cost and CO2 follow each site's hourly series over the (compressed) day:
+    checked against a brute-force integration on a million-point grid."""
+    sim = GridSimulator(load_scenario("continental"))  # one day in 600 s, prices by local hour
+    sim.reset(np.random.default_rng(0))
+    while not sim.done:
+        sim.decide(SHED)
+    sim.summary()
+    m = sim.metrics
+    t = (np.arange(1_000_000) + 0.5) * (sim.now / 1_000_000)
+    hours = (sim.scenario.workload.diurnal.start_hour_utc + 24.0 * t / sim.scenario.workload.diurnal.period_s)
+    for s, spec in enumerate(sim.topology.sites):
+        idx = ((hours + spec.utc_offset_h) % 24.0).astype(int) % 24
+        kwh_per_step = spec.idle_w * spec.site_power_factor * (sim.now / 1_000_000) / 3.6e6
+        assert m.idle_energy_usd[s] == pytest.approx(kwh_per_step * np.asarray(spec.price_usd_per_kwh)[idx].sum(), rel=1e-3)
+        assert m.idle_co2_g[s] == pytest.approx(kwh_per_step * np.asarray(spec.carbon_g_per_kwh)[idx].sum(), rel=1e-3)
