@@ -123,7 +123,7 @@ class Replica:
         "site", "index", "perf", "scheduler", "mixes_decode", "token_budget", "bs", "pool",
         "kv_capacity", "waiting", "running", "n_running", "ctx_base", "iters", "hist",
         "state", "prefilling", "chunks", "seg_start", "seg_k", "seg_n", "seg_ctx0", "seg_dur",
-        "seg_energy", "wake_s", "version", "n_seq", "n_abandon", "last_admitted",
+        "seg_energy", "seg_allocs", "wake_s", "version", "n_seq", "n_abandon", "last_admitted",
         "last_preempted", "preemptions", "recomputed_tokens", "hit_tokens", "lookup_tokens",
     )
 
@@ -156,6 +156,7 @@ class Replica:
         self.seg_ctx0 = 0.0
         self.seg_dur = 0.0
         self.seg_energy = 0.0
+        self.seg_allocs = 0  # KV blocks the current decode segment allocates (booked at its start)
         self.wake_s = 0.0
         self.version = 0
         self.n_seq = 0
@@ -172,8 +173,15 @@ class Replica:
         """Requests queued or in service (the in-site balancer's signal)."""
         return len(self.waiting) + self.n_running + len(self.prefilling)
 
-    def kv_used_blocks(self) -> int:
-        return self.pool.used()
+    def kv_used_blocks(self, now: float) -> float:
+        """KV blocks in use at `now` (router signal): a decode segment's blocks are booked at
+        its start; they are counted here in proportion to the segment's elapsed time."""
+        used = self.pool.private + self.pool.n_ref
+        if self.state == DECODE and self.seg_allocs:
+            frac = (now - self.seg_start) / self.seg_dur
+            if frac < 1.0:
+                return used - self.seg_allocs * (1.0 - frac)
+        return used
 
     def decode_blocks_needed(self) -> int:
         """New blocks the decoding batch needs for the next iteration."""
@@ -363,7 +371,8 @@ class Replica:
             return True
         d = self.n_running
         if d:
-            self.pool.private += self._decode_allocs(k)
+            self.seg_allocs = self._decode_allocs(k)
+            self.pool.private += self.seg_allocs
             self.pool.reclaim()
             ctx0 = self.ctx_base + d * self.iters
             dur, energy = perf.decode_segment(d, ctx0, k)
@@ -416,7 +425,9 @@ class Replica:
         k = done + 1
         if k >= self.seg_k:
             return False
-        self.pool.private -= self._decode_allocs(self.seg_k) - self._decode_allocs(k)
+        allocs = self._decode_allocs(k)
+        self.pool.private -= self.seg_allocs - allocs
+        self.seg_allocs = allocs
         dur, energy = self.perf.decode_segment(self.seg_n, self.seg_ctx0, k)
         self.seg_k, self.seg_dur, self.seg_energy = k, dur, energy
         self.wake_s = self.seg_start + dur

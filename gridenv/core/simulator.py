@@ -174,8 +174,9 @@ class GridSimulator:
             self.site_waiting[site] += 1
             req.state = TRANSIT
             self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
-            if req.retries == 0 and req.timeout_s < math.inf:
-                deadline = req.arrival_s + req.timeout_s
+            first_due = min(req.timeout_s, req.e2e_timeout_s)
+            if req.retries == 0 and first_due < math.inf:
+                deadline = req.arrival_s + first_due
                 self._deadlines[req.slo_class].append((deadline, req))
                 if deadline < self._t_deadline:
                     self._t_deadline = deadline
@@ -251,8 +252,9 @@ class GridSimulator:
         self._end_episode()
 
     def _expire(self, t_max: float) -> None:
-        """Process first-token deadlines up to t_max, in time order: a request without its
-        first token is abandoned; one that has it gets its whole-response deadline."""
+        """Process first deadlines (the earlier of the first-token and whole-response timeouts)
+        up to t_max, in time order: a request without its first token, or whose whole response
+        was due, is abandoned; one that has its first token gets its whole-response deadline."""
         queues = self._deadlines
         while True:
             best = None
@@ -266,7 +268,7 @@ class GridSimulator:
             _, req = best.popleft()
             if req.state != DONE:
                 self.now = t_best
-                if req.first_token_s < 0.0:
+                if req.first_token_s < 0.0 or req.e2e_timeout_s <= req.timeout_s:
                     self._abandon(req, t_best)
                 elif req.e2e_timeout_s < math.inf:
                     self._push(req.arrival_s + req.e2e_timeout_s, TIMEOUT_E2E, req)
@@ -564,12 +566,12 @@ class GridSimulator:
             self._price_now = [s.price_usd_per_kwh[self._local_hour_index(s.index, self.now)]
                                for s in self.topology.sites]
         kv = []
+        now = self.now
         for site_reps in self.replicas:
             used = cap = 0
             for r in site_reps:
-                pool = r.pool
-                used += pool.private + pool.n_ref
-                cap += pool.total
+                used += r.kv_used_blocks(now)
+                cap += r.pool.total
             kv.append(used / cap)
         return make_snapshot(
             self.statics, view, hour,
