@@ -208,7 +208,8 @@ class Replica:
         if new > 0:
             r.priv += new
             self.pool.private += new
-            self.pool.reclaim()
+            if self.pool.evictable:
+                self.pool.reclaim()
 
     def admit_head(self, budget: int, whole: bool, first: bool) -> tuple[Request | None, int]:
         """Admit the head of the waiting queue with its first chunk (at most `budget` tokens,
@@ -234,14 +235,14 @@ class Replica:
         elif q > budget:
             q = budget
         new = -(-(done + q) // bs) - n_hit
+        pool = self.pool
         if self.mixes_decode:
-            reserve = self.decode_blocks_needed()
+            reserve = self.hist[(1 - self.iters) % bs] if self.n_running else 0
         else:  # vLLM V0 keeps a 1% watermark of free blocks for the decoding batch
-            reserve = self.pool.total // 100 or 1
-        if new + n_hit_free + reserve > self.pool.available():
+            reserve = pool.total // 100 or 1
+        if new + n_hit_free + reserve > pool.total - pool.private - pool.n_ref:
             return None, 0
         self.waiting.popleft()
-        pool = self.pool
         if n_hit:
             keys = keys[:n_hit]
             pool.acquire(keys)
@@ -250,7 +251,8 @@ class Replica:
             r.shared = []
         r.priv = new
         pool.private += new
-        pool.reclaim()
+        if pool.evictable:
+            pool.reclaim()
         r.done = done
         self.lookup_tokens += target
         self.hit_tokens += done
@@ -336,9 +338,12 @@ class Replica:
         perf = self.perf
         k = 0
         if not chunks and self.n_running:
+            pool = self.pool
             while self.n_running:
                 k = self.running[0][0] - self.iters
-                k = self._iters_fitting(self.pool.available(), k)
+                free = pool.total - pool.private - pool.n_ref
+                if self.n_running * ((k + self.bs - 1) // self.bs) > free:  # else all fit
+                    k = self._iters_fitting(free, k)
                 if k > 0:
                     break
                 self.preempt_latest()
@@ -358,7 +363,8 @@ class Replica:
                 need = self.hist[(1 - self.iters) % self.bs]
                 if need:
                     self.pool.private += need
-                    self.pool.reclaim()
+                    if self.pool.evictable:
+                        self.pool.reclaim()
                 ctx += self.ctx_base + d * self.iters
             t_iter, t_comp, t_mem = perf.iter_time(q_sum, attn, d, ctx, len(chunks))
             self.chunks = chunks
@@ -371,9 +377,12 @@ class Replica:
             return True
         d = self.n_running
         if d:
-            self.seg_allocs = self._decode_allocs(k)
-            self.pool.private += self.seg_allocs
-            self.pool.reclaim()
+            allocs = self._decode_allocs(k)
+            self.seg_allocs = allocs
+            if allocs:
+                self.pool.private += allocs
+                if self.pool.evictable:
+                    self.pool.reclaim()
             ctx0 = self.ctx_base + d * self.iters
             dur, energy = perf.decode_segment(d, ctx0, k)
             self.state = DECODE

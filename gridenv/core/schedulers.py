@@ -47,7 +47,8 @@ class VllmV1Scheduler(Scheduler):
         preempted = False
         # Every decoding request gets its token; one whose context crosses a block boundary
         # needs a new block.
-        while rep.n_running and rep.decode_blocks_needed() > rep.pool.available():
+        pool = rep.pool
+        while rep.n_running and rep.hist[(1 - rep.iters) % rep.bs] > pool.total - pool.private - pool.n_ref:
             rep.preempt_latest()
             preempted = True
         budget = rep.token_budget - rep.n_running

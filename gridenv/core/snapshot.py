@@ -35,7 +35,7 @@ SITE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("feasible", "flag", "1 if the request may go there (the action mask)"),
     ("waiting", "requests", "outstanding not-yet-running requests / max_waiting, clipped to 1"),
     ("running", "requests", "running requests / (replicas * largest batch level), clipped to 1"),
-    ("kv_util", "fraction", "reserved KV tokens / KV capacity"),
+    ("kv_util", "fraction", "KV blocks in use / KV blocks (paged; evictable cached blocks count as free)"),
     ("ttft_pred", "s", "predicted TTFT / the request's TTFT SLO, divided by 4, clipped to 1"),
     ("rtt", "ms", "RTT from the request's origin / 200 ms, clipped to 1"),
     ("energy_price", "$/kWh", "price / 0.5 $/kWh, clipped to 1"),
