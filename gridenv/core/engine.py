@@ -573,8 +573,7 @@ class Replica:
             r.shared = []
             r.target = r.prompt_tokens
             r.gen = 0
-            r.lost = 0
-            r.timed_out = False
+            r.lost = 0  # (timed_out stays: a client that gave up is not re-routed)
         self.waiting.clear()
         self.running = []
         self.prefilling = []

@@ -52,6 +52,7 @@ class GridSimulator:
                       for c in SLO_CLASSES]
         self._timeouts = [scenario.timeouts_of(c) if c in scenario.workload.classes else (math.inf, math.inf)
                           for c in SLO_CLASSES]
+        self._first_due = [min(a, b) for a, b in self._timeouts]  # first deadline per class
         eng = scenario.engine
         self._scheduler = scheduler(eng.scheduler)
         self._token_budget = [
@@ -100,6 +101,7 @@ class GridSimulator:
              for j in range(s.replicas)]
             for s in topo.sites
         ]
+        self._kv_blocks = [sum(r.pool.total for r in reps) for reps in self.replicas]
         self.site_level = [sc.actions.initial_batch_level] * self.n_sites
         self.max_batch = [self.batch_levels[sc.actions.initial_batch_level]] * self.n_sites
         self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
@@ -174,8 +176,8 @@ class GridSimulator:
             self.site_waiting[site] += 1
             req.state = TRANSIT
             self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
-            first_due = min(req.timeout_s, req.e2e_timeout_s)
-            if req.retries == 0 and first_due < math.inf:
+            first_due = self._first_due[req.slo_class]
+            if first_due < math.inf and req.retries == 0:
                 deadline = req.arrival_s + first_due
                 self._deadlines[req.slo_class].append((deadline, req))
                 if deadline < self._t_deadline:
@@ -260,8 +262,10 @@ class GridSimulator:
             best = None
             t_best = math.inf
             for q in queues:
-                if q and q[0][0] < t_best:
-                    best, t_best = q, q[0][0]
+                if q:
+                    t = q[0][0]
+                    if t < t_best:
+                        best, t_best = q, t
             if best is None or t_best > t_max:
                 self._t_deadline = t_best
                 return
@@ -567,11 +571,15 @@ class GridSimulator:
                                for s in self.topology.sites]
         kv = []
         now = self.now
-        for site_reps in self.replicas:
-            used = cap = 0
-            for r in site_reps:
-                used += r.kv_used_blocks(now)
-                cap += r.pool.total
+        for site_reps, cap in zip(self.replicas, self._kv_blocks):
+            used = 0.0
+            for r in site_reps:  # Replica.kv_used_blocks, inlined (once per replica per decision)
+                pool = r.pool
+                used += pool.private + pool.n_ref
+                if r.state == DECODE and r.seg_allocs:
+                    frac = (now - r.seg_start) / r.seg_dur
+                    if frac < 1.0:
+                        used -= r.seg_allocs * (1.0 - frac)
             kv.append(used / cap)
         return make_snapshot(
             self.statics, view, hour,
