@@ -4,22 +4,21 @@ horizon (partial segments, outages and hourly prices included)."""
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
-import gridenv  # noqa: F401  (registers the ids)
+from gridenv.envs.grid_env import GridEnv
 
 CASES = [
-    ("gridenv/Metro-v0", {"horizon_s": 60.0}),
-    ("gridenv/Outage-v0", {"horizon_s": 200.0}),  # the core outage at 100-160 s evicts work
-    ("gridenv/Continental-v0", {"horizon_s": 120.0}),  # hourly prices over a compressed day
+    ("metro", {"horizon_s": 60.0}),
+    ("outage", {"horizon_s": 200.0}),  # the core outage at 100-160 s evicts work
+    ("continental", {"horizon_s": 120.0}),  # hourly prices over a compressed day
 ]
 
 
-@pytest.mark.parametrize("env_id, config", CASES, ids=[c[0].split("/")[1] for c in CASES])
-def test_reward_terms_sum_to_episode_metrics(env_id: str, config: dict) -> None:
-    env = gym.make(env_id, config=config)
+@pytest.mark.parametrize("scenario, config", CASES, ids=[c[0] for c in CASES])
+def test_reward_terms_sum_to_episode_metrics(scenario: str, config: dict) -> None:
+    env = GridEnv(scenario, config=config)
     _, info = env.reset(seed=5)
     rng = np.random.default_rng(5)
     n_slots = int(env.action_space.nvec[0])
