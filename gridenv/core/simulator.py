@@ -26,7 +26,7 @@ from gridenv.core.engine import DECODE, IDLE, Replica, Request
 from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.scenario import Scenario
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
-from gridenv.core.topology import Topology
+from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
 __all__ = ["GridSimulator", "SHED"]
@@ -41,6 +41,8 @@ class GridSimulator:
         self.scenario = scenario
         self.topology = Topology(scenario)
         self.statics = SiteStatics.from_topology(self.topology)
+        # catalog model index -> index into the scenario's own models (statics.model_names)
+        self._model_local = {MODEL_NAMES.index(m): i for i, m in enumerate(self.statics.model_names)}
         self.n_sites = self.topology.n_sites
         self.batch_levels = list(scenario.actions.batch_levels)
         self.api_s = scenario.network.api_overhead_ms / 1000.0
@@ -410,7 +412,7 @@ class GridSimulator:
         req = self.pending
         if req is None:
             raise RuntimeError("no pending request")
-        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, req.model,
+        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, self._model_local[req.model],
                            req.residency, req.ttft_slo_s, req.tpot_slo_s)
         hour = self.hour_utc()
         if int(hour) != self._price_hour:

@@ -10,7 +10,8 @@ from gymnasium import spaces
 
 from gridenv.core.scenario import Scenario, load_scenario
 from gridenv.core.simulator import SHED, GridSimulator
-from gridenv.core.snapshot import RouterSnapshot, encode, obs_size
+from gridenv.core.interface import make_interface
+from gridenv.core.snapshot import RouterSnapshot
 
 __all__ = ["GridEnv", "InvalidActionError"]
 
@@ -91,15 +92,15 @@ class GridEnv(gym.Env):
 
     ## Arguments
 
-    ``gym.make("gridenv/Metro-v0", config={...}, render_mode=None)``: ``config`` is deep-merged
+    ``gym.make("gridenv/Metro-v1", config={...}, render_mode=None)``: ``config`` is deep-merged
     into the scenario YAML (e.g. ``{"workload": {"rate_rps": 40}}``); ``scenario=`` takes a
     scenario name, a YAML path or a :class:`Scenario`.
 
     ## Registered Configurations
 
-    One id per file in ``configs/scenarios/``: ``gridenv/Metro-v0``, ``gridenv/Continental-v0``,
-    ``gridenv/Outage-v0``, ``gridenv/Bursty-v0``, ``gridenv/Centralized-v0``,
-    ``gridenv/DistributedEdge-v0`` (see the README's table).
+    One id per file in ``configs/scenarios/``: ``gridenv/Metro-v1``, ``gridenv/Continental-v1``,
+    ``gridenv/Outage-v1``, ``gridenv/Bursty-v1``, ``gridenv/Centralized-v1``,
+    ``gridenv/DistributedEdge-v1`` (see the README's table).
 
     ## Version History
 
@@ -125,8 +126,11 @@ class GridEnv(gym.Env):
         st = self.sim.statics
         self.max_sites = st.max_sites
         self.n_levels = len(st.batch_levels)
+        #: The declared observation/action interface (gridenv.core.interface): encoder, feature
+        #: spec, version and content hash that trained policies record.
+        self.interface = make_interface(st, self.scenario.observation.mode)
         self.action_space = spaces.MultiDiscrete([self.max_sites + 1, self.n_levels])
-        self.observation_space = spaces.Box(-1.0, 1.0, (obs_size(st),), dtype=np.float32)
+        self.observation_space = spaces.Box(-1.0, 1.0, (self.interface.obs_size,), dtype=np.float32)
         self._raise_invalid = self.scenario.actions.invalid_action == "raise"
         self._snap: RouterSnapshot | None = None
 
@@ -136,7 +140,7 @@ class GridEnv(gym.Env):
         self.sim.reset(self.np_random)
         self.sim.take_reward()
         obs = self._observe()
-        return obs, {"action_mask": self.action_masks()}
+        return obs, {"action_mask": self.action_masks(), "snapshot": self._snap}
 
     def step(self, action):
         if self.sim.done:
@@ -162,6 +166,7 @@ class GridEnv(gym.Env):
         info: dict[str, Any] = {
             "rewards": {"goodput_value_usd": value, "energy_cost_usd": energy, "gpu_cost_usd": gpu},
             "action_mask": self.action_masks(),
+            "snapshot": self._snap,
             "invalid_action": invalid,
             "sim_time_s": self.sim.now,
         }
@@ -175,7 +180,7 @@ class GridEnv(gym.Env):
             m = np.zeros(self.max_sites + 1 + self.n_levels, dtype=bool)
             m[self.max_sites:] = True  # nothing to route: only "shed" is meaningful
             return m
-        return self._snap.action_mask
+        return self.interface.action_mask(self._snap)
 
     # ------------------------------------------------------------------ helpers
     def _decode_action(self, action) -> tuple[int, int]:
@@ -194,11 +199,12 @@ class GridEnv(gym.Env):
             self._snap = None
             return np.zeros(self.observation_space.shape, dtype=np.float32)
         self._snap = self.sim.snapshot()
-        return encode(self._snap)
+        return self.interface.encode(self._snap)
 
     @property
     def snapshot(self) -> RouterSnapshot | None:
-        """The router-visible snapshot behind the current observation (for heuristics)."""
+        """The router-visible snapshot behind the current observation (also in ``info["snapshot"]``,
+        which is what policies should use: it survives wrappers and vector envs)."""
         return self._snap
 
     def episode_metrics(self) -> dict:

@@ -6,14 +6,15 @@
     # {"endpoint": "edge-north", "shed": False, "batch_level": 1, "max_batch_size": 32,
     #  "scores": {"edge-north": 0.91, ...}, "shed_score": 0.0, "site_index": 0, "action": [0, 1]}
 
-Imports numpy, onnxruntime and ``gridenv.core.snapshot`` only: no torch, no stable-baselines3,
+Imports numpy, onnxruntime and ``gridenv.core`` (snapshot, interface) only: no torch, no stable-baselines3,
 no gymnasium of its own (``import gridenv`` registers the Gymnasium ids when gymnasium happens
 to be installed; the runtime does not need it).
 
 Loading verifies ``policy.json`` against ``policy.onnx`` and against this gridenv: format
-version, the SHA-256 of ``policy.onnx``, the observation feature spec (it must equal what
-``feature_spec(SiteStatics.from_dict(statics))`` produces now, so a changed encoder is caught),
-the observation size, the number of sites and the graph's input/output shapes. Any mismatch
+version, the SHA-256 of ``policy.onnx``, the observation interface (``interface``: version, content
+hash and declaration; it must be what ``gridenv.core.interface`` declares now for these statics
+and mode, so a changed encoder is refused with a message naming the feature or vocabulary that
+differs), the feature spec derived from it, the observation size, the number of sites and the graph's input/output shapes. Any mismatch
 raises :class:`PolicyFileError` with one line naming what differs.
 
 The JSON snapshot (``POST /v1/route`` body)::
@@ -59,29 +60,26 @@ from pathlib import Path
 
 import numpy as np
 
-from gridenv.core.snapshot import (
+from gridenv.core.interface import (
     SLO_CLASSES,
-    RequestView,
-    RouterSnapshot,
-    SiteStatics,
-    encode,
-    feature_spec,
-    make_snapshot,
-    obs_size,
+    InterfaceMismatchError,
+    check_compatible,
+    make_interface,
 )
+from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
 
 __all__ = [
     "RouterPolicy", "PolicyFileError", "SnapshotError", "snapshot_to_json",
     "FORMAT_VERSION", "POLICY_JSON", "POLICY_ONNX", "CONTRACT_KEY", "contract_sha256",
 ]
 
-#: policy.json format read and written by this version.
-FORMAT_VERSION = 1
+#: policy.json format read and written by this version (2: adds the interface record).
+FORMAT_VERSION = 2
 POLICY_JSON = "policy.json"
 POLICY_ONNX = "policy.onnx"
 #: ONNX metadata key holding the SHA-256 of the policy.json sections the graph is bound to.
 CONTRACT_KEY = "gridenv.contract_sha256"
-CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults")
+CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults", "interface")
 
 _FMAX = sys.float_info.max  # bounds checks: NaN and +-inf fail `lo <= v <= _FMAX`
 _PER_SITE = ("site_region", "site_model", "is_edge", "replicas", "max_waiting", "kv_capacity_tokens",
@@ -198,7 +196,7 @@ class RouterPolicy:
         self.n_sites = st.n_sites
         self.batch_levels = tuple(int(b) for b in st.batch_levels)
         self.n_levels = len(self.batch_levels)
-        self.obs_size = obs_size(st)
+        self.obs_size = self.interface.obs_size
         self.scenario: str = meta["scenario"]["name"]
         self.env_id: str = meta["scenario"]["env_id"]
         self.sha256: str = meta["onnx"]["sha256"]
@@ -271,22 +269,26 @@ class RouterPolicy:
             raise PolicyFileError(f"{POLICY_JSON}: statics.site_region refers to an unknown region")
         if any(not 0 <= m < len(st.model_names) for m in st.site_model):
             raise PolicyFileError(f"{POLICY_JSON}: statics.site_model refers to an unknown model")
-        # The encoder: the feature spec in the file must be what this gridenv produces now.
-        spec_now = feature_spec(st)
+        # The encoder: the recorded interface must be what this gridenv declares now.
+        record = _get(meta, "interface")
+        mode = _get(meta, "interface.interface.mode")
+        try:
+            iface = make_interface(st, mode)
+        except ValueError as err:
+            raise PolicyFileError(f"{POLICY_JSON}: interface.interface.mode: {err}") from None
+        try:
+            check_compatible(record, iface, what=POLICY_JSON)
+        except InterfaceMismatchError as err:
+            raise PolicyFileError(f"{err} (re-export the policy with this gridenv)") from None
         spec_file = _get(meta, "observation.features")
-        if spec_file != spec_now:
-            if not isinstance(spec_file, list) or len(spec_file) != len(spec_now):
-                got_n = len(spec_file) if isinstance(spec_file, list) else _typename(spec_file)
-                raise PolicyFileError(f"{POLICY_JSON}: observation feature spec has {got_n} features, "
-                                      f"this gridenv encodes {len(spec_now)} for these sites")
-            i = next(i for i, (a, b) in enumerate(zip(spec_file, spec_now)) if a != b)
-            raise PolicyFileError(f"{POLICY_JSON}: observation feature spec differs at [{i}]: file "
-                                  f"{spec_file[i]}, this gridenv encodes {spec_now[i]} (exported with "
-                                  "another encoder version?)")
+        if spec_file != iface.feature_spec():
+            raise PolicyFileError(f"{POLICY_JSON}: observation.features is not the feature spec of its "
+                                  f"interface {iface.version!r} (edited?)")
         size = _get(meta, "observation.size")
-        if size != obs_size(st):
-            raise PolicyFileError(f"{POLICY_JSON}: observation.size {size}, the feature spec has "
-                                  f"{obs_size(st)}")
+        if size != iface.obs_size:
+            raise PolicyFileError(f"{POLICY_JSON}: observation.size {size}, the interface has "
+                                  f"{iface.obs_size}")
+        self.interface = iface
         act = _get(meta, "action")
         if not isinstance(act, dict):
             raise PolicyFileError(f"{POLICY_JSON}: action: expected an object")
@@ -326,7 +328,7 @@ class RouterPolicy:
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise PolicyFileError(f"{POLICY_ONNX}: ONNX Runtime cannot load it ({err})") from None
         n_site, n_mask = self.statics.max_sites + 1, self.statics.max_sites + 1 + len(self.statics.batch_levels)
-        n_obs = obs_size(self.statics)
+        n_obs = self.interface.obs_size
         ins = {i.name: i.shape for i in sess.get_inputs()}
         outs = {o.name: o.shape for o in sess.get_outputs()}
         expect_in = {"obs": n_obs, "action_mask": n_mask}
@@ -463,13 +465,13 @@ class RouterPolicy:
     def decide_snapshot(self, snap: RouterSnapshot, obs: np.ndarray | None = None) -> dict:
         """The decision for an in-process RouterSnapshot (`obs`: its ``encode``, if at hand)."""
         if obs is None:
-            obs = encode(snap)
+            obs = self.interface.encode(snap)
         return self._decision(self.run(obs, snap.action_mask))
 
     def decide(self, data) -> dict:
         """The decision for a JSON snapshot (a parsed dict); raises SnapshotError."""
         snap = self.snapshot_from_json(data)
-        return self._decision(self.run(encode(snap), snap.action_mask))
+        return self._decision(self.run(self.interface.encode(snap), snap.action_mask))
 
     def score(self, data) -> dict:
         """llm-d scorer style: a score in [0, 1] per endpoint, plus the best one and shed share."""
@@ -483,6 +485,7 @@ class RouterPolicy:
             "scenario": self.scenario, "env_id": self.env_id, "sites": list(self.site_names),
             "max_sites": self.max_sites, "batch_levels": list(self.batch_levels),
             "obs_size": self.obs_size, "path": str(self.path),
+            "interface_version": self.interface.version, "interface_hash": self.interface.content_hash,
         }
 
     def __repr__(self) -> str:

@@ -57,7 +57,7 @@ def runs(tmp_path_factory):
 
 def rollout(policy: Policy, seed: int, horizon_s: float = 15.0, invalid: str = "raise"):
     """One short episode; with invalid_action: raise the env rejects any masked choice."""
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": horizon_s, "actions": {"invalid_action": invalid}})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": horizon_s, "actions": {"invalid_action": invalid}})
     obs, _ = env.reset(seed=seed)
     policy.reset(seed)
     n = 0
@@ -82,7 +82,7 @@ def test_acts_within_the_mask_over_an_episode(runs, algo):
 def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
     """Outage-like states: mask all but one site per request; MaskablePPO must follow the mask."""
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
     obs, _ = env.reset(seed=0)
     snap = env.unwrapped.snapshot
     rng = np.random.default_rng(0)
@@ -96,7 +96,7 @@ def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
 
 def test_plain_ppo_sheds_a_masked_choice(runs, monkeypatch):
     policy = SB3Policy(runs["ppo"] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
     obs, _ = env.reset(seed=0)
     snap = env.unwrapped.snapshot
     snap.feasible = np.zeros_like(snap.feasible)  # every site masked
@@ -118,7 +118,7 @@ def test_same_actions_as_the_model_on_normalized_observations(runs):
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
     with open(runs["maskable_ppo"] / "vecnormalize.pkl", "rb") as f:
         vn = pickle.load(f)
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
     obs, _ = env.reset(seed=1)
     for _ in range(50):
         snap = env.unwrapped.snapshot
@@ -181,7 +181,7 @@ def test_missing_and_corrupt_files(runs, tmp_path):
 
 def test_wrong_scenario_is_a_clear_error(runs):
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")  # metro: 5 sites, 74 features
-    env = gym.make("gridenv/Continental-v0")
+    env = gym.make("gridenv/Continental-v1")
     obs, _ = env.reset(seed=0)
     with pytest.raises(ValueError, match="trained on another scenario"):
         policy.act(obs, env.unwrapped.snapshot)
@@ -190,7 +190,7 @@ def test_wrong_scenario_is_a_clear_error(runs):
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo"])
 def test_scores_follow_the_mask(runs, algo):
     policy = SB3Policy(runs[algo] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
     obs, _ = env.reset(seed=2)
     for _ in range(20):
         snap = env.unwrapped.snapshot

@@ -9,20 +9,22 @@ import torch
 
 import gridenv  # noqa: F401
 from agents.site_policy import MaskableSiteScoringPolicy, SiteScoringPolicy
-from gridenv.core.snapshot import N_SITE_FEATURES
 
-METRO = "gridenv/Metro-v0"
+METRO = "gridenv/Metro-v1"
 
 
-def make_policy(cls, env_id: str = METRO):
-    env = gym.make(env_id, config={"horizon_s": 10.0})
+def make_policy(cls, env_id: str = METRO, mode: str = "slots"):
+    env = gym.make(env_id, config={"horizon_s": 10.0, "observation": {"mode": mode}})
     torch.manual_seed(0)
-    return cls(env.observation_space, env.action_space, lambda _: 3e-4), env
+    F = env.unwrapped.interface.n_site_features
+    return cls(env.observation_space, env.action_space, lambda _: 3e-4, n_site_features=F), env
 
 
+@pytest.mark.parametrize("mode", ["slots", "relative"])
 @pytest.mark.parametrize("cls", [MaskableSiteScoringPolicy, SiteScoringPolicy])
-def test_permuting_sites_permutes_their_logits(cls) -> None:
-    policy, env = make_policy(cls)
+def test_permuting_sites_permutes_their_logits(cls, mode) -> None:
+    policy, env = make_policy(cls, mode=mode)
+    N_SITE_FEATURES = env.unwrapped.interface.n_site_features
     n = env.unwrapped.max_sites
     # Perturb the output layers so the logits are not all ~0 (the init makes them tiny).
     for head in (policy.mlp_extractor.site_mlp[-1], policy.mlp_extractor.global_mlp[-1]):
@@ -76,7 +78,7 @@ def test_site_scoring_model_trains_saves_loads_and_exports(tmp_path) -> None:
     agree = 0
     for _ in range(300):
         want, _ = loaded.predict(obs, action_masks=env.action_masks(), deterministic=True)
-        got = router.decide_snapshot(env.snapshot)
+        got = router.decide_snapshot(info["snapshot"])
         agree += int(got["action"][0] == want[0] and got["action"][1] == want[1])
         obs, _, _, trunc, info = env.step(want)
         if trunc:
