@@ -315,8 +315,9 @@ class Interface:
         return _RecordedInterface(d)
 
     def diff(self, other) -> list[str]:
-        """What differs between this declaration and `other` (an Interface or its dict), one line each."""
-        return diff_declarations(self.to_dict(), other if isinstance(other, dict) else other.to_dict())
+        """What differs between `other` (the recorded one: an Interface or its dict) and this
+        (the current one), one line each; empty when they are the same."""
+        return diff_declarations(other if isinstance(other, dict) else other.to_dict(), self.to_dict())
 
     def feature_spec(self) -> list[dict]:
         """Every observation element in order: name, unit, scaling, source."""
@@ -460,7 +461,8 @@ class _RecordedInterface:
         return hashlib.sha256(_canonical(self._d).encode()).hexdigest()
 
     def diff(self, other) -> list[str]:
-        return diff_declarations(self._d, other if isinstance(other, dict) else other.to_dict())
+        """As :meth:`Interface.diff`: `other` is taken as the recorded one."""
+        return diff_declarations(other if isinstance(other, dict) else other.to_dict(), self._d)
 
 
 def make_interface(statics, mode: str = "slots") -> Interface:

@@ -53,15 +53,41 @@ class GridEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(-1, 1, (max_sites * 12 + 10 + n_regions,), float32)``, encoded by
-    ``gridenv.core.snapshot.encode`` from the router-visible snapshot (the same encoder the
-    exported router uses). Per site slot, 12 features in [0, 1]: present, up, feasible,
-    waiting, running, KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin,
-    energy price, current batch level, edge flag, in-origin-region flag (padding slots are all
-    zero). Then the request: log prompt length, SLO class one-hot (chat, code, summarization),
-    origin region one-hot, model one-hot (llama-2-70b, llama-3-70b, llama-3-8b), residency
-    flag, and sin/cos of the origin's local hour. ``gridenv.core.snapshot.feature_spec`` lists
-    every element with its unit and scaling.
+    Declared once in ``gridenv.core.interface`` and chosen by the scenario option
+    ``observation: {mode: slots | relative}`` (default ``slots``; e.g.
+    ``gym.make(id, config={"observation": {"mode": "relative"}})``). ``env.interface`` is the
+    declaration: ``obs_size``, ``feature_spec()`` (every element with its unit, scaling and
+    source), ``encode(snapshot)``, ``version`` and ``content_hash`` (recorded by trained models
+    and exported policies; a policy recorded under another interface is refused, naming the
+    difference). In both modes: ``max_sites`` site blocks (padding slots all zero), then the
+    request.
+
+    ``slots`` (interface ``slots-2``): ``Box(-1, 1, (max_sites * 12 + 7 + n_regions + n_models,),
+    float32)``. Per site slot, 12 features in [0, 1]: present, up, feasible, waiting, running,
+    KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin, energy price,
+    current batch level, edge flag, in-origin-region flag. Then the request: log prompt length,
+    SLO class one-hot (chat, code, summarization), origin region one-hot (the scenario's
+    regions), model one-hot (the scenario's own models only: adding a model to the catalog does
+    not change an observation), residency flag, sin/cos of the origin's local hour. Metro: 72.
+
+    ``relative`` (interface ``relative-1``): ``Box(-1, 1, (max_sites * 16 + 9,), float32)``,
+    with no site, region or model identity, so one per-site network can score 1..``max_sites``
+    sites of any grid. Per site slot, 16 features: present, up, feasible, waiting, running, KV
+    utilization, predicted TTFT / SLO, RTT from the request's origin, same-region flag, energy
+    price, batch level, edge flag, replica $/h, replica power, capacity, prompt / KV capacity.
+    Then: log prompt length, SLO class one-hot, residency, sin/cos of the local hour, TTFT and
+    TPOT SLOs (scaled).
+
+    ## Info
+
+    ``reset`` and ``step`` return ``info["snapshot"]``: the router-visible
+    :class:`~gridenv.core.snapshot.RouterSnapshot` behind the observation (``None`` once the
+    episode is over), and ``info["action_mask"]``. Policies decide from these
+    (``policy.act(obs, info["snapshot"])``), never from ``env.unwrapped``, so heuristics work
+    through wrappers, ``gym.make_vec`` (an object array of snapshots) and SB3/Ray vector envs.
+    The snapshot is picklable and cheap (its statics object is shared, not copied). ``step``
+    adds ``info["rewards"]`` (the reward terms), ``info["invalid_action"]``,
+    ``info["sim_time_s"]`` and, at truncation, ``info["episode_metrics"]``.
 
     ## Rewards
 
@@ -104,7 +130,12 @@ class GridEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial release.
+    * v1: the observation is declared by ``gridenv.core.interface`` (interface ``slots-2``): the
+      model one-hot spans the scenario's own models, not the whole catalog (Metro 74 -> 72
+      elements, Continental 109 -> 108); the ``relative`` observation mode; ``info["snapshot"]``.
+      Dynamics and rewards unchanged. ``-v0`` ids raise ``gymnasium.error.DeprecatedEnv``
+      pointing to ``-v1``; models trained on v0 migrate exactly with ``python -m agents.migrate``.
+    * v0: initial release (interface ``slots-1``).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 __all__ = ["env_id", "register_envs", "ENV_VERSION"]
 
-#: Bump when dynamics or reward change (and add a line to GridEnv's Version History).
+#: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
+#: History). v1: observation interface slots-2 (gridenv.core.interface). Old ids are not
+#: registered, so gym.make("gridenv/Metro-v0") raises gymnasium's DeprecatedEnv naming -v1.
 ENV_VERSION = 1
 
 

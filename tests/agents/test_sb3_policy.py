@@ -180,11 +180,11 @@ def test_missing_and_corrupt_files(runs, tmp_path):
 
 
 def test_wrong_scenario_is_a_clear_error(runs):
-    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")  # metro: 5 sites, 74 features
+    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")  # metro: 5 sites, 72 features
     env = gym.make("gridenv/Continental-v1")
-    obs, _ = env.reset(seed=0)
+    obs, info = env.reset(seed=0)
     with pytest.raises(ValueError, match="trained on another scenario"):
-        policy.act(obs, env.unwrapped.snapshot)
+        policy.act(obs, info["snapshot"])
 
 
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo"])
@@ -206,3 +206,67 @@ def test_registry_loads_a_zip_as_sb3_policy(runs):
     registry = pytest.importorskip("agents.registry")
     policy = registry.load_policy(str(runs["maskable_ppo"] / "best_model" / "best_model.zip"))
     assert isinstance(policy, SB3Policy) and policy.algo == "maskable_ppo"
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_train_records_the_interface_and_the_policy_checks_it(runs):
+    import json
+
+    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    assert policy.interface_record == env.unwrapped.interface.record()
+    assert policy.interface_record_path.name == "args.json"
+    obs, info = env.reset(seed=0)
+    policy.act(obs, info["snapshot"])  # same interface: accepted
+    rec = json.loads((runs["maskable_ppo"] / "args.json").read_text())["interface"]
+    assert rec["version"] == "slots-2" and rec["content_hash"] == env.unwrapped.interface.content_hash
+
+
+@pytest.mark.parametrize("edit,message", [
+    # a model saved under the v0 interface: model one-hot over the whole catalog
+    (lambda r: (r.update(version="slots-1"), r["interface"].update(version="slots-1"),
+                r["interface"]["vocabularies"].update(model=["llama-2-70b", "llama-3-70b", "llama-3-8b"])),
+     r"version: recorded 'slots-1', current 'slots-2'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
+     r"only in recorded"),
+    (lambda r: r["interface"]["site_features"][7].update(divide_by="100.0"),
+     r"site feature 'rtt': divide_by recorded '100.0', current '200.0'"),
+])
+def test_policy_saved_under_another_interface_is_refused(runs, tmp_path, edit, message):
+    import json
+
+    from gridenv.core.interface import InterfaceMismatchError
+
+    run = _copy_run(runs["maskable_ppo"], tmp_path / "run")
+    args = json.loads((run / "args.json").read_text())
+    edit(args["interface"])
+    (run / "args.json").write_text(json.dumps(args))
+    policy = SB3Policy(run / "model.zip")
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=0)
+    with pytest.raises(InterfaceMismatchError, match=message):
+        policy.act(obs, info["snapshot"])
+    # a sidecar interface.json beside the model takes precedence over args.json
+    (run / "interface.json").write_text(json.dumps(env.unwrapped.interface.record()))
+    SB3Policy(run / "model.zip").act(obs, info["snapshot"])
+
+
+@pytest.mark.parametrize("scenario", ["metro", "continental"])
+def test_committed_agents_load_and_match_their_onnx_export(scenario):
+    """models/<scenario>: migrated to slots-2 (agents/migrate.py); SB3 and ONNX agree."""
+    from agents.onnx_policy import ONNXPolicy
+
+    policy = SB3Policy(ROOT / "models" / scenario / "best_model.zip")
+    onnx = ONNXPolicy(ROOT / "models" / scenario / "onnx")
+    env = gym.make(f"gridenv/{scenario.capitalize()}-v1", config={"horizon_s": 20})
+    assert policy.interface_record["content_hash"] == env.unwrapped.interface.content_hash
+    obs, info = env.reset(seed=11)
+    for _ in range(150):
+        a = policy.act(obs, info["snapshot"])
+        assert a.tolist() == onnx.act(obs, info["snapshot"]).tolist()
+        obs, _, _, trunc, info = env.step(a)
+        if trunc:
+            break
