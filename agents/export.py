@@ -418,6 +418,23 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
         "interface": iface.record(),
     }))
 
+    # Normalize the contract sections through the policy.json schema (the one pydantic model the
+    # runtime reads with), so the hash bound into the graph is that of what gets written.
+    from pydantic import ValidationError
+
+    from gridenv.router.policy_file import PolicyFile, first_error
+
+    placeholder = {"format_version": FORMAT_VERSION, "created_utc": "", "scores": "",
+                   "onnx": {"file": POLICY_ONNX, "sha256": "0" * 64, "opset": opset, "inputs": {},
+                            "outputs": {}, "metadata": {}},
+                   "source": {"model": "", "vecnormalize": "", "algo": algo, "num_timesteps": 0,
+                              "policy_class": ""}}
+    try:
+        draft = PolicyFile.model_validate({**placeholder, **contract}).model_dump(mode="json")
+    except ValidationError as err:
+        raise ExportError(f"policy.json would not validate: {first_error(err)}") from None
+    contract = {k: draft[k] for k in contract}
+
     module = _make_module(model.policy, stats, n_site_choices)
     raw = _export_onnx(module, n_obs, n_site_choices + n_levels, opset)
     onnx_bytes = _finish_onnx(raw, {"gridenv.scenario": name, "gridenv.env_id": eid,
@@ -439,7 +456,7 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
             "file": POLICY_ONNX, "sha256": sha, "opset": opset,
             "inputs": {
                 "obs": {"dtype": "float32", "shape": ["batch", n_obs],
-                        "meaning": "raw gridenv.core.snapshot.encode() output (normalization is in the graph)"},
+                        "meaning": "raw Interface.encode() output (normalization is in the graph)"},
                 "action_mask": {"dtype": "bool", "shape": ["batch", n_site_choices + n_levels],
                                 "meaning": "RouterSnapshot.action_mask: site slots + shed, then batch levels"},
             },
@@ -471,8 +488,12 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     # Write both files under temporary names, then rename: no half-written pair.
     tmp_onnx, tmp_json = out / f".{POLICY_ONNX}.tmp", out / f".{POLICY_JSON}.tmp"
+    try:
+        text = PolicyFile.model_validate(meta).model_dump_json(indent=2)
+    except ValidationError as err:
+        raise ExportError(f"policy.json would not validate: {first_error(err)}") from None
     tmp_onnx.write_bytes(onnx_bytes)
-    tmp_json.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp_json.write_text(text + "\n")
     os.replace(tmp_onnx, out / POLICY_ONNX)
     os.replace(tmp_json, out / POLICY_JSON)
     env.close()

@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from gridenv.core.interface import (
     SLO_CLASSES,
@@ -67,6 +68,7 @@ from gridenv.core.interface import (
     make_interface,
 )
 from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.router.policy_file import PolicyFile, first_error
 
 __all__ = [
     "RouterPolicy", "PolicyFileError", "SnapshotError", "snapshot_to_json",
@@ -244,6 +246,10 @@ class RouterPolicy:
         if version != FORMAT_VERSION:
             raise PolicyFileError(f"{POLICY_JSON}: format_version {version!r}, this runtime reads "
                                   f"{FORMAT_VERSION}: re-export the policy with this gridenv")
+        try:  # shape and types: the one policy.json schema (gridenv.router.policy_file)
+            PolicyFile.model_validate(meta)
+        except ValidationError as err:
+            raise PolicyFileError(f"{POLICY_JSON}: {first_error(err)}") from None
         want = _get(meta, "onnx.sha256")
         got = _sha256(onnx_bytes)
         if got != want:

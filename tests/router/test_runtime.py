@@ -319,3 +319,19 @@ def test_runtime_does_not_import_torch(policy_dir):
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     assert not loaded["torch"] and not loaded["stable_baselines3"] and not loaded["sb3_contrib"], loaded
+
+
+def test_policy_json_is_written_and_read_through_one_schema(policy_dir, tmp_path):
+    from gridenv.router.policy_file import PolicyFile
+
+    text = (policy_dir / "policy.json").read_text()
+    model = PolicyFile.model_validate_json(text)
+    assert model.model_dump(mode="json") == json.loads(text)  # the writer's own output round-trips
+    assert "interface" in PolicyFile.model_json_schema()["properties"]
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, lambda m: m["observation"].update(size="72"))
+    with pytest.raises(PolicyFileError, match=r"^policy.json: observation.size: Input should be a valid integer"):
+        RouterPolicy.load(d)
+    _edit(d, lambda m: (m["observation"].update(size=72), m.update(extra_section={})))
+    with pytest.raises(PolicyFileError, match=r"^policy.json: extra_section: Extra inputs are not permitted"):
+        RouterPolicy.load(d)
