@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from gridenv.core.engine import DECODE, IDLE, Replica, Request
+from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.scenario import Scenario
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
@@ -316,7 +317,7 @@ class GridSimulator:
         return (self._start_hour + (self.now if t is None else t) * self._hours_per_s) % 24.0
 
     def _local_hour_index(self, site: int, t: float) -> int:
-        return int((self.hour_utc(t) + self.topology.sites[site].utc_offset_h) % 24.0) % 24
+        return int(local_hour(self.hour_utc(t), self.topology.sites[site].utc_offset_h)) % 24
 
     def _book(self, site: int, busy_s: float, energy_j: float, t: float) -> None:
         """Charge a replica's busy time and dynamic energy to its site."""
@@ -376,7 +377,7 @@ class GridSimulator:
         mids, dt = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
         hours = (self._start_hour + mids * self._hours_per_s) % 24.0
         for s, spec in enumerate(self.topology.sites):
-            idx = ((hours + spec.utc_offset_h) % 24.0).astype(np.int64) % 24
+            idx = local_hour(hours, spec.utc_offset_h).astype(np.int64) % 24
             power_w = spec.idle_w * spec.site_power_factor
             kwh = power_w * dt / J_PER_KWH
             m.idle_energy_j[s] = power_w * t_end

@@ -58,11 +58,11 @@ def runs(tmp_path_factory):
 def rollout(policy: Policy, seed: int, horizon_s: float = 15.0, invalid: str = "raise"):
     """One short episode; with invalid_action: raise the env rejects any masked choice."""
     env = gym.make("gridenv/Metro-v1", config={"horizon_s": horizon_s, "actions": {"invalid_action": invalid}})
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
     policy.reset(seed)
     n = 0
     while True:
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         action = policy.act(obs, snap)
         assert action.shape == (2,) and snap.action_mask[action[0]], (action, snap.feasible)
         obs, _, term, trunc, info = env.step(action)
@@ -83,8 +83,8 @@ def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
     """Outage-like states: mask all but one site per request; MaskablePPO must follow the mask."""
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
     env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=0)
-    snap = env.unwrapped.snapshot
+    obs, info = env.reset(seed=0)
+    snap = info["snapshot"]
     rng = np.random.default_rng(0)
     for _ in range(200):
         feasible = np.zeros_like(snap.feasible)
@@ -97,8 +97,8 @@ def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
 def test_plain_ppo_sheds_a_masked_choice(runs, monkeypatch):
     policy = SB3Policy(runs["ppo"] / "model.zip")
     env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=0)
-    snap = env.unwrapped.snapshot
+    obs, info = env.reset(seed=0)
+    snap = info["snapshot"]
     snap.feasible = np.zeros_like(snap.feasible)  # every site masked
     import torch
 
@@ -119,14 +119,14 @@ def test_same_actions_as_the_model_on_normalized_observations(runs):
     with open(runs["maskable_ppo"] / "vecnormalize.pkl", "rb") as f:
         vn = pickle.load(f)
     env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=1)
+    obs, info = env.reset(seed=1)
     for _ in range(50):
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         np.testing.assert_allclose(policy.normalize_obs(obs), vn.normalize_obs(obs), rtol=1e-6, atol=1e-6)
         expected, _ = policy.model.predict(vn.normalize_obs(obs), action_masks=snap.action_mask, deterministic=True)
         action = policy.act(obs, snap)
         np.testing.assert_array_equal(action, expected)
-        obs, *_ = env.step(action)
+        obs, _, _, _, info = env.step(action)
 
 
 def test_loading_resolves_stats_and_name(runs):
@@ -191,15 +191,15 @@ def test_wrong_scenario_is_a_clear_error(runs):
 def test_scores_follow_the_mask(runs, algo):
     policy = SB3Policy(runs[algo] / "model.zip")
     env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=2)
+    obs, info = env.reset(seed=2)
     for _ in range(20):
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         s = policy.scores(obs, snap)
         assert s.shape == (policy.max_sites,) and np.all((s >= 0) & (s <= 1))
         assert np.all(s[~snap.feasible[: policy.max_sites]] == 0)
         if snap.feasible.any():
             assert s.max() == pytest.approx(1.0)
-        obs, *_ = env.step(policy.act(obs, snap))
+        obs, _, _, _, info = env.step(policy.act(obs, snap))
 
 
 def test_registry_loads_a_zip_as_sb3_policy(runs):

@@ -108,11 +108,11 @@ def test_episode_parity_with_sb3(run_dir, policy):
     vn = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make(METRO)]))
     vn.training = False
     env = gym.make(METRO, config={"horizon_s": 30})
-    obs, _ = env.reset(seed=11)
+    obs, info = env.reset(seed=11)
     done, n, sheds, rewards = False, 0, 0, 0.0
     while not done:
-        snap = env.unwrapped.snapshot
-        ref, _ = model.predict(vn.normalize_obs(obs), action_masks=env.unwrapped.action_masks(),
+        snap = info["snapshot"]
+        ref, _ = model.predict(vn.normalize_obs(obs), action_masks=info["action_mask"],
                                deterministic=True)
         d = policy.decide_snapshot(snap)
         assert d["action"] == np.asarray(ref).tolist(), f"decision {n}"
@@ -124,7 +124,7 @@ def test_episode_parity_with_sb3(run_dir, policy):
         del j["request"]["ttft_slo_s"], j["request"]["tpot_slo_s"]
         np.testing.assert_array_equal(encode(policy.snapshot_from_json(json.loads(json.dumps(j)))), obs)
         sheds += d["shed"]
-        obs, r, _, done, _ = env.step(np.array(d["action"]))
+        obs, r, _, done, info = env.step(np.array(d["action"]))
         rewards += r
         n += 1
     assert n > 300
