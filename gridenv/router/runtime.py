@@ -27,6 +27,10 @@ The JSON snapshot (``POST /v1/route`` body)::
                  "ttft_slo_s": 0.25, "tpot_slo_s": 0.1},
      "hour_utc": 14.5}
 
+The endpoint and request fields, with unit and valid range, are declared in
+``gridenv.core.interface`` (``SITE_SIGNALS``, ``REQUEST_FIELDS``, ``HOUR_FIELD``); the endpoint
+parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
+
 * ``endpoints``: one object per site, matched by ``name``; every site of the policy must be
   present (extra keys are ignored). ``waiting`` (requests sent, not yet running) and ``running``
   are numbers >= 0; ``kv_util`` in [0, 1]; ``rtt_ms`` (from the request's origin) and
@@ -62,6 +66,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from gridenv.core.interface import (
+    SITE_SIGNALS,
     SLO_CLASSES,
     InterfaceMismatchError,
     check_compatible,
@@ -141,13 +146,9 @@ def _choice(obj: dict, key: str, where: str, index: dict, what: str) -> int:
 def snapshot_to_json(snap: RouterSnapshot) -> dict:
     """The JSON form of a snapshot (what a router sends to ``POST /v1/route``)."""
     st, req = snap.statics, snap.request
-    endpoints = [
-        {"name": st.site_names[i], "waiting": float(snap.waiting[i]), "running": float(snap.running[i]),
-         "kv_util": float(snap.kv_util[i]), "rtt_ms": float(snap.rtt_ms[i]),
-         "energy_price_usd_per_kwh": float(snap.energy_price_usd_per_kwh[i]), "up": bool(snap.up[i]),
-         "batch_level": int(snap.batch_level[i])}
-        for i in range(st.n_sites)
-    ]
+    conv = {"number": float, "boolean": bool, "integer": int}
+    cols = [(sig.name, conv[sig.type], getattr(snap, sig.name)) for sig in SITE_SIGNALS]
+    endpoints = [{"name": st.site_names[i], **{k: f(v[i]) for k, f, v in cols}} for i in range(st.n_sites)]
     return {
         "endpoints": endpoints,
         "request": {"prompt_tokens": int(req.prompt_tokens), "slo_class": SLO_CLASSES[req.slo_class],
@@ -213,6 +214,20 @@ class RouterPolicy:
         self._models_what = f"a model name ({', '.join(st.model_names)})"
         self._classes_what = f"an SLO class ({', '.join(SLO_CLASSES)})"
         self._level_what = f"a batch level index in [0, {self.n_levels - 1}]"
+        self._signal_checks = []  # (name, kind, default, lo, hi, what) per SITE_SIGNALS entry
+        for sig in SITE_SIGNALS:
+            if sig.type == "number":
+                hi = _FMAX if sig.maximum is None else sig.maximum
+                what = (f"a number >= {sig.minimum:g}" if sig.maximum is None
+                        else f"a number in [{sig.minimum:g}, {sig.maximum:g}]")
+                self._signal_checks.append((sig.name, "number", 0.0, sig.minimum, hi, what))
+            elif sig.type == "boolean":
+                self._signal_checks.append((sig.name, "boolean", False, None, None, "true or false"))
+            elif sig.name == "batch_level":
+                self._signal_checks.append((sig.name, "index", self.initial_batch_level, 0, self.n_levels - 1,
+                                            self._level_what))
+            else:  # pragma: no cover - a new kind of signal needs its parser here
+                raise PolicyFileError(f"runtime cannot parse site signal {sig.name!r} of type {sig.type!r}")
         self._session = self._make_session(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
@@ -366,15 +381,12 @@ class RouterPolicy:
             raise SnapshotError("endpoints: missing" if eps is None else
                                 f"endpoints: expected a list of endpoint objects, got {_typename(eps)}")
         n = self.n_sites
-        waiting = [0.0] * n
-        running = [0.0] * n
-        kv = [0.0] * n
-        rtt = [0.0] * n
-        price = [0.0] * n
-        up = [False] * n
-        level = [self.initial_batch_level] * n
+        # One column per declared live signal (gridenv.core.interface.SITE_SIGNALS, in
+        # make_snapshot's order), filled per endpoint by the signal's type and range.
+        cols = [[default] * n for _, _, default, _, _, _ in self._signal_checks]
         seen = [False] * n
         index = self._site_index
+        checks = self._signal_checks
         for i, ep in enumerate(eps):
             where = f"endpoints[{i}]"
             if type(ep) is not dict:
@@ -389,17 +401,17 @@ class RouterPolicy:
             if seen[j]:
                 raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
             seen[j] = True
-            waiting[j] = _number(ep, "waiting", where, 0.0, _FMAX, "a number >= 0")
-            running[j] = _number(ep, "running", where, 0.0, _FMAX, "a number >= 0")
-            kv[j] = _number(ep, "kv_util", where, 0.0, 1.0, "a number in [0, 1]")
-            rtt[j] = _number(ep, "rtt_ms", where, 0.0, _FMAX, "a number >= 0")
-            price[j] = _number(ep, "energy_price_usd_per_kwh", where, 0.0, _FMAX, "a number >= 0")
-            up[j] = _boolean(ep, "up", where)
-            b = ep.get("batch_level")
-            if b is not None:
-                if type(b) is not int or not 0 <= b < self.n_levels:
-                    raise SnapshotError(f"{where}.batch_level: expected {self._level_what}, got {_show(b)}")
-                level[j] = b
+            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
+                if kind == "number":
+                    cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "boolean":
+                    cols[k][j] = _boolean(ep, key, where)
+                else:  # an optional index (batch_level)
+                    b = ep.get(key)
+                    if b is not None:
+                        if type(b) is not int or not lo <= b <= hi:
+                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
+                        cols[k][j] = b
         if not all(seen):
             missing = [self.site_names[k] for k in range(n) if not seen[k]]
             raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
@@ -431,7 +443,7 @@ class RouterPolicy:
         elif not ((type(hour) is float or type(hour) is int) and 0.0 <= hour < 24.0):
             raise SnapshotError(f"hour_utc: expected a number in [0, 24), got {_show(hour)}")
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
-        return make_snapshot(self.statics, view, hour, waiting, running, kv, rtt, price, up, level)
+        return make_snapshot(self.statics, view, hour, *cols)
 
     def check_snapshot(self, snap: RouterSnapshot) -> None:
         """Raise ValueError when `snap` comes from other sites than the policy's."""

@@ -242,3 +242,13 @@ def test_slo_classes_are_defined_once() -> None:
     from gridenv.core import scenario, snapshot
 
     assert scenario.SLO_CLASSES is I.SLO_CLASSES and snapshot.SLO_CLASSES is I.SLO_CLASSES
+
+
+def test_site_signals_are_make_snapshots_parameters_in_order() -> None:
+    """The router parses (and snapshot_to_json writes) exactly these fields, in this order."""
+    import inspect
+
+    from gridenv.core.snapshot import make_snapshot
+
+    params = list(inspect.signature(make_snapshot).parameters)[3:]
+    assert params == [s.name for s in I.SITE_SIGNALS]
