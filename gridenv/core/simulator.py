@@ -13,6 +13,12 @@ One decision per arriving request (and per request re-routed after an outage). B
 decisions the simulator processes events in time order: request delivery at a site (after half
 the RTT), replica wake-ups (iteration or segment boundaries), site outages and repairs, link
 degradations. Ties are broken by insertion order, so runs are deterministic.
+
+Network: a request routed from region r to site s at time t gets the RTT ``rtt_ms[r][s]`` of
+the scenario (as given, see ``Topology``) times the product of the degraded-link windows on
+(r, s) open at t (start inclusive, end exclusive); it keeps that RTT for its whole life. The
+request reaches the site half an RTT after the decision and its tokens reach the user half an
+RTT after they are produced.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import math
 import numpy as np
 
 from gridenv.core.engine import DECODE, IDLE, Replica, Request
+from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.scenario import Scenario
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
-from gridenv.core.topology import Topology
+from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
 __all__ = ["GridSimulator", "SHED"]
@@ -41,6 +48,8 @@ class GridSimulator:
         self.scenario = scenario
         self.topology = Topology(scenario)
         self.statics = SiteStatics.from_topology(self.topology)
+        # catalog model index -> index into the scenario's own models (statics.model_names)
+        self._model_local = {MODEL_NAMES.index(m): i for i, m in enumerate(self.statics.model_names)}
         self.n_sites = self.topology.n_sites
         self.batch_levels = list(scenario.actions.batch_levels)
         self.api_s = scenario.network.api_overhead_ms / 1000.0
@@ -53,6 +62,7 @@ class GridSimulator:
         self._start_hour = d.start_hour_utc
         self._hours_per_s = 24.0 / d.period_s
         self._rtt_ms = self.topology.rtt_ms
+        self._link_rtt_factor = [d.rtt_factor for d in scenario.faults.degraded_links]
         self._book_consts = [
             (s.site_power_factor, s.tp * s.gpu_usd_per_h / 3600.0, s.tp, s.utc_offset_h,
              s.price_usd_per_kwh, s.carbon_g_per_kwh)
@@ -84,7 +94,8 @@ class GridSimulator:
         self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
         self.site_running = [0] * self.n_sites  # prefilling or decoding
         self.site_down = [0] * self.n_sites  # number of overlapping outages in force
-        self.link_factor = np.ones((topo.n_regions, self.n_sites))
+        self.link_factor = np.ones((topo.n_regions, self.n_sites))  # product of open windows
+        self._link_windows: dict[tuple[int, int], set[int]] = {}  # (region, site) -> open windows
         self._events: list = []
         self._seq = 0
         self._retry: list = []
@@ -120,10 +131,24 @@ class GridSimulator:
                     self._push(t + repair, SITE_UP, s)
                     t += repair + rng.exponential(f.random.mtbf_s)
         regions = self.topology.region_names
-        for d in f.degraded_links:
+        for w, d in enumerate(f.degraded_links):
             key = (regions.index(d.region), names.index(d.site))
-            self._push(d.start_s, LINK, (key, d.rtt_factor))
-            self._push(d.start_s + d.duration_s, LINK, (key, 1.0))
+            self._push(d.start_s, LINK, (key, w, True))
+            self._push(d.start_s + d.duration_s, LINK, (key, w, False))
+
+    def _on_link(self, key: tuple[int, int], window: int, opens: bool) -> None:
+        """A degraded-link window opens or closes. Windows on the same link compose: the RTT
+        factor is the product of the windows in force (two x2 give x4), recomputed from the
+        open set so each window ends on its own and a link with none open is exactly x1."""
+        open_windows = self._link_windows.setdefault(key, set())
+        if opens:
+            open_windows.add(window)
+        else:
+            open_windows.discard(window)
+        factor = 1.0
+        for w in sorted(open_windows):  # fixed order: the same product bit for bit
+            factor *= self._link_rtt_factor[w]
+        self.link_factor[key] = factor
 
     # ------------------------------------------------------------------ decisions
     def decide(self, site: int, batch_level: int | None = None) -> None:
@@ -188,8 +213,7 @@ class GridSimulator:
                 elif kind == SITE_UP:
                     self.site_down[obj] -= 1
                 else:
-                    (r, s), factor = obj
-                    self.link_factor[r, s] = factor
+                    self._on_link(*obj)
                 if self._retry_dirty:
                     self._retry_dirty = False
                     t_dec = self._next_decision_time()
@@ -314,7 +338,7 @@ class GridSimulator:
         return (self._start_hour + (self.now if t is None else t) * self._hours_per_s) % 24.0
 
     def _local_hour_index(self, site: int, t: float) -> int:
-        return int((self.hour_utc(t) + self.topology.sites[site].utc_offset_h) % 24.0) % 24
+        return int(local_hour(self.hour_utc(t), self.topology.sites[site].utc_offset_h)) % 24
 
     def _book(self, site: int, busy_s: float, energy_j: float, t: float) -> None:
         """Charge a replica's busy time and dynamic energy to its site."""
@@ -374,7 +398,7 @@ class GridSimulator:
         mids, dt = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
         hours = (self._start_hour + mids * self._hours_per_s) % 24.0
         for s, spec in enumerate(self.topology.sites):
-            idx = ((hours + spec.utc_offset_h) % 24.0).astype(np.int64) % 24
+            idx = local_hour(hours, spec.utc_offset_h).astype(np.int64) % 24
             power_w = spec.idle_w * spec.site_power_factor
             kwh = power_w * dt / J_PER_KWH
             m.idle_energy_j[s] = power_w * t_end
@@ -410,7 +434,7 @@ class GridSimulator:
         req = self.pending
         if req is None:
             raise RuntimeError("no pending request")
-        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, req.model,
+        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, self._model_local[req.model],
                            req.residency, req.ttft_slo_s, req.tpot_slo_s)
         hour = self.hour_utc()
         if int(hour) != self._price_hour:
