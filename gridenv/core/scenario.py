@@ -475,6 +475,14 @@ def _from_overrides(overrides: dict, loc: tuple) -> bool:
     return True
 
 
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -499,6 +507,8 @@ def _format_error(err: ValidationError, where: str, lines: dict, overrides: dict
             msg += f", got {_show(e['input'])}"
             if e["type"] in ("float_type", "int_type") and isinstance(e["input"], bool):
                 msg += " (a boolean is not a number)"
+            elif e["type"] in ("float_type", "int_type") and isinstance(e["input"], str) and _numeric(e["input"]):
+                msg += " (a string; YAML reads 1e9 as text: write 1.0e+9, and no quotes)"
         if overrides is not None and _from_overrides(overrides, loc):
             src = "override"
         else:
