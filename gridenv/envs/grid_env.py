@@ -188,11 +188,10 @@ class GridEnv(gym.Env):
         Refused, with the action named: None, strings, booleans, objects, fractional, NaN or
         infinite values, another shape, values out of range.
         """
-        space = f"MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
-        shown = repr(action)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-
-        def bad(why: str) -> InvalidActionError:
+        def bad(why: str) -> InvalidActionError:  # builds the message only on failure (hot path)
+            shown = repr(action)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            space = f"MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
             return InvalidActionError(f"action {shown} is not in action_space {space}: {why}")
 
         if action is None or isinstance(action, (str, bytes)):
