@@ -17,7 +17,7 @@ Validation rules, applied to files, dicts and overrides alike:
 * **No ignored settings**: a setting the chosen options would not read is an error: ``trace``
   without ``arrivals: trace``; ``cv`` without ``gamma``; ``mmpp_*`` without ``mmpp``;
   ``rate_rps`` or ``diurnal.amplitude``/``peak_hour`` with ``arrivals: trace`` (the trace sets
-  the rate). An override that switches
+  the rate); a value equal to the default does not count (so ``model_dump()`` round-trips). An override that switches
   ``workload.arrivals`` drops the base file's settings of the old arrival process (so
   ``config={"workload": {"arrivals": "trace", "trace": {...}}}`` works on any scenario), while
   anything the override itself gives is checked.
@@ -259,16 +259,24 @@ class Workload(_Strict):
         if self.arrivals == "trace" and self.trace is None:
             raise ValueError("arrivals: 'trace' needs a 'trace' section")
         for key, readers in _ARRIVAL_KEYS.items():
-            if key in self.model_fields_set and self.arrivals not in readers:
+            if _given(self, key) and self.arrivals not in readers:
                 raise _FieldError((key,), _ignored_msg(key, getattr(self, key), self.arrivals, readers))
         if "diurnal" in self.model_fields_set:
-            given = self.diurnal.model_fields_set
             if self.arrivals == "trace":
                 for key in _DIURNAL_SYNTHETIC_KEYS:
-                    if key in given:
+                    if _given(self.diurnal, key):
                         raise _FieldError(("diurnal", key), _ignored_msg(
                             f"diurnal.{key}", getattr(self.diurnal, key), self.arrivals, _SYNTHETIC))
         return self
+
+
+def _given(model: BaseModel, key: str) -> bool:
+    """`key` was given with a value other than its default (a ``model_dump()`` round trip
+    writes every default, which must not count as a setting)."""
+    if key not in model.model_fields_set:
+        return False
+    field = type(model).model_fields[key]
+    return getattr(model, key) != field.get_default(call_default_factory=True)
 
 
 def _ignored_msg(key: str, value: Any, arrivals: str, readers: tuple[str, ...]) -> str:

@@ -77,3 +77,15 @@ def test_switching_arrivals_drops_the_old_process_settings() -> None:
     assert sc.workload.arrivals == "poisson" and "cv" not in sc.workload.model_fields_set
     with pytest.raises(ScenarioError, match=r"workload\.cv.*\(override\)"):  # but not when given again
         load_scenario("bursty", {"workload": {"arrivals": "poisson", "cv": 4.0}})
+
+
+@pytest.mark.parametrize("name", ["metro", "bursty", "continental", "outage"])
+def test_a_validated_scenario_round_trips_with_overrides(name: str) -> None:
+    """``GridEnv(scenario_object, config=...)`` re-validates ``model_dump()``, which writes every
+    default: defaults must not count as settings the arrival process ignores."""
+    from gridenv.envs import GridEnv
+
+    sc = load_scenario(name)
+    assert load_scenario(sc.model_dump()) == sc
+    env = GridEnv(sc, config={"horizon_s": 5.0})
+    assert env.scenario.horizon_s == 5.0
