@@ -20,10 +20,16 @@ def overrides(draw) -> tuple[str, dict]:
         workload["rate_rps"] = draw(st.floats(0.05, 300.0))
     if draw(st.booleans()):
         workload["diurnal"] = {"amplitude": draw(st.floats(0.0, 0.99)),
-                               "period_s": draw(st.floats(1.0, 1e6)),
+                               "period_s": draw(st.floats(1e-3, 1e9)),
                                "start_hour_utc": draw(st.floats(0.0, 23.99))}
     if draw(st.booleans()):
         workload["residency_share"] = draw(st.floats(0.0, 1.0))
+    if draw(st.booleans()):  # every shipped scenario has a chat class
+        workload["classes"] = {"chat": {
+            "prompt_tokens": {"median": draw(st.floats(1.0, 1e6)), "sigma": draw(st.floats(0.0, 3.0)),
+                              "max": draw(st.integers(1, 200_000))},
+            "output_tokens": {"median": draw(st.floats(1.0, 1e5)), "sigma": draw(st.floats(0.0, 3.0))},
+            "ttft_slo_s": draw(st.floats(1e-4, 1e3)), "tpot_slo_s": draw(st.floats(1e-5, 10.0))}}
     cfg: dict = {"horizon_s": draw(st.floats(0.5, 12.0)), "workload": workload}
     if draw(st.booleans()):
         cfg["economics"] = {"input_value_usd_per_mtok": draw(st.floats(0.0, 1e4)),
