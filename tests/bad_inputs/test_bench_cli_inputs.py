@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from gridenv.envs.registration import env_id
+
+METRO = env_id("metro")
+ATLANTIS = env_id("atlantis")
 BENCH = ("-m", "gridenv.bench")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,8 +27,8 @@ CASES = [
     ("min-seconds-text", ["--min-seconds", "soon"], ["--min-seconds", "'soon'"]),
     ("timeout-zero", ["--timeout-s", "0"], ["--timeout-s", "'0'"]),
     ("timeout-nan", ["--timeout-s", "NaN"], ["--timeout-s", "'NaN'"]),
-    ("unknown-scenario", ["--scenarios", "atlantis"], ["'atlantis'", "metro", "gridenv/Metro-v0"]),
-    ("unknown-id", ["--scenarios", "gridenv/Atlantis-v0"], ["'gridenv/Atlantis-v0'"]),
+    ("unknown-scenario", ["--scenarios", "atlantis"], ["'atlantis'", "metro", METRO]),
+    ("unknown-id", ["--scenarios", ATLANTIS], [f"'{ATLANTIS}'"]),
     ("empty-scenario-list", ["--scenarios", ","], ["--scenarios", "','"]),
     ("missing-yaml", ["--scenarios", "nowhere/x.yaml"], ["nowhere/x.yaml", "not found"]),
     ("unknown-flag", ["--min-secs", "3"], ["--min-secs"]),
@@ -81,4 +85,4 @@ def test_failing_child_is_reported_and_the_others_still_run(run_cli, tiny_yaml, 
 def test_stuck_child_times_out(run_cli) -> None:
     out = run_cli(*BENCH, "--scenarios", "metro", "--min-seconds", "60", "--timeout-s", "1", timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "scenario gridenv/Metro-v0 failed: timed out after 1 s" in out.stderr
+    assert f"scenario {METRO} failed: timed out after 1 s" in out.stderr

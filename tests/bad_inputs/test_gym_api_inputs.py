@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gridenv  # noqa: F401
+from gridenv.envs.registration import env_id
 from gridenv.envs import GridEnv, InvalidActionError
 
 
@@ -71,6 +72,6 @@ def test_step_before_reset_says_so() -> None:
 
 
 def test_step_before_reset_through_gym_make_says_so() -> None:
-    e = gym.make("gridenv/Metro-v0", config={"horizon_s": 30.0})
+    e = gym.make(env_id("metro"), config={"horizon_s": 30.0})
     with pytest.raises(gym.error.ResetNeeded, match=r"step\(\) before calling env.reset\(\)"):
         e.step(np.array([5, 0]))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gridenv  # noqa: F401  (registers the ids)
+from gridenv.envs.registration import env_id
 from gridenv.core.scenario import ScenarioError, load_scenario
 
 NAN, INF = float("nan"), float("inf")
@@ -61,7 +62,7 @@ def test_bad_override_names_the_key_path(overrides: dict, fragments: list[str]) 
 ], ids=["nan-rate", "bool-horizon", "inf-mtbf"])
 def test_gym_make_config_is_validated(config: dict, fragment: str) -> None:
     with pytest.raises(ScenarioError, match=fragment.replace(".", r"\.")):
-        gym.make("gridenv/Metro-v0", config=config)
+        gym.make(env_id("metro"), config=config)
 
 
 @pytest.mark.parametrize("overrides", [[("horizon_s", 10)], "horizon_s=10", 42], ids=["list", "str", "int"])

@@ -97,7 +97,9 @@ def test_the_env_itself_refuses_such_actions(expr: str) -> None:
     import gymnasium as gym
     import numpy as np  # noqa: F401  (used by eval)
 
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5.0})
+    from gridenv.envs.registration import env_id
+
+    env = gym.make(env_id("metro"), config={"horizon_s": 5.0})
     env.reset(seed=0)
     with pytest.raises(InvalidActionError, match="is not in action_space"):
         env.step(eval(expr))

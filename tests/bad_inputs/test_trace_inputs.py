@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gridenv  # noqa: F401
+from gridenv.envs.registration import env_id
 from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, ScenarioError, load_scenario
 from gridenv.core.simulator import GridSimulator
 from gridenv.core.topology import Topology
@@ -103,7 +104,7 @@ def test_degenerate_traces_loop_with_a_defined_period(tmp_path, records, per_pas
 def test_single_row_loop_runs_a_whole_episode(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text(mooncake(rec(ts=123)))
-    env = gym.make("gridenv/Metro-v0", config=replay(path, horizon_s=20.0))
+    env = gym.make(env_id("metro"), config=replay(path, horizon_s=20.0))
     env.reset(seed=0)
     steps, truncated = 0, False
     while not truncated:
