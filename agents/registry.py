@@ -146,9 +146,11 @@ def _load_class(spec: str) -> Policy:
 
 
 def _checked_act(act, spec: str):
-    """`act`, raising ValueError naming `spec` and the action when it is not in the action space
-    (non-finite, fractional, wrong shape or type, out of range)."""
+    """`act`, raising InvalidActionError (a ValueError) naming `spec` and the action when it is
+    not in the action space (non-finite, fractional, wrong shape or type, out of range)."""
     import numpy as np
+
+    from gridenv.envs.grid_env import InvalidActionError
 
     def checked(obs, snapshot):
         action = act(obs, snapshot)
@@ -162,7 +164,7 @@ def _checked_act(act, spec: str):
             ok = False
         if not ok:
             shown = repr(action)
-            raise ValueError(
+            raise InvalidActionError(
                 f"policy {spec!r} returned action {shown[:80]}, not [site, batch_level] integers in "
                 f"MultiDiscrete([{st.max_sites + 1}, {len(st.batch_levels)}])"
             )

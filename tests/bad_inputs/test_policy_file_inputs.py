@@ -83,7 +83,7 @@ def test_policy_returning_a_bad_action_is_stopped_naming_it(tmp_path: Path, expr
     path.write_text(HEADER + f"class Bad(Policy):\n    name = 'bad'\n    def act(self, obs, snap):\n"
                              f"        return {expr}\n")
     spec = f"{path}:Bad"
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InvalidActionError) as err:
         run_episode(EpisodeSpec(policy="bad", spec=spec, scenario="metro", seed=0, overrides={"horizon_s": 5.0}))
     assert f"policy {spec!r} returned" in str(err.value) and "MultiDiscrete([6, 3])" in str(err.value)
     for fragment in fragments:
