@@ -142,6 +142,10 @@ class GridEnv(gym.Env):
         if self.sim.arrivals is None:  # the simulator draws its arrivals in reset()
             raise RuntimeError("step() before reset(): call env.reset(seed=...) first")
         if self.sim.done:
+            if len(self.sim.arrivals) == 0:
+                raise RuntimeError(
+                    f"step(): this episode has no request to route (0 arrivals within horizon_s = "
+                    f"{self.scenario.horizon_s:g} s); raise rate_rps or horizon_s, or check the trace")
             raise RuntimeError("step() after the episode ended: call reset()")
         if self._snap is None:
             raise RuntimeError("step() without a pending request: call reset()")

@@ -75,3 +75,11 @@ def test_step_before_reset_through_gym_make_says_so() -> None:
     e = gym.make(env_id("metro"), config={"horizon_s": 30.0})
     with pytest.raises(gym.error.ResetNeeded, match=r"step\(\) before calling env.reset\(\)"):
         e.step(np.array([5, 0]))
+
+
+def test_step_in_an_episode_without_requests_says_why() -> None:
+    e = GridEnv("metro", config={"horizon_s": 0.001, "workload": {"rate_rps": 0.01}})
+    e.reset(seed=0)
+    assert len(e.sim.arrivals) == 0 and e.sim.done
+    with pytest.raises(RuntimeError, match=r"no request to route \(0 arrivals within horizon_s = 0.001 s\)"):
+        e.step([5, 0])
