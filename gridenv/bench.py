@@ -2,10 +2,10 @@
 
     python -m gridenv.bench                 # a table
     python -m gridenv.bench --json          # [{"scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb"}, ...]
-    python -m gridenv.bench --scenarios gridenv/Metro-v0 --min-seconds 10
+    python -m gridenv.bench --scenarios gridenv/Metro-v1 --min-seconds 10
     python -m gridenv.bench --scenarios metro,configs/scenarios/bursty.yaml
 
-``--scenarios`` takes env ids (``gridenv/Metro-v0``), scenario names (``metro``) and scenario
+``--scenarios`` takes env ids (``gridenv/Metro-v1``), scenario names (``metro``) and scenario
 YAML paths. Bad flags are usage errors (one line, exit status 2). A scenario whose child process
 fails or outlives ``--timeout-s`` is reported on stderr with its error; the others still run, and
 the exit status is then 1.
