@@ -161,6 +161,10 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
         data = await body_of(request)
         return data if isinstance(data, Response) else decide(policy.score, data)
 
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client closed its connection mid-body: nobody to answer (uvicorn drops this)
+        return _error(400, "client disconnected before the body was complete")
+
     async def healthz(request: Request) -> Response:
         return _json(health)
 
@@ -191,7 +195,7 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone, Exception: internal_error},
     )
     app.state.policy = policy
     app.state.openapi = openapi
