@@ -29,7 +29,6 @@ it has no authentication.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -98,7 +98,7 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout_s):
+        with anyio.fail_after(timeout_s):  # asyncio.timeout is 3.11+
             while True:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
