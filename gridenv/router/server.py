@@ -175,8 +175,9 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
         path = request.url.path
         if exc.status_code == 404:
             msg = f"unknown path {path!r}; endpoints: POST /v1/route, POST /v1/score, GET /healthz, GET /openapi.json"
-        elif exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
+        elif exc.status_code == 405:  # starlette lists the methods from a set: give a stable order
+            allow = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()))
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
             msg = f"{request.method} {path}: method not allowed, use {allow}"
         else:
             msg = str(exc.detail)

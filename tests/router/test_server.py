@@ -349,8 +349,8 @@ def test_unknown_path_and_wrong_method(server):
     assert status == 404
     status, d, resp = _call(server, "GET", "/v1/route")
     assert status == 405 and resp.getheader("Allow") == "POST" and "GET /v1/route" in d["error"]
-    status, d, _ = _call(server, "POST", "/healthz", b"{}")
-    assert status == 405 and "use GET" in d["error"]
+    status, d, resp = _call(server, "POST", "/healthz", b"{}")
+    assert status == 405 and "use GET, HEAD" in d["error"] and resp.getheader("Allow") == "GET, HEAD"
     _assert_alive(server)
 
 
