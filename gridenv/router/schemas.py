@@ -11,23 +11,24 @@ What depends on the policy (endpoint names, region and model names, the number o
 is checked by :class:`gridenv.router.runtime.RouterPolicy` after this validation, and appears in
 the OpenAPI document served for that policy (:func:`openapi_document`).
 
-The per-endpoint signals and request fields are declared once, in :data:`ENDPOINT_SIGNALS` and
-:data:`REQUEST_FIELDS` (name, type, range, unit, meaning); the models are built from them.
+The fields are not declared here: the models are built from the declarations of
+:mod:`gridenv.core.interface` (``SITE_SIGNALS``, ``REQUEST_FIELDS``, ``HOUR_FIELD``: name, JSON
+type, unit, range, meaning), so a signal added to the interface is a field of the body, with its
+range, in the validation and in the served schema.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from gridenv.core.snapshot import SLO_CLASSES
+from gridenv.core.interface import HOUR_FIELD, REQUEST_FIELDS, SITE_SIGNALS, SLO_CLASSES, Signal
 
 __all__ = [
-    "Signal", "ENDPOINT_SIGNALS", "REQUEST_FIELDS", "EndpointState", "RequestInfo", "RouteRequest",
+    "field_of", "ENDPOINT_SIGNALS", "REQUEST_FIELDS", "HOUR_FIELD", "EndpointState", "RequestInfo", "RouteRequest",
     "RouteDecision", "ScoreAnswer", "Health", "ErrorDetail", "ErrorAnswer", "format_errors",
     "parse_route_request", "openapi_document", "MAX_ENDPOINTS",
 ]
@@ -41,65 +42,44 @@ _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=Tr
 _ANSWER = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class Signal:
-    """One field of the body: JSON type, range, unit and meaning (the OpenAPI description)."""
-
-    name: str
-    type: Any
-    doc: str
-    unit: str = ""
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    required: bool = True
-
-    def field(self):
-        desc = f"{self.doc} [{self.unit}]" if self.unit else self.doc
-        kw = {k: getattr(self, k) for k in ("ge", "gt", "le", "lt") if getattr(self, k) is not None}
-        if self.type is str:
-            kw.update(min_length=1, max_length=MAX_NAME_CHARS)
-        if self.required:
-            return (self.type, Field(..., description=desc, **kw))
-        return (Optional[self.type], Field(None, description=desc + " (optional)", **kw))
+_TYPES = {"number": float, "integer": int, "boolean": bool, "string": str}
+#: Declared bounds that are exclusive (the runtime requires an SLO > 0 and an hour < 24).
+_EXCLUSIVE = {"ttft_slo_s": "minimum", "tpot_slo_s": "minimum", "hour_utc": "maximum"}
+#: Field types narrower than the declaration's JSON type.
+_CHOICES = {"slo_class": Literal[SLO_CLASSES]}  # type: ignore[valid-type]
+#: ``name`` identifies the endpoint; the interface declares the signals besides it.
+ENDPOINT_NAME = Signal("name", "string", "name", None, None, True,
+                       "endpoint (site) name, one of the policy's sites")
 
 
-#: What a router sends per endpoint (site), live.
-ENDPOINT_SIGNALS: tuple[Signal, ...] = (
-    Signal("name", str, "endpoint (site) name, one of the policy's sites"),
-    Signal("waiting", float, "requests sent to the site and not yet running", "requests", ge=0),
-    Signal("running", float, "requests running (in a batch) at the site", "requests", ge=0),
-    Signal("kv_util", float, "fraction of the site's KV-cache memory in use", "fraction", ge=0, le=1),
-    Signal("rtt_ms", float, "round-trip time from the request's origin to the site", "ms", ge=0),
-    Signal("energy_price_usd_per_kwh", float, "the site's current electricity price", "USD/kWh", ge=0),
-    Signal("up", bool, "the site is reachable and serving"),
-    Signal("batch_level", int, "index into the policy's batch_levels (default: the scenario's "
-           "initial level)", "index", ge=0, required=False),
-)
+def field_of(sig: Signal):
+    """(type, pydantic Field) for a declared signal: its JSON type, range, unit and meaning."""
+    typ = _CHOICES.get(sig.name, _TYPES[sig.type])
+    kw: dict = {}
+    if sig.minimum is not None:
+        kw["gt" if _EXCLUSIVE.get(sig.name) == "minimum" else "ge"] = sig.minimum
+    if sig.maximum is not None:
+        kw["lt" if _EXCLUSIVE.get(sig.name) == "maximum" else "le"] = sig.maximum
+    if typ is str:
+        kw.update(min_length=1, max_length=MAX_NAME_CHARS)
+    desc = sig.description + (f" [{sig.unit}]" if sig.unit not in ("", "name", "flag") else "")
+    if sig.required:
+        return (typ, Field(..., description=desc, **kw))
+    return (Optional[typ], Field(None, description=desc + " (optional)", **kw))
 
-#: What a router sends about the request being routed.
-REQUEST_FIELDS: tuple[Signal, ...] = (
-    Signal("prompt_tokens", int, "prompt length", "tokens", ge=1),
-    Signal("slo_class", Literal[SLO_CLASSES], "the request's SLO class"),  # type: ignore[valid-type]
-    Signal("origin", str, "the region the request comes from, one of the policy's regions"),
-    Signal("model", str, "the model the request asks for, one the policy's sites serve"),
-    Signal("residency", bool, "the request must be served in its origin region"),
-    Signal("ttft_slo_s", float, "time-to-first-token SLO (default: the class's SLO of the "
-           "policy's scenario)", "s", gt=0, required=False),
-    Signal("tpot_slo_s", float, "time-per-output-token SLO (default: the class's SLO of the "
-           "policy's scenario)", "s", gt=0, required=False),
-)
+
+#: What a router sends per endpoint (site), live: ``name`` + the interface's SITE_SIGNALS.
+ENDPOINT_SIGNALS: tuple[Signal, ...] = (ENDPOINT_NAME, *SITE_SIGNALS)
 
 
 def _model(name: str, doc: str, signals: tuple[Signal, ...]) -> type[BaseModel]:
-    m = create_model(name, __config__=_STRICT, __doc__=doc, **{s.name: s.field() for s in signals})
-    return m
+    return create_model(name, __config__=_STRICT, __doc__=doc, **{s.name: field_of(s) for s in signals})
 
 
 EndpointState = _model("EndpointState", "Live state of one endpoint (site), as the router sees it.",
                        ENDPOINT_SIGNALS)
 RequestInfo = _model("RequestInfo", "The request to route.", REQUEST_FIELDS)
+_HourType, _HOUR = field_of(HOUR_FIELD)
 
 
 class RouteRequest(BaseModel):
@@ -110,8 +90,7 @@ class RouteRequest(BaseModel):
         ..., min_length=1, max_length=MAX_ENDPOINTS,
         description="one object per site of the policy (every site present, each once)")
     request: RequestInfo  # type: ignore[valid-type]
-    hour_utc: Optional[float] = Field(None, ge=0, lt=24, description="time of day [h UTC] "
-                                      "(optional; default: now)")
+    hour_utc: _HourType = _HOUR  # type: ignore[valid-type]
 
 
 class RouteDecision(BaseModel):

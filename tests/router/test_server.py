@@ -170,6 +170,28 @@ def test_openapi_has_the_body_schemas(server):
         assert status == 400
 
 
+def test_body_models_follow_the_interface_declarations():
+    """Each declared live signal / request field is a body field with the declared type and range."""
+    from gridenv.core.interface import HOUR_FIELD, REQUEST_FIELDS, SITE_SIGNALS
+    from gridenv.router.schemas import EndpointState, RequestInfo
+
+    assert set(EndpointState.model_fields) == {"name"} | {s.name for s in SITE_SIGNALS}
+    assert set(RequestInfo.model_fields) == {s.name for s in REQUEST_FIELDS}
+    for model, signals in ((EndpointState, SITE_SIGNALS), (RequestInfo, REQUEST_FIELDS),
+                           (RouteRequest, (HOUR_FIELD,))):
+        schema = model.model_json_schema()
+        for sig in signals:
+            prop = schema["properties"][sig.name]
+            branch = prop["anyOf"][0] if "anyOf" in prop else prop
+            assert branch["type"] == sig.type, sig.name
+            assert (sig.name in schema.get("required", [])) == sig.required, sig.name
+            if sig.minimum is not None:
+                assert branch.get("minimum", branch.get("exclusiveMinimum")) == sig.minimum, sig.name
+            if sig.maximum is not None:
+                assert branch.get("maximum", branch.get("exclusiveMaximum")) == sig.maximum, sig.name
+            assert sig.description in prop["description"], sig.name
+
+
 # ------------------------------------------------------------------ bad bodies
 def _mut(fn):
     def make() -> bytes:
@@ -230,6 +252,8 @@ BAD_BODIES = {
     "unknown_slo_class": (_mut(lambda s: s["request"].update(slo_class="batch")),
                           ["request.slo_class", "'chat'", '"batch"']),
     "zero_ttft_slo": (_mut(lambda s: s["request"].update(ttft_slo_s=0)), ["request.ttft_slo_s", "greater than 0"]),
+    "negative_tpot_slo": (_mut(lambda s: s["request"].update(tpot_slo_s=-0.1)),
+                          ["request.tpot_slo_s", "greater than 0", "-0.1"]),
     "hour_24": (_mut(lambda s: s.update(hour_utc=24)), ["hour_utc", "less than 24", "24"]),
     "negative_batch_level": (_mut(lambda s: s["endpoints"][0].update(batch_level=-1)),
                              ["endpoints[0].batch_level", "-1"]),
