@@ -287,6 +287,8 @@ def random_scenario(seed: int, spec: RandomGridSpec | None = None) -> dict:
         path = str(rng.choice(spec.trace_paths))
         trace_rps = _trace_rate_rps(path)
         w["trace"] = {"path": path, "loop": True, "rate_scale": round(rate / trace_rps, 6)}
+        # A trace brings its own timing: the rate and diurnal shape would be ignored (an error).
+        del w["rate_rps"], w["diurnal"]
 
     if rng.random() < spec.p_faults:
         names = [s["name"] for s in sites]

@@ -36,7 +36,7 @@ def test_ranges_are_covered():
     assert min(n_regions) == 1 and max(n_regions) == 6
     kinds = {s["workload"]["arrivals"] for s in scs}
     assert kinds == {"poisson", "gamma", "mmpp"}  # no trace paths given: no trace arrivals
-    loads = [s["workload"]["rate_rps"] / estimated_capacity_rps(s) for s in scs]
+    loads = [s["workload"]["rate_rps"] / estimated_capacity_rps(s) for s in scs]  # no traces here
     assert min(loads) < 0.4 and max(loads) > 1.3  # light to overload
     assert any(len(s["workload"]["models"]) == 2 for s in scs)
     assert any("faults" in s for s in scs) and any("faults" not in s for s in scs)
@@ -82,12 +82,17 @@ def test_offered_load_tracks_the_capacity_estimate():
 @pytest.mark.skipif(not TRACE.exists(), reason="../shared traces not present")
 def test_trace_arrivals_scaled_to_the_target_rate():
     spec = RandomGridSpec(observation_mode=None, arrivals=("trace",), trace_paths=(str(TRACE),))
+    from gridenv.core.traces import load_trace
+
     s = random_scenario(3, spec)
+    tr = load_trace(str(TRACE), None)
     assert s["workload"]["arrivals"] == "trace"
     sc = load_scenario(s)
     sim = GridSimulator(sc)
     sim.reset(np.random.default_rng(0))
-    assert len(sim.arrivals) / sc.horizon_s == pytest.approx(s["workload"]["rate_rps"], rel=0.25)
+    target = s["workload"]["trace"]["rate_scale"] * ((len(tr) - 1) / tr.arrival_s[-1])
+    assert len(sim.arrivals) / sc.horizon_s == pytest.approx(target, rel=0.25)
+    assert 0.2 < target / estimated_capacity_rps(s) < 1.6  # the drawn load, not the trace's own
 
 
 @pytest.mark.parametrize("bad", [
