@@ -62,9 +62,17 @@ def replay(trace: str, hours: float, scenario: str, seed: int) -> dict:
     from gridenv.core.scenario import load_scenario
     from gridenv.core.simulator import SHED, GridSimulator
 
-    sc = load_scenario(scenario, {"horizon_s": 3600.0 * hours, "workload": {
+    import yaml
+
+    from gridenv.core.scenario import scenario_dir
+
+    raw = yaml.safe_load((scenario_dir() / f"{scenario}.yaml").read_text())
+    w = raw["workload"]
+    raw["horizon_s"] = 3600.0 * hours
+    raw["workload"] = {  # the trace sets times and lengths; the rest of the workload stays
         "arrivals": "trace", "trace": {"path": trace, "format": "mooncake", "slo_class": "chat"},
-        "diurnal": {"amplitude": 0.0}}})
+        **{k: w[k] for k in ("classes", "models", "residency_share") if k in w}}
+    sc = load_scenario(raw)
     start = time.perf_counter()
     sim = GridSimulator(sc)
     sim.reset(np.random.default_rng(seed))

@@ -52,8 +52,10 @@ def scenarios(draw) -> dict:
              "rtt_factor": draw(st.sampled_from([1.5, 2.0, 3.0]))}
             for _ in range(draw(st.integers(1, 4)))
         ]
+    arrivals = draw(st.sampled_from(["poisson", "gamma", "mmpp"]))
+    code_share = draw(st.floats(0.0, 1.0))
     prefix = draw(st.sampled_from([None, "system_prompt", "documents", "multi_turn"]))
-    chat = {"share": 1.0, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000),
+    chat = {"share": 1.0 - code_share, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000),
             "timeout_s": draw(st.sampled_from([0.5, 3.0, 30.0])),
             "e2e_timeout_s": draw(st.sampled_from([2.0, 20.0, 600.0]))}
     if prefix:
@@ -70,15 +72,16 @@ def scenarios(draw) -> dict:
         "regions": regions, "sites": sites,
         "network": {"rtt_ms": {r["name"]: [draw(st.floats(0.0, 150.0)) for _ in sites] for r in regions}},
         "workload": {
-            "arrivals": draw(st.sampled_from(["poisson", "gamma", "mmpp"])),
-            "rate_rps": draw(st.floats(1.0, 60.0)), "cv": draw(st.floats(0.5, 6.0)),
+            "arrivals": arrivals,
+            "rate_rps": draw(st.floats(1.0, 60.0)),
+            **({"cv": draw(st.floats(0.5, 6.0))} if arrivals == "gamma" else {}),
             "diurnal": {"amplitude": draw(st.floats(0.0, 0.9)), "period_s": 40.0},
             "classes": {
                 "chat": chat,
-                "code": {"share": draw(st.floats(0.0, 1.0)), "prompt_tokens": length(1500, 8192),
+                "code": {"share": code_share, "prompt_tokens": length(1500, 8192),
                          "output_tokens": length(20, 300)},
             },
-            "models": {m: 1.0 for m in models},
+            "models": {m: 1.0 / len(models) for m in models},
             "residency_share": draw(st.floats(0.0, 1.0)),
         },
         "faults": faults,

@@ -49,8 +49,10 @@ def run_all_to_site0(sim: GridSimulator, seed: int = 0) -> dict:
 
 
 def mooncake_scenario(**engine) -> dict:
-    return one_site(horizon_s=200.0, engine=engine, workload={
+    raw = one_site(horizon_s=200.0, engine=engine, workload={
         "arrivals": "trace", "trace": {"path": str(MOONCAKE_SAMPLE), "slo_class": "chat"}})
+    del raw["workload"]["rate_rps"]  # a trace sets its own times
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------
