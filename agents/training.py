@@ -79,7 +79,8 @@ HYPERPARAM_KEYS = {
     # run settings
     "n_envs": int,
     # training envs: "dummy" (SB3 DummyVecEnv of Monitor-wrapped GridEnvs), "native" (one
-    # in-process GridVectorEnv) or "subproc" (vec_workers processes), agents/vec_env.py
+    # in-process GridVectorEnv), "subproc" (vec_workers processes) or "hybrid" (vec_workers
+    # shards, the first in the training process), agents/vec_env.py
     "vec_backend": str,
     "vec_workers": int,
     "total_timesteps": int,
@@ -291,8 +292,8 @@ def make_vec_env(
 ) -> VecNormalize:
     """``VecNormalize(DummyVecEnv([...] * n_envs))``, or over a native GridVecEnv.
 
-    `backend` ``native`` / ``subproc`` (training envs only; agents/vec_env.py) steps the envs
-    in one batched GridVectorEnv, in this process or in `n_workers` worker processes, with the
+    `backend` ``native`` / ``subproc`` / ``hybrid`` (training envs only; agents/vec_env.py)
+    steps the envs in batched GridVectorEnv shards, in this process and/or in worker processes, with the
     same seeding, autoreset, ``info["episode"]`` and monitor CSVs as the DummyVecEnv path.
 
     Training envs (``eval_seeds`` None) are seeded ``seed, seed + 1, ...`` on their first reset

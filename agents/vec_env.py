@@ -9,7 +9,10 @@ masks straight into rows of batched arrays:
 * ``backend="subproc"``: ``n_workers`` worker processes, each holding a shard of about
   ``n / n_workers`` simulators: one pipe round trip per worker per step carries the whole
   shard's actions, observations, masks and rewards, so the workers use the other cores while
-  the policy forward stays batched over all n envs in this process. A worker that raises sends
+  the policy forward stays batched over all n envs in this process.
+* ``backend="hybrid"``: as ``subproc``, but this process steps the first shard itself while
+  the other ``n_workers - 1`` workers step theirs (on 2 cores: one worker; one process fewer
+  competing for the cores, one pipe round trip fewer per step). A worker that raises sends
   its traceback back and :class:`VecEnvWorkerError` is raised here; a worker that dies is
   detected (``EOFError`` on its pipe, or its process gone) and reported the same way, never a
   hang. :meth:`GridVecEnv.close` (also at interpreter exit) stops the workers.
@@ -38,7 +41,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import time
-import traceback
 import weakref
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,12 +52,12 @@ from stable_baselines3.common.monitor import Monitor, ResultsWriter
 from stable_baselines3.common.vec_env import VecEnv
 
 import gridenv  # noqa: F401  (registers the gridenv/* ids)
-from gridenv.envs.vector import GridVectorEnv
+from gridenv.envs.vector import GridVectorEnv, serve_shard
 
 __all__ = ["GridVecEnv", "VecEnvWorkerError", "BACKENDS", "split_envs"]
 
 #: ``vec_backend`` choices of the hyperparameter files (``dummy`` is SB3's DummyVecEnv path).
-BACKENDS = ("dummy", "native", "subproc")
+BACKENDS = ("dummy", "native", "subproc", "hybrid")
 
 #: How often (s) a waiting parent checks that a silent worker is still alive.
 _POLL_S = 1.0
@@ -115,47 +117,13 @@ class _LocalShard:
         self.venv.close()
 
 
-def _worker(conn, parent_conn, scenario, config, n: int) -> None:
-    """Worker process loop: one GridVectorEnv of `n` envs, commands from the parent's pipe."""
-    parent_conn.close()
-    try:
-        venv = GridVectorEnv(n, scenario, config, AutoresetMode.SAME_STEP, copy=False)
-        conn.send(("ok", None))
-    except BaseException:  # noqa: BLE001 (reported to the parent)
-        conn.send(("error", traceback.format_exc()))
-        conn.close()
-        return
-    while True:
-        try:
-            cmd, data = conn.recv()
-        except (EOFError, KeyboardInterrupt):  # parent gone or interrupted: exit quietly
-            break
-        try:
-            if cmd == "step":
-                r = venv.step_batch(data, same_step_reset=True)
-                ended = [(e.index, e.final_obs, e.metrics, e.reward_usd, e.length) for e in r.ended]
-                conn.send(("ok", (r.obs, r.masks, r.rewards, r.truncated, ended)))
-            elif cmd == "reset":
-                for i, s in enumerate(data):
-                    venv.reset_env(i, s)
-                conn.send(("ok", (venv.observations, venv.action_masks)))
-            elif cmd == "close":
-                conn.send(("ok", None))
-                break
-            else:
-                conn.send(("error", f"unknown command {cmd!r}"))
-        except BaseException:  # noqa: BLE001
-            conn.send(("error", traceback.format_exc()))
-    conn.close()
-
-
 class _RemoteShard:
     """A GridVectorEnv in a worker process; one pipe round trip per command."""
 
     def __init__(self, ctx, scenario, config, envs: range, k: int) -> None:
         self.envs, self.k = envs, k
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child, self.conn, scenario, config, len(envs)),
+        self.process = ctx.Process(target=serve_shard, args=(child, self.conn, scenario, config, len(envs)),
                                    daemon=True, name=f"gridenv-vec-worker-{k}")
         self.process.start()
         child.close()
@@ -230,8 +198,9 @@ def _close_all() -> None:  # no orphan workers when a script forgets close()
 class GridVecEnv(VecEnv):
     """SB3 VecEnv of `n_envs` copies of a gridenv id, in-process or in worker processes.
 
-    `backend`: ``native`` (one in-process shard) or ``subproc`` (`n_workers` worker
-    processes, default 2, the machine's cores here). `info_keywords`: end-of-episode metrics
+    `backend`: ``native`` (one in-process shard), ``subproc`` (`n_workers` worker
+    processes, default 2, the machine's cores here) or ``hybrid`` (`n_workers` shards, the
+    first stepped in this process). `info_keywords`: end-of-episode metrics
     copied into ``info["episode"]`` (and the monitor CSVs), like ``Monitor(info_keywords=...)``.
     `monitor_dir`: write ``<monitor_prefix>_<i>.monitor.csv`` per env (appended to with
     `append_monitor`, for ``--resume``).
@@ -250,7 +219,7 @@ class GridVecEnv(VecEnv):
         append_monitor: bool = False,
         start_method: str | None = None,
     ) -> None:
-        if backend not in ("native", "subproc", "hybrid"):
+        if backend not in BACKENDS[1:]:
             raise ValueError(f"backend must be 'native', 'subproc' or 'hybrid', got {backend!r}")
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")

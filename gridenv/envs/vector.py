@@ -32,6 +32,7 @@ it returns arrays plus a short list of the episodes that ended, and builds no in
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -47,7 +48,7 @@ from gridenv.core.simulator import SHED, GridSimulator
 from gridenv.core.snapshot import encode, obs_size
 from gridenv.envs.grid_env import InvalidActionError
 
-__all__ = ["GridVectorEnv", "EndedEpisode", "BatchStep"]
+__all__ = ["GridVectorEnv", "EndedEpisode", "BatchStep", "serve_shard"]
 
 
 @dataclass
@@ -322,3 +323,42 @@ class GridVectorEnv(gym.vector.VectorEnv):
 
     def __repr__(self) -> str:
         return f"GridVectorEnv({self.scenario.name!r}, num_envs={self.num_envs}, autoreset_mode={self.autoreset_mode.value})"
+
+
+def serve_shard(conn, parent_conn, scenario, config, n: int) -> None:
+    """Worker-process loop: a SAME_STEP GridVectorEnv of `n` envs serving commands on `conn`.
+
+    Commands ``("reset", seeds)``, ``("step", actions)``, ``("close", None)``; every reply is
+    ``("ok", payload)`` or ``("error", traceback text)``. Lives here (gymnasium + numpy only) so
+    a worker starts without importing torch or Stable-Baselines3 (agents/vec_env.py drives it).
+    """
+    parent_conn.close()
+    try:
+        venv = GridVectorEnv(n, scenario, config, AutoresetMode.SAME_STEP, copy=False)
+        conn.send(("ok", None))
+    except BaseException:  # noqa: BLE001 (reported to the parent)
+        conn.send(("error", traceback.format_exc()))
+        conn.close()
+        return
+    while True:
+        try:
+            cmd, data = conn.recv()
+        except (EOFError, KeyboardInterrupt):  # parent gone or interrupted: exit quietly
+            break
+        try:
+            if cmd == "step":
+                r = venv.step_batch(data, same_step_reset=True)
+                ended = [(e.index, e.final_obs, e.metrics, e.reward_usd, e.length) for e in r.ended]
+                conn.send(("ok", (r.obs, r.masks, r.rewards, r.truncated, ended)))
+            elif cmd == "reset":
+                for i, s in enumerate(data):
+                    venv.reset_env(i, s)
+                conn.send(("ok", (venv.observations, venv.action_masks)))
+            elif cmd == "close":
+                conn.send(("ok", None))
+                break
+            else:
+                conn.send(("error", f"unknown command {cmd!r}"))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+    conn.close()

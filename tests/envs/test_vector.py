@@ -8,10 +8,11 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 import gridenv  # noqa: F401
+from gridenv.envs.registration import env_id
 from gridenv.envs import GridEnv, InvalidActionError
 from gridenv.envs.vector import GridVectorEnv
 
-METRO = "gridenv/Metro-v0"
+METRO = env_id("metro")
 SHORT = {"horizon_s": 6.0}  # ~150 decisions per episode: several episode ends in a test
 
 
