@@ -18,8 +18,10 @@ Built-in variants:
 * ``dummy``: configs/ppo.yaml as is (DummyVecEnv of 4 Monitor-wrapped GridEnvs): the old path.
 * ``native``: the same hyperparameters, envs in one in-process GridVectorEnv.
 * ``subproc``: the same hyperparameters, envs in 2 worker processes.
-* ``fast``: configs/ppo_fast.yaml (the tuned recipe: more envs, subprocess workers, larger
-  batches; see that file for what changed).
+* ``fast``: configs/ppo_fast.yaml (the recipe: 64 envs, hybrid backend, the same update as
+  ppo.yaml; see that file for what changed).
+* ``fast-b1024``: the fast recipe with 64 steps per env and minibatches of 1,024 (faster, but
+  learned much slower per step: not the recipe).
 
 This is a benchmark, not a test: nothing here asserts a time.
 """
@@ -44,6 +46,7 @@ VARIANTS: dict[str, dict] = {
     "native": {"hyperparams": "configs/ppo.yaml", "vec_backend": "native"},
     "subproc": {"hyperparams": "configs/ppo.yaml", "vec_backend": "subproc"},
     "fast": {"hyperparams": "configs/ppo_fast.yaml"},
+    "fast-b1024": {"hyperparams": "configs/ppo_fast.yaml", "n_steps": 64, "batch_size": 1024},
 }
 
 #: Variant keys that are not hyperparameters.
@@ -56,8 +59,8 @@ class Args:
     """scenario name or env id"""
     steps: int = 100_000
     """env steps (decisions) per variant"""
-    variants: str = "dummy,native,subproc,fast"
-    """comma-separated built-in variants (dummy, native, subproc, fast) and names of --extra"""
+    variants: str = "dummy,native,fast,fast-b1024"
+    """comma-separated built-in variants (dummy, native, subproc, fast, fast-b1024) and names of --extra"""
     extra: Optional[str] = None
     """JSON: more variants, name -> {"hyperparams": file, hyperparameter overrides..., "torch_threads": n}"""
     repeats: int = 1

@@ -191,3 +191,35 @@ def test_no_orphan_workers_when_a_script_forgets_close(tmp_path):
     while any(pid_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(pid_alive(p) for p in pids)
+
+
+def test_shipped_fast_recipe_is_valid():
+    from agents.vec_env import BACKENDS
+
+    hp = T.load_hyperparams(ROOT / "configs" / "ppo_fast.yaml", "metro")
+    assert hp["vec_backend"] in BACKENDS and hp["n_envs"] >= hp["vec_workers"]
+    assert hp["n_envs"] * hp["n_steps"] % hp["batch_size"] == 0
+    old = T.load_hyperparams(ROOT / "configs" / "ppo.yaml", "metro")
+    # the same PPO update as ppo.yaml: rollout size, minibatch, epochs, loss coefficients
+    assert hp["n_envs"] * hp["n_steps"] == old["n_envs"] * old["n_steps"]
+    for key in ("batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "clip_range", "ent_coef"):
+        assert hp[key] == old[key], key
+
+
+def test_bench_training_reports_every_variant(tmp_path):
+    from agents import bench_training
+
+    out = tmp_path / "bench.json"
+    tiny = {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "env_config": {"horizon_s": 3.0}}
+    extra = {"d": {**tiny, "vec_backend": "dummy", "n_envs": 2},
+             "n": {**tiny, "vec_backend": "native", "n_envs": 2}}
+    import json
+
+    rows = bench_training.main(["--steps", "64", "--variants", "d", "--extra", json.dumps(extra),
+                                "--json", str(out), "--quiet"])
+    assert [r["variant"] for r in rows] == ["d", "n"]
+    data = json.loads(out.read_text())
+    assert set(data["speedup_vs_first"]) == {"d", "n"} and data["speedup_vs_first"]["d"] == 1.0
+    for r in data["rows"]:
+        assert r["steps"] >= 64 and r["steps_per_s"] > 0
+        assert r["env_s"] + r["policy_s"] + r["update_s"] == pytest.approx(r["wall_s"])
