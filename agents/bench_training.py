@@ -93,7 +93,8 @@ def build_model(hp: dict, venv, seed: int):
         from agents.site_policy import MaskableSiteScoringPolicy
 
         policy = MaskableSiteScoringPolicy
-        policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden)
+        policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden,
+                             n_site_features=venv.get_attr("interface")[0].n_site_features)
     else:
         policy = "MlpPolicy"
         policy_kwargs["net_arch"] = net_arch

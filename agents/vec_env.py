@@ -246,6 +246,7 @@ class GridVecEnv(VecEnv):
         proto = GridVectorEnv(1, scenario, config, AutoresetMode.SAME_STEP, copy=False)
         self.scenario = proto.scenario
         self.max_sites, self.n_levels = proto.max_sites, proto.n_levels
+        self.interface = proto.interface
         super().__init__(n_envs, proto.single_observation_space, proto.single_action_space)
         self.render_mode = None
         self._obs = np.zeros((n_envs, *self.observation_space.shape), dtype=np.float32)
@@ -330,7 +331,7 @@ class GridVecEnv(VecEnv):
             "(use vec_backend: dummy for arbitrary env methods)"
         )
 
-    _ATTRS = ("action_masks", "render_mode", "scenario", "max_sites", "n_levels")
+    _ATTRS = ("action_masks", "render_mode", "scenario", "max_sites", "n_levels", "interface")
 
     def get_attr(self, attr_name: str, indices=None) -> list:
         idx = list(self._get_indices(indices))

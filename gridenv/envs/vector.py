@@ -20,7 +20,9 @@ the final observation is in ``infos["final_obs"]`` (what Stable-Baselines3's Vec
 agents/vec_env.py uses this mode). Episodes are only ever truncated (at ``horizon_s``).
 
 Infos (gymnasium's dict-of-arrays with ``_key`` masks): every step ``action_mask``
-(``(num_envs, mask_size)``), ``invalid_action``, ``sim_time_s`` and ``rewards`` (the three
+(``(num_envs, mask_size)``), ``snapshot`` (an object array of each sub-env's
+:class:`~gridenv.core.snapshot.RouterSnapshot`, ``None`` where no request is pending, what
+heuristics decide from, as GridEnv's ``info["snapshot"]``), ``invalid_action``, ``sim_time_s`` and ``rewards`` (the three
 reward terms in $, as arrays); at an episode's end ``episode_metrics`` (``GridSimulator.summary``
 of that sub-env, each metric an array masked by ``_episode_metrics``) and ``episode``
 (``r``: the episode's summed reward in $, ``l``: its number of decisions); with SAME_STEP these
@@ -45,7 +47,7 @@ from gymnasium.vector.utils import batch_space
 
 from gridenv.core.scenario import Scenario, load_scenario
 from gridenv.core.simulator import SHED, GridSimulator
-from gridenv.core.snapshot import encode, obs_size
+from gridenv.core.interface import make_interface
 from gridenv.envs.grid_env import InvalidActionError
 
 __all__ = ["GridVectorEnv", "EndedEpisode", "BatchStep", "serve_shard"]
@@ -109,12 +111,14 @@ class GridVectorEnv(gym.vector.VectorEnv):
         self.max_sites = st.max_sites
         self.n_levels = len(st.batch_levels)
         self.single_action_space = spaces.MultiDiscrete([self.max_sites + 1, self.n_levels])
-        self.single_observation_space = spaces.Box(-1.0, 1.0, (obs_size(st),), dtype=np.float32)
+        #: The declared observation/action interface (gridenv.core.interface), as GridEnv's.
+        self.interface = make_interface(st, self.scenario.observation.mode)
+        self.single_observation_space = spaces.Box(-1.0, 1.0, (self.interface.obs_size,), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._raise_invalid = self.scenario.actions.invalid_action == "raise"
         n, mask_size = self.num_envs, self.max_sites + 1 + self.n_levels
-        self._obs = np.zeros((n, obs_size(st)), dtype=np.float32)
+        self._obs = np.zeros((n, self.interface.obs_size), dtype=np.float32)
         self._masks = np.zeros((n, mask_size), dtype=bool)
         self._idle_mask = np.zeros(mask_size, dtype=bool)
         self._idle_mask[self.max_sites:] = True  # no request: only "shed" is meaningful (as GridEnv)
@@ -127,6 +131,7 @@ class GridVectorEnv(gym.vector.VectorEnv):
         self._ep_reward = np.zeros(n, dtype=np.float64)
         self._ep_length = np.zeros(n, dtype=np.int64)
         self._feasible: list[np.ndarray | None] = [None] * n
+        self._snaps = np.full(n, None, dtype=object)  # RouterSnapshot per sub-env (None: no request)
         self._rngs: list[np.random.Generator | None] = [None] * n
         self._needs_reset = np.ones(n, dtype=bool)  # before the first reset
         self._autoreset = np.zeros(n, dtype=bool)  # NEXT_STEP: reset at the next step
@@ -148,13 +153,15 @@ class GridVectorEnv(gym.vector.VectorEnv):
         sim = self.sims[i]
         if sim.pending is None:  # episode over: the last observation carries no request
             self._feasible[i] = None
+            self._snaps[i] = None
             self._obs[i] = 0.0
             self._masks[i] = self._idle_mask
             return
         snap = sim.snapshot()
-        encode(snap, out=self._obs[i])
-        self._masks[i] = snap.action_mask
+        self.interface.encode(snap, out=self._obs[i])
+        self._masks[i] = self.interface.action_mask(snap)
         self._feasible[i] = snap.feasible
+        self._snaps[i] = snap
 
     def reset_env(self, i: int, seed: int | None = None) -> None:
         """Start a new episode in sub-env i; `seed` None continues its RNG (as GridEnv.reset)."""
@@ -271,7 +278,7 @@ class GridVectorEnv(gym.vector.VectorEnv):
         for i in np.flatnonzero(mask):
             self.reset_env(int(i), seeds[i])
             self._truncated[i] = False
-        infos = {"action_mask": self._out(self._masks)}
+        infos = {"action_mask": self._out(self._masks), "snapshot": self._snaps.copy()}
         return self._out(self._obs), infos
 
     def step(self, actions):
@@ -295,6 +302,7 @@ class GridVectorEnv(gym.vector.VectorEnv):
             res = self.step_batch(acts, same_step_reset=True)
         infos: dict[str, Any] = {
             "action_mask": self._out(self._masks),
+            "snapshot": self._snaps.copy(),
             "invalid_action": self._invalid.copy(),
             "sim_time_s": self._sim_time.copy(),
             "rewards": {"goodput_value_usd": self._terms[0].copy(),

@@ -48,7 +48,7 @@ def reference_run(n: int, seed: int, n_steps: int, config: dict, action_seed: in
             if trunc:
                 final = (o, info["episode_metrics"])
                 o, _ = e.reset()
-            rows.append((o, r, term, trunc, e.action_masks().copy(), info["invalid_action"], final))
+            rows.append((o, r, term, trunc, e.action_masks().copy(), info["invalid_action"], final, e.snapshot))
         obs = np.stack([r[0] for r in rows])
         masks = np.stack([r[4] for r in rows])
         out.append((acts, rows))
@@ -81,8 +81,10 @@ def test_same_step_trajectories_equal_separate_gridenvs_bit_for_bit(p_masked: fl
     ends = 0
     for t, (acts, rows) in enumerate(ref):
         obs, rew, term, trunc, info = venv.step(acts)
-        for i, (o, r, rterm, rtrunc, mask, invalid, final) in enumerate(rows):
+        for i, (o, r, rterm, rtrunc, mask, invalid, final, snap) in enumerate(rows):
             assert np.array_equal(obs[i], o), (t, i)
+            got_snap = info["snapshot"][i]  # the router-visible snapshot, as GridEnv's info has it
+            assert np.array_equal(got_snap.feasible, snap.feasible) and got_snap.request == snap.request
             assert rew[i] == r and term[i] == rterm and trunc[i] == rtrunc, (t, i)
             assert np.array_equal(info["action_mask"][i], mask), (t, i)
             assert info["invalid_action"][i] == invalid
@@ -118,13 +120,13 @@ def test_next_step_autoreset_follows_gymnasium_semantics() -> None:
         for i in range(n):
             if pending_reset[i]:
                 # the reset step: action ignored, reward 0, not done, obs = the new episode's first
-                o, r, _, _, _, _, final = queues[i][cursor[i] - 1][1]
+                o, r, _, _, _, _, final, _ = queues[i][cursor[i] - 1][1]
                 assert rew[i] == 0.0 and not trunc[i] and not term[i]
                 assert np.array_equal(obs[i], o)
                 pending_reset[i] = False
                 checked_resets += 1
                 continue
-            o, r, _, rtrunc, mask, _, final = queues[i][cursor[i]][1]
+            o, r, _, rtrunc, mask, _, final, _ = queues[i][cursor[i]][1]
             cursor[i] += 1
             assert rew[i] == r and trunc[i] == rtrunc
             if final is not None:
