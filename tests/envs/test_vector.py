@@ -72,11 +72,13 @@ def test_make_vec_returns_the_native_vector_env(n: int) -> None:
     assert not isinstance(gym.make_vec(METRO, num_envs=2, vectorization_mode="sync").unwrapped, GridVectorEnv)
 
 
-@pytest.mark.parametrize("p_masked", [0.0, 0.3])
-def test_same_step_trajectories_equal_separate_gridenvs_bit_for_bit(p_masked: float) -> None:
+@pytest.mark.parametrize("p_masked, mode", [(0.0, "slots"), (0.3, "slots"), (0.0, "relative")])
+def test_same_step_trajectories_equal_separate_gridenvs_bit_for_bit(p_masked: float, mode: str) -> None:
     n, seed, steps = 3, 11, 420  # >= 2 episode ends per env
-    ref = reference_run(n, seed, steps, SHORT, action_seed=5, p_masked=p_masked)
-    venv = GridVectorEnv(n, "metro", SHORT, autoreset_mode=AutoresetMode.SAME_STEP)
+    config = {**SHORT, "observation": {"mode": mode}}
+    ref = reference_run(n, seed, steps, config, action_seed=5, p_masked=p_masked)
+    venv = GridVectorEnv(n, "metro", config, autoreset_mode=AutoresetMode.SAME_STEP)
+    assert venv.interface.mode == mode and venv.single_observation_space.shape == (venv.interface.obs_size,)
     obs, info = venv.reset(seed=seed)
     ends = 0
     for t, (acts, rows) in enumerate(ref):
