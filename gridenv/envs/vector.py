@@ -1,6 +1,6 @@
 """A native vector environment: N grid simulators stepped in one process, one batched buffer.
 
-``gym.make_vec("gridenv/Metro-v0", num_envs=16)`` (the ids' ``vector_entry_point``) returns a
+``gym.make_vec("gridenv/Metro-v1", num_envs=16)`` (the ids' ``vector_entry_point``) returns a
 :class:`GridVectorEnv`. Compared with ``SyncVectorEnv`` over ``GridEnv``:
 
 * each step encodes every sub-env's snapshot straight into its row of one preallocated
