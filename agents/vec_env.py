@@ -84,7 +84,8 @@ def _scenario_of(env_id: str) -> str:
     spec = gym.spec(env_id)
     scenario = (spec.kwargs or {}).get("scenario")
     if scenario is None:
-        raise ValueError(f"{env_id} is not a gridenv id (its spec has no 'scenario' kwarg)")
+        raise ValueError(f"{env_id}: GridVecEnv needs a fixed-scenario gridenv id (its spec has no "
+                         "'scenario' kwarg, e.g. a new grid every reset): use vec_backend: dummy")
     return scenario
 
 

@@ -35,4 +35,10 @@ def register_envs() -> list[str]:
                              vector_entry_point="gridenv.envs.vector:GridVectorEnv",
                              kwargs={"scenario": name})
         ids.append(eid)
+    # A new generated grid every reset (gridenv.envs.random_grid_env).
+    rid = f"gridenv/RandomGrid-v{ENV_VERSION}"
+    for alias in (rid, rid.split("/", 1)[1]):
+        if alias not in gym.registry:
+            gym.register(id=alias, entry_point="gridenv.envs.random_grid_env:RandomGridEnv")
+    ids.append(rid)
     return ids
