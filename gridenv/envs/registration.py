@@ -31,9 +31,12 @@ def register_envs() -> list[str]:
         # The namespaced id, and a bare alias so that the module:id form
         # gym.make("gridenv:Metro-v1") works in a fresh interpreter (it imports gridenv, then
         # looks the part after the colon up); "gridenv:gridenv/Metro-v1" works as well.
+        # gym.make_vec(id, num_envs) builds the native GridVectorEnv (gridenv/envs/vector.py);
+        # vectorization_mode="sync"/"async" still wraps GridEnv copies.
         for rid in (eid, eid.split("/", 1)[1]):
             if rid not in gym.registry:
                 gym.register(id=rid, entry_point="gridenv.envs.grid_env:GridEnv",
+                             vector_entry_point="gridenv.envs.vector:GridVectorEnv",
                              kwargs={"scenario": name})
         ids.append(eid)
     # A new generated grid every reset (gridenv.envs.random_grid_env): registered, but not one
