@@ -45,6 +45,7 @@ class ModelSpec:
     n_kv_heads: int
     head_dim: int
     n_params: float
+    max_context_tokens: int  # prompt + output tokens the model accepts (its model card)
 
     def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> float:
         """K and V for every layer: 2 * L * kv_heads * head_dim * bytes."""
@@ -100,10 +101,14 @@ GPUS: dict[str, GPUSpec] = {
     ),
 }
 
+#: Context lengths from the model cards: Llama 3 (meta-llama/Meta-Llama-3-8B and -70B on Hugging
+#: Face, "Context length 8k"; config.json max_position_embeddings 8192) and Llama 2
+#: (meta-llama/Llama-2-70b-hf, "Content Length 4k"; max_position_embeddings 4096). Llama 3.1
+#: would be 128k (131,072) tokens.
 MODELS: dict[str, ModelSpec] = {
-    "llama-3-8b": ModelSpec("llama-3-8b", 32, 4096, 32, 8, 128, 8.03e9),
-    "llama-3-70b": ModelSpec("llama-3-70b", 80, 8192, 64, 8, 128, 70.6e9),
-    "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 69e9),
+    "llama-3-8b": ModelSpec("llama-3-8b", 32, 4096, 32, 8, 128, 8.03e9, 8192),
+    "llama-3-70b": ModelSpec("llama-3-70b", 80, 8192, 64, 8, 128, 70.6e9, 8192),
+    "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 69e9, 4096),
 }
 
 

@@ -1,8 +1,9 @@
 """Per-episode serving metrics: latency, goodput, energy, cost, carbon.
 
 Goodput follows DistServe: a request counts only if it meets both its TTFT and its TPOT SLO.
-Every arrived request ends in exactly one of ``completed``, ``shed`` or ``failed`` (or is still
-``in_flight`` when the episode ends): nothing is dropped without being counted.
+Every arrived request ends in exactly one of ``completed``, ``shed``, ``failed`` or
+``timed_out`` (its client gave up), or is still ``in_flight`` when the episode ends: nothing is
+dropped without being counted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class Metrics:
         self.shed = 0  # refused by the policy
         self.failed = 0  # lost to outages after max_retries, or larger than any KV cache
         self.failed_oversize = 0  # part of `failed`: prompt + output exceed the replica's KV
+        self.failed_context = 0  # part of `failed`: prompt over the site's model context window
+        self.timed_out = 0  # abandoned by the client (no first token / no full answer in time)
+        self.over_context = 0  # arrived with a prompt longer than any serving model accepts
+        self.output_truncated = 0  # output cut at the model's context window
         self.retried = 0  # re-routed after an outage
         self.invalid_actions = 0  # masked choices, handled by the documented fallback
         self.good_prompt_tokens = 0
@@ -41,6 +46,12 @@ class Metrics:
         self.dyn_co2_g = np.zeros(n_sites)
         self.busy_gpu_s = np.zeros(n_sites)  # GPU-seconds spent running iterations
         self.busy_gpu_usd = np.zeros(n_sites)
+        # Serving engine, per site (filled in from the replicas at summary time).
+        self.preemptions = np.zeros(n_sites, dtype=np.int64)
+        self.recomputed_tokens = np.zeros(n_sites, dtype=np.int64)  # prefill redone after preemption
+        self.prefix_hit_tokens = np.zeros(n_sites, dtype=np.int64)  # prefill saved by the prefix cache
+        self.prefill_lookup_tokens = np.zeros(n_sites, dtype=np.int64)  # prompt tokens admitted
+        self.cache_evictions = np.zeros(n_sites, dtype=np.int64)  # cached blocks evicted
         # Idle floor and provisioned GPU cost, filled in by the simulator at summary time.
         self.idle_energy_j = np.zeros(n_sites)
         self.idle_energy_usd = np.zeros(n_sites)
@@ -48,12 +59,18 @@ class Metrics:
         self.provisioned_gpu_usd = np.zeros(n_sites)
 
     def in_flight(self) -> int:
-        return self.arrived - self.completed - self.shed - self.failed
+        return self.arrived - self.completed - self.shed - self.failed - self.timed_out
+
+    def prefix_hit_rate_by_site(self) -> np.ndarray:
+        """Share of admitted prompt tokens served from each site's prefix cache (NaN if none)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.prefix_hit_tokens / self.prefill_lookup_tokens
 
     def summary(self, duration_s: float) -> dict:
         """Scalar metrics of the episode so far (duration_s: simulated seconds elapsed)."""
         dur = max(duration_s, 1e-9)
-        finished = self.completed + self.shed + self.failed
+        finished = self.completed + self.shed + self.failed + self.timed_out
+        lookups = int(self.prefill_lookup_tokens.sum())
         energy_j = float(self.dyn_energy_j.sum() + self.idle_energy_j.sum())
         energy_usd = float(self.dyn_energy_usd.sum() + self.idle_energy_usd.sum())
         gpu_usd = float(self.provisioned_gpu_usd.sum())
@@ -71,6 +88,15 @@ class Metrics:
             "shed": self.shed,
             "failed": self.failed,
             "failed_oversize": self.failed_oversize,
+            "failed_context": self.failed_context,
+            "timed_out": self.timed_out,
+            "over_context": self.over_context,
+            "output_truncated": self.output_truncated,
+            "preemptions": int(self.preemptions.sum()),
+            "recomputed_tokens": int(self.recomputed_tokens.sum()),
+            "prefix_hit_rate": int(self.prefix_hit_tokens.sum()) / lookups if lookups else float("nan"),
+            "prefill_tokens_saved": int(self.prefix_hit_tokens.sum()),
+            "cache_evictions": int(self.cache_evictions.sum()),
             "in_flight": self.in_flight(),
             "retried": self.retried,
             "invalid_actions": self.invalid_actions,

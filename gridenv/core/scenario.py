@@ -43,7 +43,8 @@ from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_names",
-    "SLO_CLASSES", "DEFAULT_SLOS", "deep_merge", "MAX_REQUESTS_PER_EPISODE", "SHARE_TOLERANCE",
+    "SLO_CLASSES", "DEFAULT_SLOS", "DEFAULT_TIMEOUTS_S", "deep_merge", "MAX_REQUESTS_PER_EPISODE",
+    "SHARE_TOLERANCE",
 ]
 
 #: DistServe artifact SLOs (physics.md section 6): (TTFT s, TPOT s).
@@ -185,12 +186,46 @@ class LengthDist(_Strict):
         return self
 
 
+class PrefixSharing(_Strict):
+    """How the requests of a class share prompt prefixes (what a prefix cache can reuse).
+
+    ``system_prompt``: each request belongs to one of ``count`` applications and its prompt is
+    the application's ``tokens``-token system prompt followed by its own text (the class's
+    ``prompt_tokens``). ``documents``: the prompt is one of ``count`` documents of ``tokens``
+    tokens (RAG), then the question. ``multi_turn``: conversations of ``turns_mean`` turns on
+    average (geometric); turn k's prompt is turn k-1's prompt, its answer and new user text (the
+    class's ``prompt_tokens``), and arrives an exponential think time (mean ``think_time_s``)
+    after turn k-1 arrived (arrivals are drawn up front: they do not depend on the policy).
+    ``zipf_s`` skews the popularity of applications or documents (0: uniform).
+    """
+
+    kind: Literal["system_prompt", "documents", "multi_turn"]
+    count: int = Field(8, ge=1, description="applications (system_prompt) or documents")
+    tokens: int = Field(1024, ge=1, description="shared prefix length, tokens")
+    zipf_s: float = Field(0.0, ge=0, description="popularity skew of applications/documents")
+    turns_mean: float = Field(4.0, ge=1, description="multi_turn: mean turns per conversation")
+    think_time_s: float = Field(30.0, gt=0, description="multi_turn: mean time between turns")
+
+
+#: Client timeouts per class (s): the first token must arrive within the first figure (a
+#: client's read timeout on a stream that has not started), the whole response within the second
+#: (the OpenAI Python client's default request timeout is 600 s).
+DEFAULT_TIMEOUTS_S: dict[str, tuple[float, float]] = {
+    "chat": (30.0, 600.0),
+    "code": (30.0, 600.0),
+    "summarization": (120.0, 600.0),
+}
+
+
 class SLOClass(_Strict):
     share: float = Field(ge=0, le=1, description="share of requests; the shares of all classes sum to 1")
     prompt_tokens: LengthDist
     output_tokens: LengthDist
     ttft_slo_s: float | None = Field(None, gt=0, description="default: DistServe's")
     tpot_slo_s: float | None = Field(None, gt=0, description="default: DistServe's")
+    timeout_s: float | None = Field(None, gt=0, description="client gives up without a first token; default DEFAULT_TIMEOUTS_S")
+    e2e_timeout_s: float | None = Field(None, gt=0, description="client gives up on an unfinished response; default 600 s")
+    prefix: PrefixSharing | None = Field(None, description="shared prompt prefixes (prefix caching)")
 
 
 class Diurnal(_Strict):
@@ -352,6 +387,23 @@ class Actions(_Strict):
         return v
 
 
+class Engine(_Strict):
+    """The serving engine of every replica (gridenv.core.engine, gridenv.core.schedulers)."""
+
+    scheduler: str = Field("vllm-v1", description="iteration scheduler (gridenv.core.schedulers.SCHEDULERS)")
+    block_size_tokens: int = Field(16, ge=1, le=512, description="KV block (page) size, tokens")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="vllm-v1 token budget per iteration; default: vLLM's for the GPU")
+    prefix_caching: bool = Field(True, description="reuse cached KV blocks of shared prompt prefixes")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        from gridenv.core.schedulers import SCHEDULERS
+
+        return _in_catalog(v, SCHEDULERS, "scheduler")
+
+
 class Observation(_Strict):
     mode: Literal[MODES] = Field("slots", description="observation layout (gridenv.core.interface): "
                                  "slots (fixed site slots, region/model one-hots) or relative "
@@ -363,7 +415,8 @@ class Scenario(_Strict):
     description: str = ""
     horizon_s: float = Field(gt=0, description="simulated seconds per episode")
     software_stack: str = "vllm-2024"
-    max_prefill_tokens: int = Field(8192, ge=1, description="prompt tokens per prefill iteration")
+    max_prefill_tokens: int = Field(8192, ge=1, description="vllm-v0: prompt tokens per prefill iteration")
+    engine: Engine = Engine()
     regions: list[Region] = Field(min_length=1)
     sites: list[Site] = Field(min_length=1)
     network: Network
@@ -447,6 +500,12 @@ class Scenario(_Strict):
     @property
     def max_sites(self) -> int:
         return self.actions.max_sites or len(self.sites)
+
+    def timeouts_of(self, cls: str) -> tuple[float, float]:
+        """(first-token timeout s, whole-response timeout s) of a class's clients."""
+        c = self.workload.classes[cls]
+        d_first, d_e2e = DEFAULT_TIMEOUTS_S[cls]
+        return (c.timeout_s or d_first, c.e2e_timeout_s or d_e2e)
 
     def slo_of(self, cls: str) -> tuple[float, float]:
         c = self.workload.classes[cls]

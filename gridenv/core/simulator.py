@@ -25,20 +25,24 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 
 import numpy as np
 
-from gridenv.core.engine import DECODE, IDLE, Replica, Request
+from gridenv.core.engine import (
+    DECODE, DECODING, DONE, IDLE, PREFILLING, QUEUED, RETRY, TRANSIT, Replica, Request,
+)
 from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
-from gridenv.core.scenario import Scenario
+from gridenv.core.scenario import SLO_CLASSES, Scenario
+from gridenv.core.schedulers import default_token_budget, scheduler
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
 from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
 __all__ = ["GridSimulator", "SHED"]
 
-WAKE, DELIVER, SITE_DOWN, SITE_UP, LINK = range(5)
+WAKE, DELIVER, SITE_DOWN, SITE_UP, LINK, TIMEOUT_E2E = range(6)
 
 
 class GridSimulator:
@@ -54,7 +58,23 @@ class GridSimulator:
         self.batch_levels = list(scenario.actions.batch_levels)
         self.api_s = scenario.network.api_overhead_ms / 1000.0
         self._slos = [scenario.slo_of(c) if c in scenario.workload.classes else (1.0, 1.0)
-                      for c in ("chat", "code", "summarization")]
+                      for c in SLO_CLASSES]
+        self._timeouts = [scenario.timeouts_of(c) if c in scenario.workload.classes else (math.inf, math.inf)
+                          for c in SLO_CLASSES]
+        self._first_due = [min(a, b) for a, b in self._timeouts]  # first deadline per class
+        eng = scenario.engine
+        self._scheduler = scheduler(eng.scheduler)
+        self._token_budget = [
+            scenario.max_prefill_tokens if eng.scheduler == "vllm-v0"
+            else eng.max_num_batched_tokens or default_token_budget(
+                eng.scheduler, s.perf.gpu.name, s.perf.gpu.memory_bytes, s.perf.model.max_context_tokens)
+            for s in self.topology.sites
+        ]
+        # Longest context any site serving each model accepts (a longer prompt can only be shed).
+        self._model_max_context = {}
+        for s in self.topology.sites:
+            m = self._model_max_context.get(s.model, 0)
+            self._model_max_context[s.model] = max(m, s.perf.model.max_context_tokens)
         econ = scenario.economics
         self._value_in = econ.input_value_usd_per_mtok * 1e-6
         self._value_out = econ.output_value_usd_per_mtok * 1e-6
@@ -85,10 +105,13 @@ class GridSimulator:
         self.pending: Request | None = None
         self.metrics = Metrics(self.n_sites)
         self._site_book = [[0.0] * 5 for _ in range(self.n_sites)]
+        bs = sc.engine.block_size_tokens
         self.replicas: list[list[Replica]] = [
-            [Replica(s.index, j, s.perf, sc.max_prefill_tokens) for j in range(s.replicas)]
+            [Replica(s.index, j, s.perf, self._scheduler, self._token_budget[s.index], bs)
+             for j in range(s.replicas)]
             for s in topo.sites
         ]
+        self._kv_blocks = [sum(r.pool.total for r in reps) for reps in self.replicas]
         self.site_level = [sc.actions.initial_batch_level] * self.n_sites
         self.max_batch = [self.batch_levels[sc.actions.initial_batch_level]] * self.n_sites
         self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
@@ -100,6 +123,10 @@ class GridSimulator:
         self._seq = 0
         self._retry: list = []
         self._retry_dirty = False
+        # First-token deadlines of routed requests, one FIFO per SLO class (the deadline is
+        # arrival + the class's timeout, so each FIFO is sorted): cheaper than heap events.
+        self._deadlines = [deque() for _ in SLO_CLASSES]
+        self._t_deadline = math.inf
         self._price_hour = -1
         self.reward_value_usd = 0.0
         self.reward_energy_usd = 0.0
@@ -165,13 +192,21 @@ class GridSimulator:
         self.pending = None
         if site == SHED or site is None:
             self.metrics.shed += 1
+            req.state = DONE
         else:
             if batch_level is not None and batch_level != self.site_level[site]:
                 self._set_batch_level(site, batch_level)
             req.site = site
             req.rtt_s = self._rtt_ms[req.origin, site] * self.link_factor[req.origin, site] * 1e-3
             self.site_waiting[site] += 1
+            req.state = TRANSIT
             self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
+            first_due = self._first_due[req.slo_class]
+            if first_due < math.inf and req.retries == 0:
+                deadline = req.arrival_s + first_due
+                self._deadlines[req.slo_class].append((deadline, req))
+                if deadline < self._t_deadline:
+                    self._t_deadline = deadline
         self._run_until_decision()
 
     def _set_batch_level(self, site: int, level: int) -> None:
@@ -186,6 +221,8 @@ class GridSimulator:
 
     def _next_decision_time(self) -> float:
         t = self.arrivals.time_s[self._next_arrival] if self._next_arrival < len(self.arrivals) else math.inf
+        while self._retry and self._retry[0][2].state == DONE:  # abandoned while awaiting re-routing
+            heapq.heappop(self._retry)
         if self._retry and self._retry[0][0] < t:
             return self._retry[0][0]
         return t
@@ -200,6 +237,12 @@ class GridSimulator:
                 t = events[0][0]
                 if t >= horizon:
                     break
+                if self._t_deadline <= t:  # client timeouts first
+                    self._expire(t)
+                    if self._retry_dirty:
+                        self._retry_dirty = False
+                        t_dec = self._next_decision_time()
+                    continue
                 _, _, kind, obj, version = heappop(events)
                 self.now = t
                 if kind == WAKE:
@@ -212,6 +255,9 @@ class GridSimulator:
                     t_dec = self._next_decision_time()  # evicted requests await re-routing
                 elif kind == SITE_UP:
                     self.site_down[obj] -= 1
+                elif kind == TIMEOUT_E2E:
+                    if obj.state != DONE:
+                        self._abandon(obj, t)
                 else:
                     self._on_link(*obj)
                 if self._retry_dirty:
@@ -220,12 +266,44 @@ class GridSimulator:
             else:
                 if t_dec >= horizon:
                     break
+                if self._t_deadline <= t_dec:
+                    self._expire(t_dec)
+                    if self._retry_dirty:
+                        self._retry_dirty = False
+                        t_dec = self._next_decision_time()
+                    continue
                 self.now = t_dec
                 self.pending = self._pop_decision(t_dec)
                 return
         self._end_episode()
 
+    def _expire(self, t_max: float) -> None:
+        """Process first deadlines (the earlier of the first-token and whole-response timeouts)
+        up to t_max, in time order: a request without its first token, or whose whole response
+        was due, is abandoned; one that has its first token gets its whole-response deadline."""
+        queues = self._deadlines
+        while True:
+            best = None
+            t_best = math.inf
+            for q in queues:
+                if q:
+                    t = q[0][0]
+                    if t < t_best:
+                        best, t_best = q, t
+            if best is None or t_best > t_max:
+                self._t_deadline = t_best
+                return
+            _, req = best.popleft()
+            if req.state != DONE:
+                self.now = t_best
+                if req.first_token_s < 0.0 or req.e2e_timeout_s <= req.timeout_s:
+                    self._abandon(req, t_best)
+                elif req.e2e_timeout_s < math.inf:
+                    self._push(req.arrival_s + req.e2e_timeout_s, TIMEOUT_E2E, req)
+
     def _pop_decision(self, t: float) -> Request:
+        while self._retry and self._retry[0][2].state == DONE:
+            heapq.heappop(self._retry)
         if self._retry and self._retry[0][0] <= t and (
             self._next_arrival >= len(self.arrivals) or self._retry[0][0] <= self.arrivals.time_s[self._next_arrival]
         ):
@@ -235,31 +313,77 @@ class GridSimulator:
         a = self.arrivals
         cls = int(a.slo_class[i])
         ttft_slo, tpot_slo = self._slos[cls]
-        self.metrics.arrived += 1
-        return Request(i, float(a.time_s[i]), int(a.origin[i]), int(a.prompt_tokens[i]),
-                       int(a.output_tokens[i]), cls, int(a.model[i]), bool(a.residency[i]),
-                       ttft_slo, tpot_slo)
+        m = self.metrics
+        m.arrived += 1
+        prompt, output, model = int(a.prompt_tokens[i]), int(a.output_tokens[i]), int(a.model[i])
+        max_ctx = self._model_max_context.get(model, 0)
+        if prompt >= max_ctx:
+            m.over_context += 1  # masked everywhere: it can only be shed
+        elif prompt + output > max_ctx:
+            output = max_ctx - prompt  # generation stops at the context window
+            m.output_truncated += 1
+        first_s, e2e_s = self._timeouts[cls]
+        if a.prefix_hashes is not None and a.prefix_blocks[i]:
+            return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
+                           bool(a.residency[i]), ttft_slo, tpot_slo, a.prefix_hashes[i],
+                           a.hash_block_tokens // self.scenario.engine.block_size_tokens,
+                           int(a.prefix_blocks[i]), first_s, e2e_s)
+        return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
+                       bool(a.residency[i]), ttft_slo, tpot_slo, timeout_s=first_s, e2e_timeout_s=e2e_s)
 
     # ------------------------------------------------------------------ events
     def _start(self, rep: Replica, t: float) -> None:
-        if rep.start(t, self.max_batch[rep.site]):
-            n = len(rep.prefilling)
-            if n:
-                self.site_waiting[rep.site] -= n
-                self.site_running[rep.site] += n
+        busy = rep.start(t, self.max_batch[rep.site])
+        moved = rep.last_admitted - rep.last_preempted
+        if moved:
+            self.site_waiting[rep.site] -= moved
+            self.site_running[rep.site] += moved
+        if busy:
             rep.version += 1
             self._push(rep.wake_s, WAKE, rep, rep.version)
 
     def _on_wake(self, rep: Replica, t: float) -> None:
         self._book(rep.site, rep.seg_dur, rep.seg_energy, t)
-        _, done = rep.finish_segment(t)
+        _, done, abandoned = rep.finish_segment(t)
         if done:
             self.site_running[rep.site] -= len(done)
             for r in done:
-                self._complete(r, t)
+                if r.timed_out:
+                    self.metrics.timed_out += 1
+                else:
+                    self._complete(r, t)
+        if abandoned:
+            self.site_running[rep.site] -= len(abandoned)
+            self.metrics.timed_out += len(abandoned)
         self._start(rep, t)
 
+    def _abandon(self, req: Request, t: float) -> None:
+        """The client of `req` gave up (timeout). Counted once; GPU time already spent stays
+        spent. A request in the batch leaves at its replica's next iteration boundary."""
+        st = req.state
+        m = self.metrics
+        if st == TRANSIT:  # its DELIVER event will find it DONE
+            req.state = DONE
+            self.site_waiting[req.site] -= 1
+            m.timed_out += 1
+        elif st == RETRY:
+            req.state = DONE
+            m.timed_out += 1
+            self._retry_dirty = True
+        elif st == QUEUED:
+            req.rep.abandon(req, t)
+            self.site_waiting[req.site] -= 1
+            m.timed_out += 1
+        elif (st == PREFILLING or st == DECODING) and not req.timed_out:
+            rep = req.rep
+            rep.abandon(req, t)
+            if rep.state == DECODE and rep.cut_segment(t):
+                rep.version += 1
+                self._push(rep.wake_s, WAKE, rep, rep.version)
+
     def _on_deliver(self, req: Request, t: float) -> None:
+        if req.state == DONE:  # its client gave up in transit (already counted)
+            return
         s = req.site
         if self.site_down[s]:
             self.site_waiting[s] -= 1
@@ -273,12 +397,22 @@ class GridSimulator:
                 ld = r.load()
                 if ld < best:
                     rep, best = r, ld
-        if req.kv_need > rep.kv_capacity:
-            # Can never fit this replica's KV cache: an explicit failure, not a silent drop.
+        if req.prompt_tokens >= rep.perf.model.max_context_tokens:
+            # Longer than the model's context window (the mask said so): an explicit failure.
             self.site_waiting[s] -= 1
+            req.state = DONE
+            self.metrics.failed += 1
+            self.metrics.failed_context += 1
+            return
+        if req.prompt_tokens + req.output_tokens > rep.kv_capacity:
+            # Could never fit this replica's KV cache even alone: an explicit failure.
+            self.site_waiting[s] -= 1
+            req.state = DONE
             self.metrics.failed += 1
             self.metrics.failed_oversize += 1
             return
+        req.rep = rep
+        req.state = QUEUED
         rep.waiting.append(req)
         if rep.state == IDLE:
             self._start(rep, t)
@@ -296,7 +430,11 @@ class GridSimulator:
             self._book(s, busy, energy, t)
             self.site_waiting[s] -= len(rep.waiting)
             for req in rep.evict_all():
-                self._retry_or_fail(req, t)
+                if req.timed_out:  # its client had already given up
+                    req.state = DONE
+                    self.metrics.timed_out += 1
+                else:
+                    self._retry_or_fail(req, t)
         self.site_running[s] = 0
 
     def _retry_or_fail(self, req: Request, t: float) -> None:
@@ -304,11 +442,14 @@ class GridSimulator:
             req.retries += 1
             req.site = -1
             req.first_token_s = -1.0
+            req.state = RETRY
+            req.rep = None
             self.metrics.retried += 1
             self._seq += 1
             heapq.heappush(self._retry, (t, self._seq, req))
             self._retry_dirty = True
         else:
+            req.state = DONE
             self.metrics.failed += 1
 
     def _complete(self, req: Request, t: float) -> None:
@@ -383,7 +524,7 @@ class GridSimulator:
             for rep in site_reps:
                 busy, energy = rep.partial_energy(horizon)
                 self._book(rep.site, busy, energy, horizon)
-                rep.state = IDLE  # booked up to the horizon; nothing runs after it
+                rep.seg_dur = rep.seg_energy = 0.0  # booked up to the horizon; nothing runs after it
         self.done = True
 
     def _idle_accounting(self, t_end: float) -> None:
@@ -406,8 +547,19 @@ class GridSimulator:
             m.idle_co2_g[s] = float(np.dot(kwh, np.asarray(spec.carbon_g_per_kwh)[idx]))
             m.provisioned_gpu_usd[s] = spec.gpus * spec.gpu_usd_per_h * t_end / 3600.0
 
+    def _fold_replicas(self) -> None:
+        """Per-site engine counters (preemptions, recompute, prefix cache), from the replicas."""
+        m = self.metrics
+        for s, reps in enumerate(self.replicas):
+            m.preemptions[s] = sum(r.preemptions for r in reps)
+            m.recomputed_tokens[s] = sum(r.recomputed_tokens for r in reps)
+            m.prefix_hit_tokens[s] = sum(r.hit_tokens for r in reps)
+            m.prefill_lookup_tokens[s] = sum(r.lookup_tokens for r in reps)
+            m.cache_evictions[s] = sum(r.pool.evictions for r in reps)
+
     def summary(self) -> dict:
         """Episode metrics up to now (see Metrics.summary)."""
+        self._fold_replicas()
         self._fold_book()
         self._idle_accounting(self.now)
         return self.metrics.summary(self.now)
@@ -415,7 +567,7 @@ class GridSimulator:
     def in_flight_census(self) -> dict:
         """Count in-flight requests from the data structures themselves (for invariant checks):
         pending decision, in transit to a site, queued, prefilling, decoding, awaiting re-routing."""
-        transit = sum(1 for e in self._events if e[2] == DELIVER)
+        transit = sum(1 for e in self._events if e[2] == DELIVER and e[3].state != DONE)
         queued = prefilling = decoding = 0
         for site_reps in self.replicas:
             for r in site_reps:
@@ -425,7 +577,7 @@ class GridSimulator:
         return {
             "pending": 0 if self.pending is None else 1,
             "transit": transit, "queued": queued, "prefilling": prefilling,
-            "decoding": decoding, "retry": len(self._retry),
+            "decoding": decoding, "retry": sum(1 for e in self._retry if e[2].state != DONE),
         }
 
     # ------------------------------------------------------------------ router view
@@ -442,11 +594,16 @@ class GridSimulator:
             self._price_now = [s.price_usd_per_kwh[self._local_hour_index(s.index, self.now)]
                                for s in self.topology.sites]
         kv = []
-        for site_reps in self.replicas:
-            used = cap = 0
-            for r in site_reps:
-                used += r.kv_reserved
-                cap += r.kv_capacity
+        now = self.now
+        for site_reps, cap in zip(self.replicas, self._kv_blocks):
+            used = 0.0
+            for r in site_reps:  # Replica.kv_used_blocks, inlined (once per replica per decision)
+                pool = r.pool
+                used += pool.private + pool.n_ref
+                if r.state == DECODE and r.seg_allocs:
+                    frac = (now - r.seg_start) / r.seg_dur
+                    if frac < 1.0:
+                        used -= r.seg_allocs * (1.0 - frac)
             kv.append(used / cap)
         return make_snapshot(
             self.statics, view, hour,

@@ -57,6 +57,8 @@ class SiteStatics:
     gpu_usd_per_h: tuple[float, ...]  # per GPU
     gpu_tdp_w: tuple[float, ...]  # per GPU
     site_power_factor: tuple[float, ...]  # PUE * (1 + server overhead)
+    # Longest prompt + output the site's model accepts; empty = no limit (older exports).
+    max_context_tokens: tuple[int, ...] = ()
 
     @property
     def n_sites(self) -> int:
@@ -75,7 +77,7 @@ class SiteStatics:
     @classmethod
     def from_dict(cls, d: dict) -> "SiteStatics":
         fields = cls.__dataclass_fields__
-        missing = [k for k in fields if k not in d]
+        missing = [k for k in fields if k not in d and k != "max_context_tokens"]
         if missing:
             raise ValueError(f"site statics: missing fields {missing}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
@@ -113,6 +115,7 @@ class SiteStatics:
             gpu_usd_per_h=tuple(s.gpu_usd_per_h for s in topo.sites),
             gpu_tdp_w=tuple(s.perf.gpu.tdp_w for s in topo.sites),
             site_power_factor=tuple(s.site_power_factor for s in topo.sites),
+            max_context_tokens=tuple(s.perf.model.max_context_tokens for s in topo.sites),
         )
 
 
@@ -138,7 +141,7 @@ class RouterSnapshot:
     hour_utc: float  # time of day, for the diurnal features
     waiting: np.ndarray  # requests sent but not yet running, per site
     running: np.ndarray  # requests being prefilled or decoded, per site
-    kv_util: np.ndarray  # fraction of KV capacity reserved, per site
+    kv_util: np.ndarray  # fraction of KV blocks in use, per site (paged, on demand)
     rtt_ms: np.ndarray  # RTT from the request's origin, per site
     energy_price_usd_per_kwh: np.ndarray
     up: np.ndarray  # bool
@@ -186,6 +189,8 @@ def _statics_arrays(st: SiteStatics) -> dict:
             "level_den": float(max(len(st.batch_levels) - 1, 1)),
         }
         cache["kv_cap_min"] = float(cache["kv_cap"].min())
+        ctx = np.asarray(st.max_context_tokens or [np.inf] * st.n_sites, dtype=np.float64)
+        cache["max_ctx"], cache["max_ctx_min"] = ctx, float(ctx.min())
         cache["model_ok"] = [cache["site_model"] == m for m in range(len(st.model_names))]
         cache["in_region"] = [
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
@@ -233,6 +238,8 @@ def make_snapshot(
     feasible = up & a["model_ok"][request.model] & (waiting < a["max_waiting"])
     if request.prompt_tokens >= a["kv_cap_min"]:
         feasible &= request.prompt_tokens < a["kv_cap"]
+    if request.prompt_tokens >= a["max_ctx_min"]:  # the prompt must leave room for an answer
+        feasible &= request.prompt_tokens < a["max_ctx"]
     if request.residency:
         feasible &= a["site_region"] == request.origin
     # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed

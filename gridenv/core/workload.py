@@ -53,6 +53,12 @@ class Arrivals:
     slo_class: np.ndarray  # int64 index into SLO_CLASSES
     model: np.ndarray  # int64 index into MODEL_NAMES
     residency: np.ndarray  # bool: must be served in its origin region
+    # Prefix-cache identity (None when no request shares anything): per request a sequence of
+    # ints (tuple or range) naming consecutive token blocks of hash_block_tokens tokens each,
+    # and how many KV blocks of the engine's block size the chain names (prefix_blocks).
+    prefix_hashes: list | None = None
+    prefix_blocks: np.ndarray | None = None  # int64
+    hash_block_tokens: int = 16
 
     def __len__(self) -> int:
         return len(self.time_s)
@@ -149,16 +155,24 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
     class_share = np.array([w.classes[c].share for c in class_names], dtype=float)
     class_share /= class_share.sum()
 
+    bs = scenario.engine.block_size_tokens
+    chains: list | None = None
+    chain_blocks: np.ndarray | None = None
+    hash_block_tokens = bs
     if w.arrivals == "trace":
         tr = w.trace
         trace, base_t, period_s, passes = trace_replay(scenario)
         prompt, output = trace.prompt_tokens, trace.output_tokens
+        hashes = trace.hash_ids
+        reps = passes
         if passes > 1:
             base_t = (base_t[None, :] + period_s * np.arange(passes)[:, None]).ravel()
             prompt, output = np.tile(prompt, passes), np.tile(output, passes)
         keep = base_t < scenario.horizon_s
         t, prompt, output = base_t[keep], prompt[keep].astype(np.int64), output[keep].astype(np.int64)
         n = len(t)
+        if hashes is not None and scenario.engine.prefix_caching:
+            chains, chain_blocks, hash_block_tokens = _mooncake_chains(hashes, reps, keep, prompt, bs)
         origin = rng.choice(len(pop), size=n, p=pop)
         if tr.slo_class is not None:
             cls_local = np.full(n, class_names.index(tr.slo_class))
@@ -179,6 +193,14 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
             idx = np.flatnonzero(cls_local == ci)
             prompt[idx] = _lengths(rng, w.classes[cname].prompt_tokens, len(idx))
             output[idx] = _lengths(rng, w.classes[cname].output_tokens, len(idx))
+        if any(c.prefix is not None for c in w.classes.values()):
+            from gridenv.core.sharing import apply_sharing
+
+            t, origin, cls_local, prompt, output, chains, chain_blocks = apply_sharing(
+                scenario, rng, class_names, t, origin, cls_local, prompt, output)
+            n = len(t)
+            if not scenario.engine.prefix_caching:
+                chains = chain_blocks = None
 
     model_names = list(w.models)
     model_share = np.array([w.models[m] for m in model_names], dtype=float)
@@ -194,4 +216,24 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
         slo_class=class_global,
         model=model_global,
         residency=residency,
+        prefix_hashes=chains,
+        prefix_blocks=chain_blocks,
+        hash_block_tokens=hash_block_tokens,
     )
+
+
+#: Tokens per Mooncake hash id (the trace's block size).
+MOONCAKE_BLOCK_TOKENS = 512
+
+
+def _mooncake_chains(hash_ids, reps: int, keep: np.ndarray, prompt: np.ndarray, bs: int):
+    """Mooncake ``hash_ids`` (one per 512-token block) as prefix chains of the engine's blocks:
+    hash h's j-th block of ``bs`` tokens gets key ``h * (512 // bs) + j`` (Request.block_key);
+    only full engine blocks of the prompt are named. A looped trace reuses its hashes."""
+    if MOONCAKE_BLOCK_TOKENS % bs:
+        raise ValueError(
+            f"engine.block_size_tokens={bs} must divide the Mooncake block of {MOONCAKE_BLOCK_TOKENS} tokens")
+    k = MOONCAKE_BLOCK_TOKENS // bs
+    chains = [h for h, kept in zip(list(hash_ids) * reps, keep) if kept]
+    n_named = np.fromiter((len(h) for h in chains), dtype=np.int64, count=len(chains)) * k
+    return chains, np.minimum(prompt // bs, n_named), MOONCAKE_BLOCK_TOKENS

@@ -17,7 +17,7 @@ def _rows(env):
             "up": sim.site_down[s] == 0,
             "waiting": sim.site_waiting[s],
             "running": sim.site_running[s],
-            "kv": sum(r.kv_reserved for r in sim.replicas[s]) / sum(r.kv_capacity for r in sim.replicas[s]),
+            "kv": sum(r.kv_used_blocks(sim.now) for r in sim.replicas[s]) / sum(r.pool.total for r in sim.replicas[s]),
             "batch": sim.max_batch[s],
             "ttft_pred_ms": float(snap.ttft_pred_s[s]) * 1e3 if snap is not None else float("nan"),
         }

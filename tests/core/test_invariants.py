@@ -1,12 +1,16 @@
 """Property tests over random scenarios and random valid actions: no request ever vanishes,
-the live counters agree with the data structures, energy never falls below the idle floor."""
+the live counters agree with the data structures, KV blocks and prefix-cache references agree
+with the requests holding them, energy never falls below the idle floor. The scenarios reach
+preemption (small KV caches, large batches), cache eviction (shared prefixes), client timeouts
+and context limits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
 
+from gridenv.core.engine import DONE
 from gridenv.core.scenario import load_scenario
 from gridenv.core.simulator import SHED, GridSimulator
 
@@ -22,6 +26,7 @@ def scenarios(draw) -> dict:
         gpu, model, tp = draw(st.sampled_from([
             ("L4", "llama-3-8b", 1), ("H100", "llama-3-8b", 1), ("A100", "llama-3-8b", 2),
             ("H100", "llama-3-70b", 4), ("A100", "llama-3-70b", 2),
+            ("H100", "llama-3-70b", 2),  # 9k tokens of KV: preemption and eviction under load
         ]))
         sites.append({
             "name": f"s{j}", "region": f"r{draw(st.integers(0, n_regions - 1))}",
@@ -49,9 +54,21 @@ def scenarios(draw) -> dict:
         ]
     arrivals = draw(st.sampled_from(["poisson", "gamma", "mmpp"]))
     code_share = draw(st.floats(0.0, 1.0))
+    prefix = draw(st.sampled_from([None, "system_prompt", "documents", "multi_turn"]))
+    chat = {"share": 1.0 - code_share, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000),
+            "timeout_s": draw(st.sampled_from([0.5, 3.0, 30.0])),
+            "e2e_timeout_s": draw(st.sampled_from([2.0, 20.0, 600.0]))}
+    if prefix:
+        chat["prefix"] = {"kind": prefix, "count": draw(st.integers(1, 50)),
+                          "tokens": draw(st.integers(16, 6000)), "think_time_s": draw(st.floats(0.5, 10.0)),
+                          "turns_mean": draw(st.floats(1.0, 6.0))}
     return {
         "name": "random", "horizon_s": draw(st.floats(5.0, 40.0)),
         "max_prefill_tokens": draw(st.sampled_from([512, 8192])),
+        "engine": {"scheduler": draw(st.sampled_from(["vllm-v1", "vllm-v0"])),
+                   "block_size_tokens": draw(st.sampled_from([1, 16, 32])),
+                   "max_num_batched_tokens": draw(st.sampled_from([None, 256, 8192])),
+                   "prefix_caching": draw(st.booleans())},
         "regions": regions, "sites": sites,
         "network": {"rtt_ms": {r["name"]: [draw(st.floats(0.0, 150.0)) for _ in sites] for r in regions}},
         "workload": {
@@ -60,7 +77,7 @@ def scenarios(draw) -> dict:
             **({"cv": draw(st.floats(0.5, 6.0))} if arrivals == "gamma" else {}),
             "diurnal": {"amplitude": draw(st.floats(0.0, 0.9)), "period_s": 40.0},
             "classes": {
-                "chat": {"share": 1.0 - code_share, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000)},
+                "chat": chat,
                 "code": {"share": code_share, "prompt_tokens": length(1500, 8192),
                          "output_tokens": length(20, 300)},
             },
@@ -68,28 +85,50 @@ def scenarios(draw) -> dict:
             "residency_share": draw(st.floats(0.0, 1.0)),
         },
         "faults": faults,
-        "actions": {"batch_levels": draw(st.sampled_from([[1], [4, 16], [8, 32, 128]])),
+        "actions": {"batch_levels": draw(st.sampled_from([[1], [4, 16], [8, 32, 128], [256]])),
                     "initial_batch_level": 0},
     }
+
+
+#: Always run (an explicit example): one small-KV site (70B on 2 x H100: 534 blocks of 4 tokens)
+#: under load with shared system prompts, tight client timeouts and two outages, so preemption,
+#: recompute, prefix hits, cache eviction and timeouts happen in every run of the property test.
+STRESS: dict = {
+    "name": "stress", "horizon_s": 40.0,
+    "engine": {"scheduler": "vllm-v1", "block_size_tokens": 4},
+    "regions": [{"name": "r0", "population": 1.0}],
+    "sites": [{"name": "s0", "region": "r0", "kind": "core", "gpu": "H100", "tp": 2, "replicas": 2,
+               "model": "llama-3-70b", "gpu_usd_per_h": 3.0, "max_queue": 64}],
+    "network": {"rtt_ms": {"r0": [10.0]}},
+    "workload": {
+        "arrivals": "poisson", "rate_rps": 6.0,
+        "classes": {"chat": {"share": 1.0, "prompt_tokens": {"median": 300, "sigma": 1.0, "max": 16000},
+                             "output_tokens": {"median": 600, "sigma": 1.0, "max": 4000},
+                             "timeout_s": 8.0, "e2e_timeout_s": 25.0,
+                             "prefix": {"kind": "system_prompt", "count": 40, "tokens": 160}}},
+        "models": {"llama-3-70b": 1.0},
+    },
+    "faults": {"max_retries": 1, "outages": [{"site": "s0", "start_s": 30.0, "duration_s": 1.0}, {"site": "s0", "start_s": 35.0, "duration_s": 1.0}]},
+    "actions": {"batch_levels": [256], "initial_batch_level": 0},
+}
 
 
 def check_conservation(sim: GridSimulator) -> None:
     m = sim.metrics
     census = sim.in_flight_census()
-    assert m.arrived == m.completed + m.shed + m.failed + sum(census.values())
+    assert m.arrived == m.completed + m.shed + m.failed + m.timed_out + sum(census.values())
     queued = [sum(len(r.waiting) for r in reps) for reps in sim.replicas]
     running = [sum(len(r.running) + len(r.prefilling) for r in reps) for reps in sim.replicas]
     transit = [0] * sim.n_sites
     for e in sim._events:
-        if e[2] == 1:  # DELIVER
+        if e[2] == 1 and e[3].state != DONE:  # DELIVER, client still waiting
             transit[e[3].site] += 1
     assert sim.site_running == running
     assert sim.site_waiting == [q + t for q, t in zip(queued, transit)]
     for reps in sim.replicas:
         for r in reps:
-            held = sum(e[2].kv_need for e in r.running)
-            held += sum(x.kv_need for x in r.prefilling)
-            assert r.kv_reserved == held <= r.kv_capacity
+            # blocks and cache references recomputed from the requests (asserts inside)
+            assert r.kv_census() == r.pool.used() <= r.pool.total
 
 
 def run_and_check(raw: dict, seed: int) -> set[str]:
@@ -127,11 +166,16 @@ def run_and_check(raw: dict, seed: int) -> set[str]:
     assert m.good <= m.completed
     # A request that is served at all was prefilled and reported its latency.
     assert len(m.ttft_s) == m.completed
-    return {k for k in ("completed", "shed", "failed", "retried", "failed_oversize") if getattr(m, k)}
+    fates = {k for k in ("completed", "shed", "failed", "retried", "failed_oversize", "timed_out",
+                         "failed_context", "over_context") if getattr(m, k)}
+    fates.update(k for k in ("preemptions", "recomputed_tokens", "prefix_hit_tokens", "cache_evictions")
+                 if getattr(m, k).sum())
+    return fates
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=scenarios(), seed=st.integers(0, 2**31 - 1))
+@example(raw=STRESS, seed=0)
 def test_no_request_vanishes_and_energy_above_idle_floor(raw: dict, seed: int) -> None:
     run_and_check(raw, seed)
 
@@ -156,7 +200,9 @@ def test_the_generator_reaches_every_fate() -> None:
         fates.update(run_and_check(raw, seed))
 
     run()
-    assert fates >= {"completed", "shed", "failed", "retried"}, fates
+    fates.update(run_and_check(STRESS, 0))  # the engine's paths under KV pressure
+    assert fates >= {"completed", "shed", "failed", "retried", "timed_out", "over_context",
+                     "preemptions", "recomputed_tokens", "prefix_hit_tokens", "cache_evictions"}, fates
 
 
 def test_idle_floor_cost_integrates_hourly_prices() -> None:

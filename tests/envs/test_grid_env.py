@@ -151,6 +151,7 @@ def test_action_mask_marks_infeasible_sites() -> None:
         assert np.array_equal(mask, info["action_mask"])
         for s in range(st.n_sites):
             ok = snap.up[s] and st.site_model[s] == req.model
+            ok = ok and req.prompt_tokens < st.max_context_tokens[s]  # room for an answer
             if req.residency:
                 ok = ok and st.site_region[s] == req.origin
             assert mask[s] == (ok and snap.waiting[s] < st.max_waiting[s])
