@@ -70,9 +70,9 @@ def test_split_is_disjoint_and_follows_the_stated_rule(bench):
     hold = {r.id for r in bench.rows if r.use == "holdout"}
     assert fit and hold and not fit & hold
     assert fit | hold == {r.id for r in bench.rows}
-    # The rule in the file's header: every TP8 row and the whole second source are held out.
+    # The rule in the file header: TP2 and TP8 rows and the whole second source are held out.
     for r in bench.rows:
-        expected = "holdout" if (r.tp == 8 or r.source == "surajssd-llm-k8s") else "fit"
+        expected = "holdout" if (r.tp in (2, 8) or r.source == "surajssd-llm-k8s") else "fit"
         assert r.use == expected, r.id
 
 
