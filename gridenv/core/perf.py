@@ -115,7 +115,7 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
 ALLREDUCE_REF_TP = 4
 
 #: The stack ``ReplicaPerf`` assumes when none is given.
-DEFAULT_SOFTWARE_STACK = "vllm-2024"
+DEFAULT_SOFTWARE_STACK = "vllm-0.6"
 
 #: Dynamic-energy calibration factor (``ReplicaPerf.energy_scale``). physics.md section 4: the
 #: raw model's GPU energy per token is about 2x below ML.ENERGY's measurement (Llama-3.1-8B on
