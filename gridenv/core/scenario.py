@@ -236,7 +236,7 @@ class Scenario(_Strict):
     name: str
     description: str = ""
     horizon_s: float = Field(gt=0, description="simulated seconds per episode")
-    software_stack: str = "vllm-2024"
+    software_stack: str = "vllm-0.6"
     max_prefill_tokens: int = Field(8192, ge=1, description="prompt tokens per prefill iteration")
     regions: list[Region] = Field(min_length=1)
     sites: list[Site] = Field(min_length=1)

@@ -15,7 +15,7 @@ import tyro
 
 from gridenv.core.perf import DEFAULT_SOFTWARE_STACK
 from gridenv.fidelity.data import BENCHMARKS_PATH, load_benchmarks
-from gridenv.fidelity.report import fidelity_table, format_table, summarize
+from gridenv.fidelity.report import fidelity_table, format_markdown, format_table, summarize
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Args:
     """Row ids to replay (default: every row)."""
     json: bool = False
     """Print JSON (rows and summary) instead of the table."""
+    markdown: bool = False
+    """Print the README's markdown table instead."""
     benchmarks: Path = BENCHMARKS_PATH
     """Benchmark file."""
 
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         json.dump({"stack": args.stack, "rows": table, "summary": summary}, sys.stdout, indent=1)
         print()
+    elif args.markdown:
+        print(format_markdown(table, summary))
     else:
         print(f"software stack: {args.stack}   benchmarks: {args.benchmarks.name}")
         print(format_table(table, summary))

@@ -7,7 +7,8 @@ import math
 from gridenv.fidelity.data import BenchmarkFile, BenchmarkRow
 from gridenv.fidelity.replay import METRICS, replay_row
 
-__all__ = ["TOLERANCES", "compare_row", "fidelity_table", "summarize", "format_table"]
+__all__ = ["TOLERANCES", "compare_row", "fidelity_table", "summarize", "format_table",
+           "format_markdown"]
 
 #: Targets on held-out rows (issue 9): |simulated / measured - 1| at most this.
 TOLERANCES = {
@@ -105,4 +106,26 @@ def format_table(table: list[dict], summary: dict) -> str:
         for m, why in r["not_comparable"].items():
             lines.append(f"(nc) {r['id']} {_SHORT[m]}: not comparable: {why}")
     lines.append("targets: " + ", ".join(f"{_SHORT[m]} {100 * t:.0f}%" for m, t in TOLERANCES.items()))
+    return "\n".join(lines)
+
+
+def format_markdown(table: list[dict], summary: dict) -> str:
+    """The README's table: per row, each metric as ``measured (error of the simulation)``."""
+    head = ("| row | use | load | " + " | ".join(_SHORT[m] for m in METRICS if m != "request_throughput_rps")
+            + " |")
+    metrics = [m for m in METRICS if m != "request_throughput_rps"]
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    for use in ("fit", "holdout"):
+        for r in (r for r in table if r["use"] == use):
+            cells = []
+            for m in metrics:
+                c = r["metrics"][m]
+                err = f"{100 * c['error']:+.0f}%" if c["comparable"] else "n/c"
+                cells.append(f"{c['measured']:.0f} ({err})" if c["measured"] >= 100
+                             else f"{c['measured']:.1f} ({err})")
+            lines.append(f"| `{r['id']}` | {use} | {r['load']} | " + " | ".join(cells) + " |")
+    for use, s in summary.items():
+        cells = [f"{100 * s['mean_abs_error'][m]:.1f}% ({s['within_target'][m]}/{s['compared'][m]})"
+                 for m in metrics]
+        lines.append(f"| mean abs. error (rows within target) | {use} | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
