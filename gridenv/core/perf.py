@@ -84,22 +84,22 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # 10 and 320 ShareGPT requests sent at once; LambdaLabsML/vllm-benchmark). Held-out rows
     # (TP8, another operator's Poisson runs) check it; ``python -m gridenv.fidelity`` prints
     # both. What the data demand:
-    # * c_per_seq_s 51 us: at 300 running sequences an 8B decode step on H100 takes ~20 ms
+    # * c_per_seq_s 55 us: at 300 running sequences an 8B decode step on H100 takes ~20 ms
     #   where weights and KV reads explain ~8 ms; per-sequence CPU work (block tables, sampling,
     #   output processing) is the rest, and it is what caps saturated throughput;
-    # * c_iter_s 0.19 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
+    # * c_iter_s 0.17 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
     #   light-load step is nearly the roofline (8B on H100: 7.3 ms at batch 10);
-    # * all-reduce latency x0.33 and bandwidth x0.48 of the catalog's NCCL figures: 70B TP4 /
+    # * all-reduce latency x0.33 and bandwidth x0.47 of the catalog's NCCL figures: 70B TP4 /
     #   TP8 decode is 17.5 / 11.5 ms per step on H100 at batch 8, which the catalog's all-reduce
     #   overstates by 25% (vLLM's custom all-reduce, CUDA graphs);
     # * c_admit_s 2.4 ms: a 320-request burst reaches the engine only after ~0.8 s (H100) of
     #   API-server work; the engine simulator does not model the API server (the replay does).
     "vllm-0.6": {
-        "c_iter_s": 0.19e-3,
-        "c_per_seq_s": 51e-6,
+        "c_iter_s": 0.17e-3,
+        "c_per_seq_s": 55e-6,
         "allreduce_latency_scale": 0.33,
-        "allreduce_bw_scale": 0.48,
-        "c_admit_s": 2.4e-3,
+        "allreduce_bw_scale": 0.47,
+        "c_admit_s": 2.35e-3,
     },
     "splitwise-2023": {
         "c_iter_s": 10e-3,

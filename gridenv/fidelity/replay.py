@@ -121,6 +121,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
 
     first_s = [0.0] * n
     done_s = [0.0] * n
+    last_step_s = [0.0] * n  # iteration time when the request finished
     n_done = 0
     t = 0.0
     busy = False
@@ -148,12 +149,14 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
                 rep.cut_segment(t)
             continue
         t = rep.wake_s
+        step_s = rep.seg_dur / max(rep.seg_k, 1)  # mean iteration of the segment ending now
         # (first tokens, finished[, abandoned]) depending on the engine version
         first, done = rep.finish_segment(t)[:2]
         for r in first:
             first_s[r.id] = t
         for r in done:
             done_s[r.id] = t
+            last_step_s[r.id] = step_s
             n_done += 1
             if closed and next_send < n:
                 sends[next_send] = t
@@ -161,10 +164,10 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
                 next_send += 1
         busy = rep.start(t, max_batch)
 
-    return _measure(row, sends, first_s, done_s, outputs)
+    return _measure(row, sends, first_s, done_s, last_step_s, outputs)
 
 
-def _measure(row, sends, first_s, done_s, outputs) -> SimulatedRun:
+def _measure(row, sends, first_s, done_s, last_step_s, outputs) -> SimulatedRun:
     k = row.server.num_scheduler_steps
     ttft_ms, tpot_ms = [], []
     end = 0.0
@@ -172,9 +175,9 @@ def _measure(row, sends, first_s, done_s, outputs) -> SimulatedRun:
         ttft = first_s[i] - sends[i]
         finish = done_s[i]
         if n_out > 1:
-            step = (done_s[i] - first_s[i]) / (n_out - 1)
-            # Multi-step: the last token reaches the client at the end of its chunk of k steps.
-            finish = first_s[i] + step * k * math.ceil((n_out - 1) / k)
+            # Multi-step: the last token reaches the client at the end of its chunk of k steps
+            # (counted from its first decode step), after the chunk's remaining iterations.
+            finish += last_step_s[i] * (-(n_out - 1) % k)
             tpot_ms.append(1e3 * (finish - first_s[i]) / (n_out - 1))
         # benchmark_serving records TTFT 0 for a completion that streamed no text.
         ttft_ms.append(1e3 * ttft if n_out > 0 else 0.0)
