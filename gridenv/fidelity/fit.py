@@ -9,7 +9,8 @@ summary. Held-out rows are never read by the objective.
 Fitted terms (``ReplicaPerf`` keyword arguments), everything else is the catalog's:
 ``c_iter_s`` (CPU time per iteration), ``c_per_seq_s`` (per sequence in the batch),
 ``allreduce_latency_scale`` and ``allreduce_bw_scale`` (the GPU's all-reduce latency and bus
-bandwidth), ``c_admit_s`` (API-server time per request, serial).
+bandwidth), ``c_admit_s`` (API-server time per request, serial), ``attn_per_seq_s`` (per-sequence
+GPU time of a decode step on one GPU, split over the TP ranks).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ PARAMS: tuple[tuple[str, float, float, float], ...] = (
     ("allreduce_latency_scale", 1.0, 0.05, 5.0),
     ("allreduce_bw_scale", 1.0, 0.05, 5.0),
     ("c_admit_s", 1e-3, 1e-5, 20e-3),
+    ("attn_per_seq_s", 10e-6, 1e-7, 1e-3),
 )
 
 #: Metrics in the objective (request throughput is output throughput over the same duration).

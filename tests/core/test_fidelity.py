@@ -148,14 +148,14 @@ def test_light_load_rows_within_target(bench, row_id):
     of the perf model that moves decode or prefill time by more than that fails here."""
     res = compare_row(bench, bench.by_id[row_id], FITTED_STACK)
     for m in ("output_throughput_tps", "tpot_median_ms", "tpot_mean_ms", "ttft_median_ms"):
-        tol = TOLERANCES[m]
-        if row_id.endswith("tp8-n10") and m.startswith("ttft"):
-            tol = 0.16  # held out: reported at -15%, see README
-        assert abs(res["metrics"][m]["error"]) <= tol, (m, res["metrics"][m])
+        assert abs(res["metrics"][m]["error"]) <= TOLERANCES[m], (m, res["metrics"][m])
 
 
-def test_saturated_fit_rows_within_target_for_throughput(bench):
-    for rid in ("lambda-a100-8b-tp1-n320", "lambda-h100-70b-tp4-n320", "lambda-a100-70b-tp4-n320"):
+def test_saturated_rows_within_target_for_throughput(bench):
+    """Saturated throughput, fit rows and held-out TP8 rows (the H100 8B TP1 fit row is 12% low
+    and the held-out TP2 row 16% low: README)."""
+    for rid in ("lambda-a100-8b-tp1-n320", "lambda-h100-8b-tp4-n320", "lambda-h100-70b-tp4-n320",
+                "lambda-a100-70b-tp4-n320", "lambda-h100-70b-tp8-n320", "lambda-a100-70b-tp8-n320"):
         res = compare_row(bench, bench.by_id[rid], FITTED_STACK)
         assert abs(res["metrics"]["output_throughput_tps"]["error"]) <= 0.10, rid
 
