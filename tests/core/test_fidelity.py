@@ -65,6 +65,19 @@ def test_workload_lengths_match_the_cited_totals(bench):
             assert sum(outputs) == pytest.approx(r.measured.output_tokens, rel=0.02), r.id
 
 
+def test_measured_figures_are_consistent_with_each_other(bench):
+    """A transcription check: each row's throughputs equal its token and request counts over
+    its duration, as benchmark_serving computes them (to the rounding kept in the file)."""
+    for r in bench.rows:
+        m = r.measured
+        if m.duration_s is None or m.output_tokens is None:
+            continue
+        assert m.output_throughput_tps == pytest.approx(m.output_tokens / m.duration_s, rel=2e-3), r.id
+        assert m.request_throughput_rps == pytest.approx(r.workload.n_requests / m.duration_s,
+                                                         rel=2e-3), r.id
+        assert m.ttft_mean_ms < 60e3 and m.tpot_median_ms <= m.tpot_mean_ms * 1.05, r.id
+
+
 def test_split_is_disjoint_and_follows_the_stated_rule(bench):
     fit = {r.id for r in bench.rows if r.use == "fit"}
     hold = {r.id for r in bench.rows if r.use == "holdout"}
