@@ -36,8 +36,12 @@ class Args:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv)
-    bench = load_benchmarks(args.benchmarks)
-    table = fidelity_table(bench, args.stack, args.rows or None)
+    try:
+        bench = load_benchmarks(args.benchmarks)
+        table = fidelity_table(bench, args.stack, args.rows or None)
+    except (KeyError, ValueError) as e:
+        print(f"gridenv.fidelity: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     summary = summarize(table)
     if args.json:
         json.dump({"stack": args.stack, "rows": table, "summary": summary}, sys.stdout, indent=1)

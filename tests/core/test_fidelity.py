@@ -193,9 +193,11 @@ def test_command_json_on_a_subset():
             assert math.isfinite(c["simulated"]) and c["measured"] > 0, (r["id"], m)
 
 
-def test_command_rejects_unknown_rows():
-    with pytest.raises(KeyError, match="unknown row ids"):
-        main(["--rows", "no-such-row"])
+def test_command_rejects_unknown_rows_and_stacks(capsys):
+    assert main(["--rows", "no-such-row"]) == 2
+    assert "unknown row ids ['no-such-row']" in capsys.readouterr().err
+    assert main(["--stack", "nope"]) == 2
+    assert "unknown software_stack 'nope'" in capsys.readouterr().err
 
 
 def test_fit_objective_reads_fit_rows_only(monkeypatch):
