@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent
 @dataclass
 class Args:
     scenario: str = "metro"
-    """scenario name (configs/scenarios/<name>.yaml) or env id (gridenv/Metro-v0)"""
+    """scenario name (configs/scenarios/<name>.yaml) or env id (gridenv/Metro-v1)"""
     algo: str = "maskable_ppo"
     """maskable_ppo (sb3-contrib MaskablePPO, reads env.action_masks()) or ppo (plain PPO; masked sites are shed by the env)"""
     total_timesteps: int = 500_000
@@ -228,7 +228,8 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
 
             policy = MaskableSiteScoringPolicy if args.algo == "maskable_ppo" else SiteScoringPolicy
             policy_kwargs.pop("net_arch")
-            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden)
+            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden,
+                                 n_site_features=venv.get_attr("interface")[0].n_site_features)
         elif policy_name == "mlp":
             policy = "MlpPolicy"
         else:
@@ -243,7 +244,8 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
     # 4. Record what was run.
     record = {"args": dataclasses.asdict(args), "scenario": scenario, "env_id": env_id, "n_envs": n_envs,
               "hyperparams": T.load_hyperparams(hp_path, scenario) | {"env_config": env_config or {}},
-              "eval_seeds": eval_seeds, "commands": []}
+              "eval_seeds": eval_seeds, "commands": [],
+              "interface": venv.get_attr("interface")[0].record()}  # checked by SB3Policy / export
     if (run_dir / "args.json").is_file() and args.resume:
         record["commands"] = json.loads((run_dir / "args.json").read_text()).get("commands", [])
     record["commands"].append(command or shlex.join([sys.executable, *sys.argv]))

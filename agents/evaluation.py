@@ -137,7 +137,7 @@ def _seed_list(raw, where: str) -> tuple[int, ...]:
 
 
 def resolve_scenario(name_or_id: str) -> str:
-    """A scenario name from a name (``metro``) or a registered id (``gridenv/Metro-v0``)."""
+    """A scenario name from a name (``metro``) or a registered id (``gridenv/Metro-v1``)."""
     from gridenv.core.scenario import scenario_names
     from gridenv.envs.registration import env_id
 
@@ -271,15 +271,14 @@ def run_episode(ep: EpisodeSpec) -> dict:
 
     policy = _policy(ep.spec)
     env = gym.make(env_id(ep.scenario), config=dict(ep.overrides))
-    core = env.unwrapped
     t0 = time.perf_counter()
     obs, info = env.reset(seed=ep.seed)
     policy.reset(ep.seed)
     reward, decisions = 0.0, 0
     terms = {"goodput_value_usd": 0.0, "energy_cost_usd": 0.0, "gpu_cost_usd": 0.0}
-    shed = np.array([core.max_sites, 0])
+    shed = np.array([int(env.action_space.nvec[0]) - 1, 0])
     while True:
-        snap = core.snapshot
+        snap = info["snapshot"]  # the router-visible snapshot travels in info
         action = shed if snap is None else policy.act(obs, snap)
         obs, r, terminated, truncated, info = env.step(action)
         reward += r

@@ -119,7 +119,7 @@ class HyperparamError(ConfigError):
 
 # ----------------------------------------------------------------------------- hyperparameters
 def resolve_scenario(name: str) -> tuple[str, str]:
-    """``metro`` or ``gridenv/Metro-v0`` -> (``metro``, ``gridenv/Metro-v0``); ValueError if unknown."""
+    """``metro`` or ``gridenv/Metro-v1`` -> (``metro``, ``gridenv/Metro-v1``); ValueError if unknown."""
     from gridenv.core.scenario import scenario_names
 
     names = scenario_names()
@@ -166,7 +166,7 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
     """The ``default:`` entry of `path`, overridden by the entry for `scenario`.
 
     A per-scenario entry is keyed by the scenario name (``metro``) or its env id
-    (``gridenv/Metro-v0``), not both. Nested mappings (``normalize``, ``env_config``) merge key by
+    (``gridenv/Metro-v1``), not both. Nested mappings (``normalize``, ``env_config``) merge key by
     key; everything else (e.g. ``net_arch``) is replaced. Every entry of the file is validated,
     so a typo in another scenario's entry is reported too.
     """

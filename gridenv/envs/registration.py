@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["env_id", "register_envs", "ENV_VERSION"]
 
-#: Bump when dynamics or reward change (and add a line to GridEnv's Version History).
-ENV_VERSION = 0
+#: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
+#: History). v1: observation interface slots-2 (gridenv.core.interface). Old ids are not
+#: registered, so gym.make("gridenv/Metro-v0") raises gymnasium's DeprecatedEnv naming -v1.
+ENV_VERSION = 1
 
 
 def env_id(scenario_name: str) -> str:
-    """``distributed-edge`` -> ``gridenv/DistributedEdge-v0``."""
+    """``distributed-edge`` -> ``gridenv/DistributedEdge-v1``."""
     camel = "".join(part.capitalize() for part in scenario_name.replace("_", "-").split("-"))
     return f"gridenv/{camel}-v{ENV_VERSION}"
 
@@ -23,8 +25,8 @@ def register_envs() -> list[str]:
     for name in scenario_names():
         eid = env_id(name)
         # The namespaced id, and a bare alias so that the module:id form
-        # gym.make("gridenv:Metro-v0") works in a fresh interpreter (it imports gridenv, then
-        # looks the part after the colon up); "gridenv:gridenv/Metro-v0" works as well.
+        # gym.make("gridenv:Metro-v1") works in a fresh interpreter (it imports gridenv, then
+        # looks the part after the colon up); "gridenv:gridenv/Metro-v1" works as well.
         for rid in (eid, eid.split("/", 1)[1]):
             if rid not in gym.registry:
                 gym.register(id=rid, entry_point="gridenv.envs.grid_env:GridEnv",

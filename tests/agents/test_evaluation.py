@@ -218,7 +218,7 @@ def test_suites_file():
     assert sorted(suites["standard"].scenarios) == sorted(scenario_names())
     assert len(suites["standard"].seeds) == 10
     assert set(suites["claims"].scenarios) == {"centralized", "distributed-edge"}
-    assert get_suite("smoke", scenarios=["gridenv/Metro-v0"]).scenarios == ("metro",)
+    assert get_suite("smoke", scenarios=["gridenv/Metro-v1"]).scenarios == ("metro",)
     with pytest.raises(ValueError, match="known suites: .*smoke"):
         get_suite("nope")
 
