@@ -85,7 +85,12 @@ _CLASS_SPEC = re.compile(r"(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|.+\.py):[A-Za-
 
 
 def _load_class(spec: str) -> Policy:
-    """``module:Class`` / ``file.py:Class`` -> ``Class()``, which must be a Policy subclass."""
+    """``module:Class`` / ``file.py:Class`` -> ``Class()``, which must be a Policy subclass.
+
+    Every user mistake is one ValueError (FileNotFoundError for a missing file) naming the spec:
+    a syntax error (file and line), an exception while importing, a missing class or one that
+    is not a Policy, a constructor that needs arguments or raises.
+    """
     where, _, name = spec.rpartition(":")
     if where.endswith(".py"):
         path = Path(where).expanduser().resolve()
@@ -100,6 +105,14 @@ def _load_class(spec: str) -> Policy:
             sys.modules[mod_name] = mod
             try:
                 loader_spec.loader.exec_module(mod)
+            except SyntaxError as e:
+                del sys.modules[mod_name]
+                raise ValueError(f"policy {spec!r}: syntax error in {where} line {e.lineno}: {e.msg}") from None
+            except Exception as e:
+                del sys.modules[mod_name]
+                raise ValueError(
+                    f"policy {spec!r}: importing {where} raised {type(e).__name__}: {e}"
+                ) from None
             except BaseException:
                 del sys.modules[mod_name]
                 raise
@@ -108,7 +121,53 @@ def _load_class(spec: str) -> Policy:
             mod = importlib.import_module(where)
         except ModuleNotFoundError as e:
             raise ValueError(f"policy {spec!r}: cannot import module {where!r} ({e})") from None
+        except SyntaxError as e:
+            raise ValueError(f"policy {spec!r}: syntax error in {e.filename} line {e.lineno}: {e.msg}") from None
+        except Exception as e:
+            raise ValueError(f"policy {spec!r}: importing {where} raised {type(e).__name__}: {e}") from None
     cls = getattr(mod, name, None)
+    if cls is None:
+        raise ValueError(f"policy {spec!r}: {where} has no Policy subclass named {name!r} (no such name)")
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise ValueError(f"policy {spec!r}: {where} has no Policy subclass named {name!r}")
-    return cls()
+        what = f"class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ValueError(f"policy {spec!r}: {where}:{name} is {what}, not a subclass of agents.policy.Policy")
+    if getattr(cls, "__abstractmethods__", None):
+        raise ValueError(f"policy {spec!r}: {name} does not implement "
+                         f"{', '.join(sorted(cls.__abstractmethods__))}")
+    try:
+        policy = cls()
+    except TypeError as e:
+        raise ValueError(f"policy {spec!r}: {name}() failed ({e}); a policy class given as "
+                         "module:Class must be constructible with no arguments") from None
+    except Exception as e:
+        raise ValueError(f"policy {spec!r}: {name}() raised {type(e).__name__}: {e}") from None
+    policy.act = _checked_act(policy.act, spec)  # user code: name it when its action is bad
+    return policy
+
+
+def _checked_act(act, spec: str):
+    """`act`, raising InvalidActionError (a ValueError) naming `spec` and the action when it is
+    not in the action space (non-finite, fractional, wrong shape or type, out of range)."""
+    import numpy as np
+
+    from gridenv.envs.grid_env import InvalidActionError
+
+    def checked(obs, snapshot):
+        action = act(obs, snapshot)
+        st = snapshot.statics
+        try:
+            a = np.asarray(action)
+            ok = (a.dtype.kind in "iuf" and a.shape == (2,) and bool(np.isfinite(a).all())
+                  and bool((a == np.round(a)).all()) and 0 <= a[0] <= st.max_sites
+                  and 0 <= a[1] < len(st.batch_levels))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            shown = repr(action)
+            raise InvalidActionError(
+                f"policy {spec!r} returned action {shown[:80]}, not [site, batch_level] integers in "
+                f"MultiDiscrete([{st.max_sites + 1}, {len(st.batch_levels)}])"
+            )
+        return action
+
+    return checked

@@ -3,6 +3,12 @@
     python -m gridenv.bench                 # a table
     python -m gridenv.bench --json          # [{"scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb"}, ...]
     python -m gridenv.bench --scenarios gridenv/Metro-v1 --min-seconds 10
+    python -m gridenv.bench --scenarios metro,configs/scenarios/bursty.yaml
+
+``--scenarios`` takes env ids (``gridenv/Metro-v1``), scenario names (``metro``) and scenario
+YAML paths. Bad flags are usage errors (one line, exit status 2). A scenario whose child process
+fails or outlives ``--timeout-s`` is reported on stderr with its error; the others still run, and
+the exit status is then 1.
 
 Each scenario runs in a fresh child process pinned to one core (so peak RSS is that scenario's
 own), through ``gym.make(id)`` with its default wrappers, under a random valid policy (a
@@ -14,25 +20,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
+import queue as queue_mod
 import resource
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["bench_scenario", "main"]
 
 
-def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
-    """Run in the current process; returns the figures for one scenario."""
-    import gymnasium as gym
-    import numpy as np
+def _is_yaml(target: str) -> bool:
+    return Path(target).suffix in (".yaml", ".yml")
 
-    import gridenv  # noqa: F401
+
+def _make_env(target: str):
+    """``gym.make`` of an env id, or of a scenario YAML path (same wrappers as a registered id)."""
+    import gymnasium as gym
+
+    import gridenv
+
+    if _is_yaml(target):
+        return gym.make(gridenv.ENV_IDS[0], scenario=target)  # the id only supplies the wrappers
+    return gym.make(target)
+
+
+def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
+    """Run in the current process; returns the figures for one scenario (env id or YAML path)."""
+    import numpy as np
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    env = gym.make(env_id)
+    env = _make_env(env_id)
     n_sites_plus_shed = env.unwrapped.max_sites + 1
     n_levels = env.unwrapped.n_levels
     rng = np.random.default_rng(12345)
@@ -65,44 +86,139 @@ def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
     }
 
 
-def _child(env_id: str, min_seconds: float, queue) -> None:
-    queue.put(bench_scenario(env_id, min_seconds))
+def _child(target: str, min_seconds: float, queue) -> None:
+    try:
+        queue.put(("ok", bench_scenario(target, min_seconds)))
+    except BaseException as e:  # reported by the parent, which never waits on a dead child
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _run_child(ctx, target: str, min_seconds: float, timeout_s: float) -> tuple[dict | None, str | None]:
+    """(result, None) or (None, error) from one child process; waits at most `timeout_s`."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(target, min_seconds, queue), daemon=True)
+    proc.start()
+    deadline = time.monotonic() + timeout_s
+    answered = False
+    try:
+        while True:
+            try:
+                status, payload = queue.get(timeout=0.2)
+                answered = True
+                return (payload, None) if status == "ok" else (None, payload)
+            except queue_mod.Empty:
+                pass
+            if not proc.is_alive():
+                try:  # it may have put its answer just before exiting
+                    status, payload = queue.get(timeout=1.0)
+                    answered = True
+                    return (payload, None) if status == "ok" else (None, payload)
+                except queue_mod.Empty:
+                    return None, f"child process exited with code {proc.exitcode} and no result"
+            if time.monotonic() > deadline:
+                return None, f"timed out after {timeout_s:g} s (--timeout-s); child stopped"
+    finally:
+        proc.join(timeout=5.0 if answered else 0.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        queue.close()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def resolve_targets(spec: str | None) -> list[str]:
+    """Env ids / scenario names / YAML paths -> env ids and YAML paths; ValueError names the bad one."""
+    import gridenv
+    from gridenv.core.scenario import ScenarioError, load_scenario, scenario_names
+    from gridenv.envs.registration import env_id
+
+    if spec is None:
+        return list(gridenv.ENV_IDS)
+    items = [s.strip() for s in spec.split(",")]
+    if not any(items):
+        raise ValueError(f"--scenarios: expected comma-separated scenarios, got {spec!r}")
+    names = scenario_names()
+    by_bare = {i.split("/", 1)[1]: i for i in gridenv.ENV_IDS}
+    out = []
+    for item in items:
+        if not item:
+            raise ValueError(f"--scenarios: empty name in {spec!r}")
+        if _is_yaml(item):
+            try:
+                load_scenario(item)  # a bad file is a usage error here, not a child failure
+            except ScenarioError as e:
+                raise ValueError(f"--scenarios {item}: {e}") from None
+            out.append(item)
+        elif item in gridenv.ENV_IDS:
+            out.append(item)
+        elif item.removeprefix("gridenv:") in by_bare or item.removeprefix("gridenv:") in gridenv.ENV_IDS:
+            bare = item.removeprefix("gridenv:")
+            out.append(by_bare.get(bare, bare))
+        elif item in names:
+            out.append(env_id(item))
+        else:
+            raise ValueError(f"unknown scenario id {item!r}; known: names {names}, ids {gridenv.ENV_IDS}, "
+                             "or a scenario .yaml path")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gridenv.bench", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="python -m gridenv.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--scenarios", default=None, help="comma-separated env ids (default: all registered)")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="wall seconds per scenario (default 3)")
+    parser.add_argument("--scenarios", default=None,
+                        help="comma-separated env ids, scenario names or YAML paths (default: all registered)")
+    parser.add_argument("--min-seconds", type=_positive_seconds, default=3.0,
+                        help="wall seconds per scenario (default 3)")
+    parser.add_argument("--timeout-s", type=_positive_seconds, default=None,
+                        help="give up on a scenario's child process after this many wall seconds "
+                             "(default: 120 + 10 x --min-seconds)")
     args = parser.parse_args(argv)
-
-    import gridenv
-
-    ids = gridenv.ENV_IDS if args.scenarios is None else [s.strip() for s in args.scenarios.split(",")]
-    unknown = [i for i in ids if i not in gridenv.ENV_IDS]
-    if unknown:
-        print(f"error: unknown scenario id(s) {unknown}; known: {gridenv.ENV_IDS}", file=sys.stderr)
-        return 2
-    if args.min_seconds <= 0:
-        print("error: --min-seconds must be positive", file=sys.stderr)
-        return 2
+    try:
+        targets = resolve_targets(args.scenarios)
+    except ValueError as e:
+        parser.error(str(e))
+    timeout_s = args.timeout_s if args.timeout_s is not None else 120.0 + 10.0 * args.min_seconds
 
     ctx = mp.get_context("spawn")
-    results = []
-    for env_id in ids:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(env_id, args.min_seconds, queue))
-        proc.start()
-        res = queue.get()
-        proc.join()
+    results, failures = [], []
+    for target in targets:
+        res, err = _run_child(ctx, target, args.min_seconds, timeout_s)
+        if err is not None:
+            failures.append(target)
+            print(f"python -m gridenv.bench: scenario {target} failed: {err}", file=sys.stderr, flush=True)
+            continue
+        res["scenario"] = target
         results.append(res)
         if not args.json:
-            print(f"{env_id:<28} {res['decisions_per_s']:>12,.0f} decisions/s "
+            print(f"{target:<28} {res['decisions_per_s']:>12,.0f} decisions/s "
                   f"{res['sim_s_per_wall_s']:>10,.0f} sim s/wall s {res['peak_rss_mb']:>8.1f} MB peak RSS",
                   flush=True)
     if args.json:
         keys = ("scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb")
         print(json.dumps([{k: r[k] for k in keys} for r in results], indent=2))
+    if failures:
+        print(f"python -m gridenv.bench: {len(failures)} of {len(targets)} scenario(s) failed: "
+              f"{', '.join(failures)}", file=sys.stderr)
+        return 1
     return 0
 
 

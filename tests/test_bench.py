@@ -26,4 +26,4 @@ def test_bad_flags_get_one_clear_line() -> None:
     out = run("--scenarios", "gridenv/Atlantis-v1")
     assert out.returncode == 2 and "unknown scenario id" in out.stderr and "Atlantis" in out.stderr
     out = run("--min-seconds", "-1")
-    assert out.returncode == 2 and "--min-seconds must be positive" in out.stderr
+    assert out.returncode == 2 and "--min-seconds: must be a finite number of seconds > 0" in out.stderr

@@ -71,9 +71,9 @@ class GridSimulator:
         self.arrivals: Arrivals | None = None
         self.done = True
         if scenario.workload.arrivals == "trace":  # fail at construction on a bad trace file
-            from gridenv.core.workload import load_trace_cached
+            from gridenv.core.workload import trace_replay
 
-            load_trace_cached(scenario.workload.trace.path, scenario.workload.trace.format)
+            trace_replay(scenario)  # also refuses a replay too long for memory
 
     # ------------------------------------------------------------------ episode
     def reset(self, rng: np.random.Generator) -> None:

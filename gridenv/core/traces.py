@@ -15,8 +15,14 @@ Rules shared by both loaders:
   (minimum ContextTokens 2, GeneratedTokens 6), so nothing is clamped: a count < 1 is a
   :class:`TraceError`, as is any other malformed value. Messages name the file, the 1-based
   line number and the column or key at fault.
+* Timestamps must be non-negative integers (Mooncake ms) or ``YYYY-MM-DD HH:MM:SS.fffffff``
+  (Azure); JSON ``NaN``/``Infinity``, fractions, booleans and negative values are a
+  :class:`TraceError`, so every arrival time and length is finite.
 * Requests are ordered by arrival with a *stable* sort (rows with equal timestamps keep their
-  file order). No row is ever dropped. The published Azure files are already in order.
+  file order): unsorted files are accepted and sorted, not refused. No row is ever dropped.
+  The published Azure files are already in order. Looping is defined in
+  :mod:`gridenv.core.workload` (any timestamps, including a single row, loop with a finite
+  period).
 * Arrival times are seconds since the earliest request, so ``arrival_s[0] == 0.0``.
   Azure timestamps are parsed with integer arithmetic (whole seconds + nanoseconds), so the
   100 ns resolution of the files survives into the float64 offsets.

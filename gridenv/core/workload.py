@@ -14,8 +14,16 @@ Synthetic arrivals (``poisson``, ``gamma``, ``mmpp``) are made in three steps:
 
 The mean total rate over a day is ``rate_rps``. Trace replay takes times and lengths from the
 trace (times divided by ``rate_scale``; looped if asked) and assigns each request an origin region
-by drawing from the population shares; its SLO class is the trace's ``slo_class`` or drawn by
+by drawing from the population weights; its SLO class is the trace's ``slo_class`` or drawn by
 share, and the model and residency are drawn by their shares.
+
+Looping (``loop: true``) repeats the trace with period ``span + mean gap`` (span = last minus
+first scaled arrival, mean gap = span / (n - 1)), so the gap between the last request of one
+pass and the first of the next is the trace's mean gap; the period is at least
+:data:`MIN_LOOP_PERIOD_S` (a single row, or rows that all share one timestamp, repeat once per
+second). A replay that would exceed :data:`~gridenv.core.scenario.MAX_REQUESTS_PER_EPISODE`
+requests in one episode is refused with a :class:`~gridenv.core.scenario.ScenarioError` when
+the simulator is built.
 """
 
 from __future__ import annotations
@@ -25,10 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridenv.core.scenario import SLO_CLASSES, LengthDist, Scenario
+from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, SLO_CLASSES, LengthDist, Scenario, ScenarioError
 from gridenv.core.topology import MODEL_NAMES, Topology
 
-__all__ = ["Arrivals", "generate_arrivals", "diurnal_factor"]
+__all__ = ["Arrivals", "generate_arrivals", "diurnal_factor", "trace_replay", "MIN_LOOP_PERIOD_S"]
+
+#: Shortest loop period of a replayed trace, seconds (after ``rate_scale``).
+MIN_LOOP_PERIOD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,31 @@ def load_trace_cached(path: str, fmt: str | None):
     return load_trace(path, fmt)
 
 
+def trace_replay(scenario: Scenario):
+    """(trace, scaled arrival times of one pass, loop period_s, passes) of a trace scenario.
+
+    Raises ScenarioError when the replay would exceed MAX_REQUESTS_PER_EPISODE requests.
+    """
+    tr = scenario.workload.trace
+    trace = load_trace_cached(tr.path, tr.format)
+    base_t = trace.arrival_s / tr.rate_scale
+    n = len(base_t)
+    span = float(base_t[-1] - base_t[0]) if n else 0.0
+    mean_gap = span / (n - 1) if n > 1 else 0.0
+    period_s = max(span + mean_gap, MIN_LOOP_PERIOD_S)
+    horizon = scenario.horizon_s
+    passes = int(np.ceil(horizon / period_s)) if tr.loop and n and span < horizon else 1
+    in_horizon = int(np.searchsorted(base_t, horizon, side="left"))
+    total = in_horizon if passes == 1 else n * (passes - 1) + in_horizon
+    if total > MAX_REQUESTS_PER_EPISODE:
+        raise ScenarioError(
+            f"workload.trace: replaying {tr.path} ({n:,} rows, loop period {period_s:.6g} s) over "
+            f"horizon_s {horizon:g} gives {total:,} requests, over the limit of "
+            f"{MAX_REQUESTS_PER_EPISODE:,}; lower rate_scale, shorten horizon_s or set loop: false"
+        )
+    return trace, base_t, period_s, passes
+
+
 def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generator) -> Arrivals:
     w = scenario.workload
     pop = topo.region_population / topo.region_population.sum()
@@ -115,14 +151,11 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
 
     if w.arrivals == "trace":
         tr = w.trace
-        trace = load_trace_cached(tr.path, tr.format)
-        base_t = trace.arrival_s / tr.rate_scale
+        trace, base_t, period_s, passes = trace_replay(scenario)
         prompt, output = trace.prompt_tokens, trace.output_tokens
-        span = max(base_t[-1], 1e-9) + (base_t[-1] / max(len(base_t) - 1, 1))
-        if tr.loop and base_t[-1] < scenario.horizon_s:
-            reps = int(np.ceil(scenario.horizon_s / span))
-            base_t = np.concatenate([base_t + k * span for k in range(reps)])
-            prompt, output = np.tile(prompt, reps), np.tile(output, reps)
+        if passes > 1:
+            base_t = (base_t[None, :] + period_s * np.arange(passes)[:, None]).ravel()
+            prompt, output = np.tile(prompt, passes), np.tile(output, passes)
         keep = base_t < scenario.horizon_s
         t, prompt, output = base_t[keep], prompt[keep].astype(np.int64), output[keep].astype(np.int64)
         n = len(t)

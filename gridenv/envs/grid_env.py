@@ -17,7 +17,7 @@ __all__ = ["GridEnv", "InvalidActionError"]
 
 
 class InvalidActionError(ValueError):
-    """A masked (infeasible) action under ``actions.invalid_action: raise``."""
+    """An action outside ``action_space``, or a masked one under ``actions.invalid_action: raise``."""
 
 
 class GridEnv(gym.Env):
@@ -174,10 +174,16 @@ class GridEnv(gym.Env):
         return obs, {"action_mask": self.action_masks(), "snapshot": self._snap}
 
     def step(self, action):
+        if self.sim.arrivals is None:  # the simulator draws its arrivals in reset()
+            raise RuntimeError("step() before reset(): call env.reset(seed=...) first")
         if self.sim.done:
+            if len(self.sim.arrivals) == 0:
+                raise RuntimeError(
+                    f"step(): this episode has no request to route (0 arrivals within horizon_s = "
+                    f"{self.scenario.horizon_s:g} s); raise rate_rps or horizon_s, or check the trace")
             raise RuntimeError("step() after the episode ended: call reset()")
         if self._snap is None:
-            raise RuntimeError("step() before reset()")
+            raise RuntimeError("step() without a pending request: call reset()")
         site, level = self._decode_action(action)
         invalid = False
         if site != SHED and (site >= self.sim.n_sites or not self._snap.feasible[site]):
@@ -215,14 +221,39 @@ class GridEnv(gym.Env):
 
     # ------------------------------------------------------------------ helpers
     def _decode_action(self, action) -> tuple[int, int]:
-        a = np.asarray(action)
+        """(site or SHED, batch level) from an element of ``action_space``, else InvalidActionError.
+
+        Accepted: a length-2 sequence or array of integers (any integer dtype; floats only when
+        they hold whole numbers) within ``MultiDiscrete([max_sites + 1, n_batch_levels])``.
+        Refused, with the action named: None, strings, booleans, objects, fractional, NaN or
+        infinite values, another shape, values out of range.
+        """
+        def bad(why: str) -> InvalidActionError:  # builds the message only on failure (hot path)
+            shown = repr(action)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            space = f"MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
+            return InvalidActionError(f"action {shown} is not in action_space {space}: {why}")
+
+        if action is None or isinstance(action, (str, bytes)):
+            raise bad(f"expected [site, batch_level] integers, got {type(action).__name__}")
+        try:
+            a = np.asarray(action)
+        except (ValueError, TypeError) as e:
+            raise bad(f"not an array of numbers ({e})") from None
+        if a.dtype.kind not in "iuf":
+            raise bad(f"expected integers, got dtype {a.dtype}")
         if a.shape != (2,):
-            raise InvalidActionError(f"action must have shape (2,) [site, batch_level], got {a.shape}")
+            raise bad(f"expected shape (2,) [site, batch_level], got shape {a.shape}")
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all():
+                raise bad("non-finite value")
+            if not (a == np.round(a)).all():
+                raise bad("fractional value (actions are integer indices)")
         site, level = int(a[0]), int(a[1])
-        if not 0 <= site <= self.max_sites or not 0 <= level < self.n_levels:
-            raise InvalidActionError(
-                f"action {[site, level]} outside MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
-            )
+        if not 0 <= site <= self.max_sites:
+            raise bad(f"site {site} outside 0..{self.max_sites} ({self.max_sites} = shed)")
+        if not 0 <= level < self.n_levels:
+            raise bad(f"batch level {level} outside 0..{self.n_levels - 1}")
         return (SHED if site == self.max_sites else site), level
 
     def _observe(self) -> np.ndarray:

@@ -32,4 +32,10 @@ def register_envs() -> list[str]:
                 gym.register(id=rid, entry_point="gridenv.envs.grid_env:GridEnv",
                              kwargs={"scenario": name})
         ids.append(eid)
+    # A new generated grid every reset (gridenv.envs.random_grid_env).
+    rid = f"gridenv/RandomGrid-v{ENV_VERSION}"
+    for alias in (rid, rid.split("/", 1)[1]):
+        if alias not in gym.registry:
+            gym.register(id=alias, entry_point="gridenv.envs.random_grid_env:RandomGridEnv")
+    ids.append(rid)
     return ids

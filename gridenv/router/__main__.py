@@ -1,36 +1,104 @@
-"""``python -m gridenv.router``: serve, check or query an exported routing policy.
+"""``python -m gridenv.router``: serve, bench, check or query an exported routing policy.
 
-    python -m gridenv.router serve  --policy DIR [--port 8090] [--host 127.0.0.1] [--verbose]
+    python -m gridenv.router serve  --policy DIR [--port 8090] [--host 127.0.0.1] [--workers 1]
+    python -m gridenv.router bench  --policy DIR [--requests 4000] [--clients 8] [--workers 1]
     python -m gridenv.router check  --policy DIR            # verify policy.json + policy.onnx
-    python -m gridenv.router decide --policy DIR [FILE]     # one decision for a JSON snapshot
+    python -m gridenv.router decide --policy DIR [FILE]     # one decision for a JSON body
                                                             # (FILE or stdin)
 
-A policy that fails verification, or an invalid snapshot, prints one ``error: ...`` line and
-exits with status 2.
+A flag out of range (port, counts, durations) is a usage error; a policy that is missing or
+fails verification, or an invalid body, prints one ``error: ...`` line. Both exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
+__all__ = ["main", "OneLineParser", "port", "positive_int", "nonnegative_int", "positive_seconds"]
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gridenv.router", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="HTTP service: POST /v1/route, POST /v1/score, GET /healthz")
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def port(text: str) -> int:
+    """A TCP port, 1..65535, or 0 for any free port (printed on start)."""
+    v = _int(text)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port {v} out of range: expected 1..65535 (0: any free port)")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = _int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a count > 0, got {v}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return v
+
+
+def _add_serve_args(s: argparse.ArgumentParser) -> None:
+    from gridenv.router.server import BODY_TIMEOUT_S, MAX_BODY_BYTES
+
     s.add_argument("--policy", required=True, metavar="DIR", help="exported policy directory")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; the "
                    "service has no authentication, expose it deliberately)")
-    s.add_argument("--port", type=int, default=8090, help="port (default %(default)s; 0: any free port)")
+    s.add_argument("--port", type=port, default=8090, help="port 1..65535 (default %(default)s; 0: any free port)")
+    s.add_argument("--workers", type=positive_int, default=1, help="uvicorn worker processes sharing the "
+                   "port (default %(default)s)")
+    s.add_argument("--max-body-bytes", type=positive_int, default=MAX_BODY_BYTES,
+                   help="larger bodies get 413 (default %(default)s)")
+    s.add_argument("--body-timeout-s", type=positive_seconds, default=BODY_TIMEOUT_S,
+                   help="a body not complete after this long gets 408 (default %(default)s)")
     s.add_argument("--verbose", action="store_true", help="log every request")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = OneLineParser(prog="python -m gridenv.router", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_serve_args(sub.add_parser("serve", help="HTTP service: POST /v1/route, POST /v1/score, GET /healthz, "
+                                   "GET /openapi.json"))
+    from gridenv.router import bench
+
+    bench.add_arguments(sub.add_parser("bench", help="decision latency in process and over HTTP"))
     c = sub.add_parser("check", help="verify an exported policy and print its summary")
     c.add_argument("--policy", required=True, metavar="DIR")
-    d = sub.add_parser("decide", help="print the decision for one JSON snapshot")
+    d = sub.add_parser("decide", help="print the decision for one JSON body")
     d.add_argument("--policy", required=True, metavar="DIR")
-    d.add_argument("file", nargs="?", help="JSON snapshot file (default: stdin)")
+    d.add_argument("file", nargs="?", help="JSON body file (default: stdin)")
     args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        return bench.run(args)
 
     from gridenv.router.runtime import PolicyFileError, RouterPolicy, SnapshotError
 
@@ -38,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             from gridenv.router.server import serve
 
-            serve(args.policy, host=args.host, port=args.port, verbose=args.verbose)
+            serve(args.policy, host=args.host, port=args.port, workers=args.workers, verbose=args.verbose,
+                  max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout_s)
             return 0
         policy = RouterPolicy.load(args.policy)
         if args.cmd == "check":
@@ -49,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise SnapshotError(f"invalid JSON: {err}") from None
-        print(json.dumps(policy.decide(data), indent=2))
+        print(json.dumps(policy.decide(data), indent=2))  # the runtime's own checks
         return 0
     except (PolicyFileError, SnapshotError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

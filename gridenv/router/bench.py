@@ -1,12 +1,13 @@
 """Decision latency of an exported policy, in process and over HTTP on loopback.
 
-    python -m gridenv.router.bench --policy exported/metro [--requests 4000] [--clients 8]
+    python -m gridenv.router bench --policy exported/metro [--requests 4000] [--clients 8] [--workers 1]
 
 * In process: ``RouterPolicy.decide(snapshot_dict)``, i.e. validating the JSON-shaped dict,
   ``make_snapshot``, ``encode``, the ONNX graph and building the decision dict; one call at a
-  time, timed with ``perf_counter_ns``.
-* Over HTTP: the service is started as a separate process (``python -m gridenv.router serve
-  --port 0``, or ``--url`` for one already running); ``--clients`` threads each hold one
+  time, timed with ``perf_counter_ns``; and the same from the JSON bytes through the body schema
+  (:mod:`gridenv.router.schemas`), which is what the service does per request.
+* Over HTTP: the service (uvicorn + starlette) is started as a separate process (``python -m
+  gridenv.router serve --port 0 --workers N``, or ``--url`` for one already running); ``--clients`` threads each hold one
   keep-alive ``http.client`` connection and send ``POST /v1/route`` back to back (closed loop),
   ``--requests`` in total. Latency is measured by the client (send to body read); non-200
   answers and exceptions are counted as errors.
@@ -148,38 +149,90 @@ def bench_http(url: str, snaps: list[dict], n: int, clients: int = 8, warmup: in
     return res
 
 
-def _start_server(policy_dir: str) -> tuple[subprocess.Popen, str]:
-    """`python -m gridenv.router serve --port 0` in a child process; (process, url)."""
+def bench_validated(policy: RouterPolicy, snaps: list[dict], n: int, warmup: int = 500) -> dict:
+    """Latency (seconds) of what the service does per body: schema validation of the JSON bytes
+    (:func:`gridenv.router.schemas.parse_route_request`) + ``policy.decide``."""
+    from gridenv.router.schemas import parse_route_request
+
+    bodies = [json.dumps(s).encode() for s in snaps]
+    k = len(bodies)
+    for i in range(warmup):
+        policy.decide(parse_route_request(bodies[i % k]).model_dump())
+    lat = np.empty(n)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        b = bodies[i % k]
+        t0 = clock()
+        policy.decide(parse_route_request(b).model_dump())
+        lat[i] = clock() - t0
+    return _pct(lat * 1e-9)
+
+
+def _start_server(policy_dir: str, workers: int = 1) -> tuple[subprocess.Popen, str]:
+    """`python -m gridenv.router serve --port 0 --workers N` in a child process; (process, url)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridenv.router", "serve", "--policy", policy_dir, "--port", "0"],
+        [sys.executable, "-m", "gridenv.router", "serve", "--policy", policy_dir, "--port", "0",
+         "--workers", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     deadline = time.time() + 60
+    url = None
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
         if line.startswith("listening on "):
-            return proc, line.split("listening on ", 1)[1].strip()
-    proc.kill()
+            url = line.split("listening on ", 1)[1].strip()
+            break
+    if url is not None:  # workers load the policy after the socket is bound: wait for an answer
+        u = urlparse(url)
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=2)
+                conn.request("GET", "/healthz")
+                ok = conn.getresponse().status == 200
+                conn.close()
+                if ok:
+                    return proc, url
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.1)
+    _stop(proc)
     err = proc.stderr.read()
     raise RuntimeError(f"the router service did not start: {err.strip()[-500:]}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gridenv.router.bench", description=__doc__.split("\n\n")[0])
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The bench's flags (shared by ``python -m gridenv.router bench`` and this module)."""
+    from gridenv.router.__main__ import nonnegative_int, positive_int
+
     ap.add_argument("--policy", required=True, metavar="DIR", help="exported policy directory")
-    ap.add_argument("--inproc-requests", type=int, default=20000, help="in-process decisions (default %(default)s)")
-    ap.add_argument("--requests", type=int, default=4000, help="HTTP requests in total (default %(default)s)")
-    ap.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default %(default)s)")
+    ap.add_argument("--inproc-requests", type=positive_int, default=20000,
+                    help="in-process decisions (default %(default)s)")
+    ap.add_argument("--requests", type=positive_int, default=4000, help="HTTP requests in total (default %(default)s)")
+    ap.add_argument("--clients", type=positive_int, default=8, help="concurrent keep-alive HTTP clients "
+                    "(default %(default)s)")
+    ap.add_argument("--workers", type=positive_int, default=1, help="server worker processes (default %(default)s)")
     ap.add_argument("--url", help="bench this running service instead of starting one")
     ap.add_argument("--no-http", action="store_true", help="in-process only")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the synthetic snapshots")
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bench for parsed flags; prints the figures (exit status 0, 2 for a bad policy)."""
     try:
         policy = RouterPolicy.load(args.policy)
     except PolicyFileError as err:
@@ -189,41 +242,52 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"policy": str(Path(args.policy)), "scenario": policy.scenario, "sites": len(policy.site_names)}
     gc.collect()
     results["in_process"] = bench_in_process(policy, snaps, args.inproc_requests)
+    results["in_process_validated"] = bench_validated(policy, snaps, args.inproc_requests)
     if not args.no_http:
         proc = None
         try:
             if args.url:
                 url = args.url
             else:
-                proc, url = _start_server(str(args.policy))
+                proc, url = _start_server(str(args.policy), args.workers)
             results["http"] = bench_http(url, snaps, args.requests, clients=args.clients)
-            results["http"]["url"] = url
+            results["http"].update(url=url, workers=None if args.url else args.workers)
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                _stop(proc)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    ip = results["in_process"]
-    ok = "ok" if ip["p99"] * 1e6 <= AIM_INPROC_P99_US else "MISSED"
     print(f"policy {results['policy']} (scenario {results['scenario']}, {results['sites']} sites)")
-    print(f"in process  ({ip['n']} decisions, JSON dict -> decision): p50 {ip['p50'] * 1e6:.1f} us  "
-          f"p90 {ip['p90'] * 1e6:.1f} us  p99 {ip['p99'] * 1e6:.1f} us  max {ip['max'] * 1e6:.0f} us  "
-          f"[aim p99 <= {AIM_INPROC_P99_US:.0f} us: {ok}]")
+    for key, what in (("in_process", "JSON dict -> decision"), ("in_process_validated", "JSON bytes -> "
+                                                                                          "schema -> decision")):
+        ip = results[key]
+        ok = "ok" if ip["p99"] * 1e6 <= AIM_INPROC_P99_US else "MISSED"
+        print(f"in process  ({ip['n']} decisions, {what}): p50 {ip['p50'] * 1e6:.1f} us  "
+              f"p90 {ip['p90'] * 1e6:.1f} us  p99 {ip['p99'] * 1e6:.1f} us  max {ip['max'] * 1e6:.0f} us  "
+              f"[aim p99 <= {AIM_INPROC_P99_US:.0f} us: {ok}]")
     if "http" in results:
         h = results["http"]
         ok = "ok" if h["p99"] * 1e3 <= AIM_HTTP_P99_MS and not h["errors"] else "MISSED"
-        print(f"HTTP        ({h['n']} requests, {h['clients']} clients, keep-alive, {h['url']}): "
+        workers = f", {h['workers']} server worker{'s' if h['workers'] != 1 else ''}" if h["workers"] else ""
+        print(f"HTTP        ({h['n']} requests, {h['clients']} clients, keep-alive{workers}, {h['url']}): "
               f"p50 {h['p50'] * 1e3:.2f} ms  p90 {h['p90'] * 1e3:.2f} ms  p99 {h['p99'] * 1e3:.2f} ms  "
               f"max {h['max'] * 1e3:.1f} ms  {h['throughput_rps']:.0f} req/s  errors {h['errors']}  "
               f"[aim p99 <= {AIM_HTTP_P99_MS:.0f} ms: {ok}]")
         if h["errors"]:
             print(f"  first error: {h['first_error']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gridenv.router.__main__ import OneLineParser
+
+    ap = OneLineParser(prog="python -m gridenv.router.bench", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,304 +1,307 @@
-"""HTTP service for an exported routing policy, on the standard library only.
+"""HTTP service for an exported routing policy: a starlette app served by uvicorn.
 
-    python -m gridenv.router serve --policy exported/metro --port 8090 [--host 127.0.0.1]
+    python -m gridenv.router serve --policy exported/metro --port 8090 [--host 127.0.0.1] [--workers 2]
 
-Endpoints (JSON in, JSON out, HTTP/1.1 keep-alive):
+Needs the ``[router]`` extra (``pip install -e '.[router]'``: onnxruntime, starlette, uvicorn
+with httptools and uvloop). Endpoints (JSON in, JSON out, HTTP/1.1 keep-alive):
 
 ``POST /v1/route``
-    Body: a snapshot (see :mod:`gridenv.router.runtime`). Answer: the decision,
-    ``{"endpoint", "shed", "batch_level", "max_batch_size", "scores", "shed_score",
-    "site_index", "action"}``.
+    Body: :class:`gridenv.router.schemas.RouteRequest` (a snapshot of the endpoints and the
+    request). Answer: :class:`~gridenv.router.schemas.RouteDecision`.
 ``POST /v1/score``
-    Same body; llm-d scorer style answer: ``{"scores": {endpoint: score in [0, 1]},
-    "shed_score", "best", "shed", "batch_level", "max_batch_size"}``.
+    Same body; llm-d scorer style answer :class:`~gridenv.router.schemas.ScoreAnswer`.
 ``GET /healthz``
     ``{"status": "ok", "policy_sha256", "scenario", "env_id", "sites", ...}``.
+``GET /openapi.json``
+    The OpenAPI 3.1 document, with the bodies' JSON Schemas narrowed to the served policy.
 
-Errors are JSON ``{"error": "..."}``: 400 for a body that is empty, not JSON, or has a missing
-or invalid field (the message names it: ``endpoints[2].kv_util: expected a number in [0, 1],
-got 1.7``), 404 for an unknown path, 405 for a wrong method, 413 for a body over
-``MAX_BODY_BYTES``, 411 for a body without Content-Length. The service binds 127.0.0.1 unless
-told otherwise: it has no authentication.
+Every error is JSON :class:`~gridenv.router.schemas.ErrorAnswer` ``{"error": "<field>: <what is
+wrong>", "errors": [{"loc", "msg", "type"}, ...]}``: 400 for a body that is empty, not JSON (also:
+nested deeper than the parser's limit), or does not match the schema or the policy (wrong type,
+out of range, non-finite, unknown field, unknown endpoint/region/model); 408 when the body does
+not arrive within ``body_timeout_s`` (e.g. shorter than its Content-Length); 413 for a body over
+``max_body_bytes`` (checked on Content-Length before reading, and while reading a chunked body);
+404 / 405 for an unknown path / wrong method; 500 (logged) if the policy itself fails. The body
+is read with a size cap before parsing, and parsed by pydantic-core (bounded nesting), so no
+body can exhaust the stack or hang a worker. The service binds 127.0.0.1 unless told otherwise:
+it has no authentication.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sys
 import threading
-import time
-from email.utils import formatdate
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+
+import anyio
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gridenv.router.runtime import RouterPolicy, SnapshotError
+from gridenv.router.schemas import format_errors, openapi_document, parse_route_request, summary
 
-__all__ = ["make_server", "serve", "RouterHandler", "MAX_BODY_BYTES"]
+__all__ = ["create_app", "app_from_env", "serve", "start_in_thread", "RunningServer", "bind_socket",
+           "MAX_BODY_BYTES", "BODY_TIMEOUT_S"]
 
 #: Largest accepted request body (a snapshot of 100 endpoints is about 20 kB).
 MAX_BODY_BYTES = 256 * 1024
+#: Seconds a request body may take to arrive completely.
+BODY_TIMEOUT_S = 10.0
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 60
 
-_ROUTES = {"/v1/route": "POST", "/v1/score": "POST", "/healthz": "GET"}
-_ROUTES_TEXT = "POST /v1/route, POST /v1/score, GET /healthz"
+_ENV_POLICY = "GRIDENV_ROUTER_POLICY"
+_ENV_MAX_BODY = "GRIDENV_ROUTER_MAX_BODY_BYTES"
+_ENV_BODY_TIMEOUT = "GRIDENV_ROUTER_BODY_TIMEOUT_S"
 
-
-_MAX_LINE = 65536
-_DRAIN_LIMIT = 16 * MAX_BODY_BYTES  # larger bodies: answer 413 and close without reading them
-_REASONS = {code.value: code.phrase for code in HTTPStatus}
-_date_cache = [0, ""]
-
-
-def _http_date() -> str:
-    now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[:] = [now, formatdate(now, usegmt=True)]
-    return _date_cache[1]
+log = logging.getLogger("gridenv.router")
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a valid JSON number")
+class BodyError(Exception):
+    """A request that is answered with an error before its body is parsed."""
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.close = status, message, close
 
 
-def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+def _json(payload, status: int = 200, close: bool = False, headers: dict | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    h = dict(headers or {})
+    if close:
+        h["Connection"] = "close"  # uvicorn closes the connection after this answer
+    return Response(body, status_code=status, media_type="application/json", headers=h)
 
 
-class RouterHandler(BaseHTTPRequestHandler):
-    """One connection; ``self.server.policy`` is the RouterPolicy.
+def _error(status: int, message: str, errors: list | None = None, close: bool = False,
+           headers: dict | None = None) -> Response:
+    return _json({"error": message, "errors": errors or []}, status, close=close, headers=headers)
 
-    The request line and headers are parsed here rather than by ``http.client.parse_headers``
-    (the email parser costs more than the decision itself), and each response goes out in one
-    write; the rest (connection loop, timeouts) is BaseHTTPRequestHandler's.
-    """
 
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server_version = "gridenv-router/1"
-    disable_nagle_algorithm = True
-    timeout = 60  # seconds a keep-alive connection may idle (and a body may take to arrive)
-    max_header_lines = 100
-
-    # ------------------------------------------------------------------ HTTP plumbing
-    def handle_one_request(self) -> None:
-        self.command, self.path, self.request_version = None, "", "HTTP/1.1"
-        try:
-            line = self.rfile.readline(_MAX_LINE + 1)
-            if not line:
-                self.close_connection = True
-                return
-            if len(line) > _MAX_LINE:
-                self._error(414, "request line too long", close=True)
-                return
-            self.requestline = line.decode("latin-1").rstrip("\r\n")
-            parts = self.requestline.split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                self._error(400, f"bad request line {self.requestline[:80]!r}", close=True)
-                return
-            self.command, self.path, self.request_version = parts
-            if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
-                self._error(505, f"HTTP version {self.request_version} not supported", close=True)
-                return
-            headers: dict[str, str] = {}
-            for _ in range(self.max_header_lines + 1):
-                h = self.rfile.readline(_MAX_LINE + 1)
-                if h in (b"\r\n", b"\n", b""):
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, read with a size cap and a deadline; raises BodyError."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        if not cl.isdigit():
+            raise BodyError(400, f"invalid Content-Length {cl[:40]!r}", close=True)
+        if int(cl) > max_bytes:
+            raise BodyError(413, f"body of {cl} bytes is over the limit of {max_bytes} bytes", close=True)
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(timeout_s):  # asyncio.timeout is 3.11+
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                chunk = msg.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BodyError(413, f"body is over the limit of {max_bytes} bytes", close=True)
+                    chunks.append(chunk)
+                if not msg.get("more_body", False):
                     break
-                if len(h) > _MAX_LINE:
-                    self._error(431, "header line too long", close=True)
-                    return
-                key, sep, value = h.decode("latin-1").partition(":")
-                if not sep:
-                    self._error(400, f"bad header line {h[:80]!r}", close=True)
-                    return
-                headers[key.strip().lower()] = value.strip()
-            else:
-                self._error(431, "too many headers", close=True)
-                return
-            self.headers = headers
-            conn = headers.get("connection", "").lower()
-            if self.request_version == "HTTP/1.0":
-                self.close_connection = conn != "keep-alive"
-            else:
-                self.close_connection = conn == "close"
-            if headers.get("expect", "").lower() == "100-continue":
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            method = self.command
-            if method == "POST":
-                self.do_POST()
-            elif method in ("GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"):
-                self._check_route(method)
-                if method == "GET" and self._path() == "/healthz":
-                    self._send(200, self.server.health())
-            else:
-                self._error(501, f"method {method!r} not supported", close=True)
-            self.wfile.flush()
-        except TimeoutError:
-            self.close_connection = True
-
-    def _send(self, status: int, payload, close: bool = False, headers: dict | None = None) -> None:
-        body = _dumps(payload)
-        if close:
-            self.close_connection = True
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", f"Server: {self.server_version}",
-                 f"Date: {_http_date()}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if self.close_connection:
-            lines.append("Connection: close")
-        lines += ["", ""]
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + body)  # one write per response
-        if getattr(self.server, "verbose", False):
-            self.log_message('"%s" %d %d', self.requestline, status, len(body))
-
-    def _error(self, status: int, message: str, close: bool = False, headers: dict | None = None) -> None:
-        self._send(status, {"error": message}, close=close, headers=headers)
-
-    def send_error(self, code, message=None, explain=None):  # noqa: D102 - JSON for base-class errors
-        try:
-            self._error(code, message or _REASONS.get(code, "error"), close=True)
-        except OSError:
-            pass
-
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    def _check_route(self, method: str) -> str | None:
-        path = self._path()
-        want = _ROUTES.get(path)
-        if want is None:
-            self._discard_body()
-            self._error(404, f"unknown path {path!r}; endpoints: {_ROUTES_TEXT}")
-            return None
-        if want != method:
-            self._discard_body()
-            self._error(405, f"{method} {path}: method not allowed, use {want}", headers={"Allow": want})
-            return None
-        return path
-
-    def _discard_body(self) -> None:
-        """Read and drop a small body so the keep-alive connection stays in sync."""
-        if self.headers.get("transfer-encoding"):
-            self.close_connection = True
-            return
-        try:
-            n = int(self.headers.get("content-length") or 0)
-        except ValueError:
-            self.close_connection = True
-            return
-        if 0 < n <= MAX_BODY_BYTES:
-            self.rfile.read(n)
-        elif n:
-            self.close_connection = True
-
-    def _read_json(self):
-        """The parsed body, or None after answering with an error."""
-        if self.headers.get("transfer-encoding"):
-            self._error(411, "chunked bodies are not supported: send Content-Length", close=True)
-            return None
-        cl = self.headers.get("content-length")
-        if cl is None:
-            self._error(411, "Content-Length required (body: a JSON snapshot)", close=True)
-            return None
-        try:
-            n = int(cl)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            self._error(400, f"invalid Content-Length {cl!r}", close=True)
-            return None
-        if n > MAX_BODY_BYTES:
-            if n <= _DRAIN_LIMIT:  # read it, so the client sees the 413 rather than a reset
-                while n > 0:
-                    chunk = self.rfile.read(min(65536, n))
-                    if not chunk:
-                        break
-                    n -= len(chunk)
-            self._error(413, f"body of {cl} bytes is over the limit of {MAX_BODY_BYTES}", close=True)
-            return None
-        if n == 0:
-            self._error(400, "empty body: expected a JSON snapshot {\"endpoints\": [...], \"request\": {...}}")
-            return None
-        raw = self.rfile.read(n)
-        if len(raw) < n:
-            self.close_connection = True
-            return None
-        try:
-            return json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-            self._error(400, f"invalid JSON: {err}")
-            return None
-
-    # ------------------------------------------------------------------ routes
-    def do_POST(self) -> None:  # noqa: N802
-        path = self._check_route("POST")
-        if path is None:
-            return
-        data = self._read_json()
-        if data is None:
-            return
-        policy: RouterPolicy = self.server.policy
-        try:
-            result = policy.decide(data) if path == "/v1/route" else policy.score(data)
-        except SnapshotError as err:
-            self._error(400, str(err))
-            return
-        except Exception as err:  # noqa: BLE001 - keep serving, report it
-            self.log_error("internal error on %s: %r", path, err)
-            self._error(500, f"internal error: {type(err).__name__}: {err}")
-            return
-        self._send(200, result)
+    except TimeoutError:
+        want = f" of {cl}" if cl is not None else ""
+        raise BodyError(408, f"body incomplete after {timeout_s:g} s: got {size}{want} bytes",
+                        close=True) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class RouterServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer holding the policy (one thread per connection)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # listen backlog: bursts of new connections are not dropped
-
-    def __init__(self, address, policy: RouterPolicy, verbose: bool = False) -> None:
-        self.policy = policy
-        self.verbose = verbose
-        super().__init__(address, RouterHandler)
-        self._health = policy.health()
-
-    def health(self) -> dict:
-        return self._health
-
-    def handle_error(self, request, client_address) -> None:
-        if self.verbose:
-            super().handle_error(request, client_address)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-
-def make_server(policy: RouterPolicy | str, host: str = "127.0.0.1", port: int = 0,
-                verbose: bool = False) -> RouterServer:
-    """A bound (not yet serving) server; port 0 picks a free port (see ``server.url``)."""
+def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout_s: float = BODY_TIMEOUT_S) -> Starlette:
+    """The ASGI app serving `policy` (a RouterPolicy or a policy directory)."""
     if not isinstance(policy, RouterPolicy):
         policy = RouterPolicy.load(policy)
-    return RouterServer((host, port), policy, verbose=verbose)
+    health = policy.health()
+    st = policy.statics
+    info = {**health, "regions": list(st.region_names),
+            "models": sorted({st.model_names[m] for m in st.site_model})}
+    openapi = openapi_document(info, max_body_bytes)
+
+    async def body_of(request: Request):
+        """The validated body as the runtime's dict, or an error Response."""
+        try:
+            raw = await _read_body(request, max_body_bytes, body_timeout_s)
+        except BodyError as err:
+            return _error(err.status, err.message, [{"loc": "body", "msg": err.message, "type": "body"}],
+                          close=err.close)
+        if not raw.strip():
+            msg = 'empty body: expected a JSON object {"endpoints": [...], "request": {...}}'
+            return _error(400, msg, [{"loc": "body", "msg": msg, "type": "missing"}])
+        try:
+            return parse_route_request(raw).model_dump()
+        except ValidationError as err:
+            errors = format_errors(err)
+            return _error(400, summary(errors), errors)
+
+    def decide(fn, data) -> Response:
+        try:
+            return _json(fn(data))
+        except SnapshotError as err:  # policy-specific: endpoint names, regions, models, levels
+            msg = str(err)
+            loc = msg.split(":", 1)[0]
+            return _error(400, msg, [{"loc": loc, "msg": msg[len(loc) + 2:], "type": "policy"}])
+
+    async def route(request: Request) -> Response:
+        data = await body_of(request)
+        return data if isinstance(data, Response) else decide(policy.decide, data)
+
+    async def score(request: Request) -> Response:
+        data = await body_of(request)
+        return data if isinstance(data, Response) else decide(policy.score, data)
+
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client closed its connection mid-body: nobody to answer (uvicorn drops this)
+        return _error(400, "client disconnected before the body was complete")
+
+    async def healthz(request: Request) -> Response:
+        return _json(health)
+
+    async def openapi_json(request: Request) -> Response:
+        return _json(openapi)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        path = request.url.path
+        if exc.status_code == 404:
+            msg = f"unknown path {path!r}; endpoints: POST /v1/route, POST /v1/score, GET /healthz, GET /openapi.json"
+        elif exc.status_code == 405:  # starlette lists the methods from a set: give a stable order
+            allow = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()))
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
+            msg = f"{request.method} {path}: method not allowed, use {allow}"
+        else:
+            msg = str(exc.detail)
+        return _error(exc.status_code, msg, [{"loc": "path", "msg": msg, "type": str(exc.status_code)}],
+                      headers=exc.headers)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+        return _error(500, msg, [{"loc": "policy", "msg": msg, "type": "internal"}])
+
+    app = Starlette(
+        routes=[
+            Route("/v1/route", route, methods=["POST"]),
+            Route("/v1/score", score, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone, Exception: internal_error},
+    )
+    app.state.policy = policy
+    app.state.openapi = openapi
+    return app
 
 
-def start_in_thread(policy: RouterPolicy | str, host: str = "127.0.0.1", port: int = 0) -> RouterServer:
-    """Serve in a daemon thread (tests, notebooks); stop with ``server.shutdown()``."""
-    srv = make_server(policy, host, port)
-    threading.Thread(target=srv.serve_forever, name="gridenv-router", daemon=True).start()
-    return srv
+def app_from_env() -> Starlette:
+    """App factory for uvicorn worker processes: the policy directory is in $GRIDENV_ROUTER_POLICY."""
+    return create_app(os.environ[_ENV_POLICY], int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES)),
+                      float(os.environ.get(_ENV_BODY_TIMEOUT, BODY_TIMEOUT_S)))
 
 
-def serve(policy_dir: str, host: str = "127.0.0.1", port: int = 8090, verbose: bool = False) -> None:
-    """Load the policy and serve until interrupted (prints the URL on one line first)."""
-    srv = make_server(policy_dir, host, port, verbose)
-    p = srv.policy
-    print(f"gridenv router: policy {p.path} (scenario {p.scenario}, {len(p.site_names)} sites, "
-          f"sha256 {p.sha256[:12]}...)", flush=True)
-    print(f"listening on {srv.url}", flush=True)
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket (port 0: any free port), shared by every worker."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        srv.serve_forever()
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _config(app, workers: int = 1, verbose: bool = False, **kw):
+    import uvicorn
+
+    return uvicorn.Config(app, workers=workers, log_level="info" if verbose else "warning",
+                          access_log=verbose, timeout_keep_alive=KEEP_ALIVE_S, lifespan="off",
+                          server_header=False, date_header=True, **kw)
+
+
+@dataclass
+class RunningServer:
+    """A server running in a thread of this process (tests, notebooks); ``stop()`` ends it."""
+
+    server: object
+    thread: threading.Thread
+    url: str
+    policy: RouterPolicy
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+def start_in_thread(policy: RouterPolicy | str, host: str = "127.0.0.1", port: int = 0,
+                    max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> RunningServer:
+    """Serve in a daemon thread with uvicorn (one event loop); waits until it accepts connections."""
+    import uvicorn
+
+    app = create_app(policy, max_body_bytes, body_timeout_s)
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gridenv-router", daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    if not server.started:
+        raise RuntimeError("the router service did not start")
+    return RunningServer(server, thread, _url(sock), app.state.policy)
+
+
+def serve(policy_dir: str, host: str = "127.0.0.1", port: int = 8090, workers: int = 1, verbose: bool = False,
+          max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+    """Load the policy and serve until interrupted (prints ``listening on URL`` first).
+
+    The policy is loaded (and verified) here first, so a broken one fails before binding; with
+    ``workers > 1`` each uvicorn worker process loads it again and they share one socket.
+    """
+    import uvicorn
+
+    policy = RouterPolicy.load(policy_dir)
+    sock = bind_socket(host, port)
+    print(f"gridenv router: policy {policy.path} (scenario {policy.scenario}, {len(policy.site_names)} sites, "
+          f"sha256 {policy.sha256[:12]}...), {workers} worker{'s' if workers > 1 else ''}", flush=True)
+    print(f"listening on {_url(sock)}", flush=True)
+    try:
+        if workers == 1:
+            uvicorn.Server(_config(create_app(policy, max_body_bytes, body_timeout_s), verbose=verbose)).run(
+                sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            os.environ.update({_ENV_POLICY: str(policy.path), _ENV_MAX_BODY: str(max_body_bytes),
+                               _ENV_BODY_TIMEOUT: repr(body_timeout_s)})
+            config = _config("gridenv.router.server:app_from_env", workers=workers, verbose=verbose, factory=True)
+            Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:
-        srv.server_close()
+        sock.close()
         print("gridenv router: stopped", file=sys.stderr, flush=True)

@@ -47,21 +47,24 @@ def scenarios(draw) -> dict:
              "rtt_factor": draw(st.sampled_from([1.5, 2.0, 3.0]))}
             for _ in range(draw(st.integers(1, 4)))
         ]
+    arrivals = draw(st.sampled_from(["poisson", "gamma", "mmpp"]))
+    code_share = draw(st.floats(0.0, 1.0))
     return {
         "name": "random", "horizon_s": draw(st.floats(5.0, 40.0)),
         "max_prefill_tokens": draw(st.sampled_from([512, 8192])),
         "regions": regions, "sites": sites,
         "network": {"rtt_ms": {r["name"]: [draw(st.floats(0.0, 150.0)) for _ in sites] for r in regions}},
         "workload": {
-            "arrivals": draw(st.sampled_from(["poisson", "gamma", "mmpp"])),
-            "rate_rps": draw(st.floats(1.0, 60.0)), "cv": draw(st.floats(0.5, 6.0)),
+            "arrivals": arrivals,
+            "rate_rps": draw(st.floats(1.0, 60.0)),
+            **({"cv": draw(st.floats(0.5, 6.0))} if arrivals == "gamma" else {}),
             "diurnal": {"amplitude": draw(st.floats(0.0, 0.9)), "period_s": 40.0},
             "classes": {
-                "chat": {"share": 1.0, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000)},
-                "code": {"share": draw(st.floats(0.0, 1.0)), "prompt_tokens": length(1500, 8192),
+                "chat": {"share": 1.0 - code_share, "prompt_tokens": length(500, 16000), "output_tokens": length(100, 4000)},
+                "code": {"share": code_share, "prompt_tokens": length(1500, 8192),
                          "output_tokens": length(20, 300)},
             },
-            "models": {m: 1.0 for m in models},
+            "models": {m: 1.0 / len(models) for m in models},
             "residency_share": draw(st.floats(0.0, 1.0)),
         },
         "faults": faults,

@@ -89,5 +89,6 @@ def test_malformed_trace_row_names_the_line(tmp_path: Path) -> None:
     )
     raw = metro()
     raw["workload"].update(arrivals="trace", trace={"path": str(trace)})
+    del raw["workload"]["rate_rps"], raw["workload"]["diurnal"]  # read only by synthetic arrivals
     with pytest.raises(TraceError, match=r"line 3: column 'ContextTokens'"):
         GridSimulator(load_scenario(raw))

@@ -1,0 +1,112 @@
+"""The random grid generator: valid, deterministic, covering the ranges it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridenv.core.random_grid import RandomGridSpec, estimated_capacity_rps, random_scenario
+from gridenv.core.scenario import load_scenario
+from gridenv.core.simulator import GridSimulator
+
+TRACE = Path(__file__).resolve().parents[2].parent / "shared/data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+SPEC = RandomGridSpec(observation_mode=None)
+
+
+def test_every_generated_scenario_validates():
+    for seed in range(60):
+        sc = load_scenario(random_scenario(seed, SPEC))
+        assert 1 <= sc.n_sites <= SPEC.max_sites
+        assert 1 <= len(sc.regions) <= 6
+
+
+def test_same_seed_same_grid_other_seed_differs():
+    assert random_scenario(7, SPEC) == random_scenario(7, SPEC)
+    assert random_scenario(7, SPEC) != random_scenario(8, SPEC)
+
+
+def test_ranges_are_covered():
+    """Over many seeds the generator reaches both ends of its promised ranges."""
+    scs = [random_scenario(s, SPEC) for s in range(300)]
+    n_sites = {len(s["sites"]) for s in scs}
+    n_regions = {len(s["regions"]) for s in scs}
+    assert min(n_sites) == 1 and max(n_sites) == 12
+    assert min(n_regions) == 1 and max(n_regions) == 6
+    kinds = {s["workload"]["arrivals"] for s in scs}
+    assert kinds == {"poisson", "gamma", "mmpp"}  # no trace paths given: no trace arrivals
+    loads = [s["workload"]["rate_rps"] / estimated_capacity_rps(s) for s in scs]  # no traces here
+    assert min(loads) < 0.4 and max(loads) > 1.3  # light to overload
+    assert any(len(s["workload"]["models"]) == 2 for s in scs)
+    assert any("faults" in s for s in scs) and any("faults" not in s for s in scs)
+    # RTT structures from metro (all < 40 ms) to intercontinental (some > 150 ms)
+    max_rtt = [max(max(r) for r in s["network"]["rtt_ms"].values()) for s in scs]
+    assert min(max_rtt) < 40 and max(max_rtt) > 150
+
+
+def test_shares_sum_to_one():
+    for seed in range(50):
+        s = random_scenario(seed, SPEC)
+        assert sum(r["population"] for r in s["regions"]) == pytest.approx(1.0, abs=1e-6)
+        assert sum(c["share"] for c in s["workload"]["classes"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert sum(s["workload"]["models"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_offered_load_tracks_the_capacity_estimate():
+    """A grid generated at light load mostly meets its SLOs under a sensible policy; an
+    overloaded one does not: the capacity estimate is in the right range."""
+
+    def attainment(load: float, seed: int) -> float:
+        spec = RandomGridSpec(observation_mode=None, load=(load, load), horizon_s=60.0,
+                              arrivals=("poisson",), p_faults=0.0, p_second_model=0.0)
+        sc = load_scenario(random_scenario(seed, spec))
+        sim = GridSimulator(sc)
+        sim.reset(np.random.default_rng(0))
+        while not sim.done and sim.pending is not None:
+            snap = sim.snapshot()
+            f = np.flatnonzero(snap.feasible)
+            if len(f) == 0:
+                sim.decide(-1, 1)
+                continue
+            headroom = snap.request.ttft_slo_s - snap.ttft_pred_s[f]
+            sim.decide(int(f[np.argmax(headroom)]), 1)
+        return sim.summary()["slo_attainment"]
+
+    light = np.mean([attainment(0.3, s) for s in range(4)])
+    heavy = np.mean([attainment(1.6, s) for s in range(4)])
+    assert light > 0.75
+    assert heavy < light - 0.2
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="../shared traces not present")
+def test_trace_arrivals_scaled_to_the_target_rate():
+    spec = RandomGridSpec(observation_mode=None, arrivals=("trace",), trace_paths=(str(TRACE),))
+    from gridenv.core.traces import load_trace
+
+    s = random_scenario(3, spec)
+    tr = load_trace(str(TRACE), None)
+    assert s["workload"]["arrivals"] == "trace"
+    sc = load_scenario(s)
+    sim = GridSimulator(sc)
+    sim.reset(np.random.default_rng(0))
+    target = s["workload"]["trace"]["rate_scale"] * ((len(tr) - 1) / tr.arrival_s[-1])
+    assert len(sim.arrivals) / sc.horizon_s == pytest.approx(target, rel=0.25)
+    assert 0.2 < target / estimated_capacity_rps(s) < 1.6  # the drawn load, not the trace's own
+
+
+@pytest.mark.parametrize("bad", [
+    dict(n_regions=(0, 3)), dict(n_sites=(1, 13)), dict(load=(0.0, 1.0)),
+    dict(load=(0.5, float("inf"))), dict(horizon_s=float("nan")), dict(rtt_structures=("lunar",)),
+    dict(arrivals=("trace",)),
+])
+def test_bad_spec_is_refused_with_the_field_named(bad):
+    field = next(iter(bad))
+    with pytest.raises(ValueError, match=field):
+        RandomGridSpec(**bad)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True])
+def test_bad_seed_is_refused(seed):
+    with pytest.raises(ValueError, match="seed"):
+        random_scenario(seed, SPEC)
