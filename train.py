@@ -197,6 +197,7 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
     eval_seeds = [hp.pop("eval_seeds_start", 5_000) + i for i in range(eval_episodes)]
     env_config = hp.pop("env_config", None) or None
     normalize = hp.pop("normalize", {})
+    vec_backend, vec_workers = hp.pop("vec_backend", "dummy"), hp.pop("vec_workers", 2)
     for key in ("n_envs", "eval_episodes"):  # when given on the command line instead
         hp.pop(key, None)
     torch.set_num_threads(args.torch_threads)
@@ -208,7 +209,8 @@ def train(args: Args, explicit: set = frozenset(), command: str = "") -> dict:
     gamma = hp.get("gamma", 0.99)
     venv = T.make_vec_env(env_id, n_envs, args.seed, gamma, normalize, env_config,
                           monitor_dir=run_dir / "monitor", append_monitor=ckpt is not None,
-                          vecnormalize_path=ckpt.vecnormalize if ckpt else None)
+                          vecnormalize_path=ckpt.vecnormalize if ckpt else None,
+                          backend=vec_backend, n_workers=vec_workers)
 
     # 3. The model: new, or the checkpoint's (with its timestep count and optimizer state).
     Algo = MaskablePPO if args.algo == "maskable_ppo" else PPO

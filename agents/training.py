@@ -4,7 +4,8 @@ Everything here is plain Stable-Baselines3 / sb3-contrib plumbing; ``train.py`` 
 bottom and calls into this module for the parts that are not specific to one run.
 
 * :func:`load_hyperparams` reads an rl-zoo3-style YAML (``default:`` + per-scenario entries).
-* :func:`make_vec_env` builds ``VecNormalize(DummyVecEnv([Monitor(EpisodeMetricsInfo(env))]))``.
+* :func:`make_vec_env` builds ``VecNormalize(DummyVecEnv([Monitor(EpisodeMetricsInfo(env))]))``,
+  or with ``vec_backend: native|subproc`` ``VecNormalize(GridVecEnv(...))`` (agents/vec_env.py).
 * :class:`EpisodeMetricsInfo` copies chosen end-of-episode metrics from
   ``info["episode_metrics"]`` into top-level info keys, so ``Monitor(info_keywords=...)`` puts
   them in ``info["episode"]`` (and ``monitor.csv``).
@@ -77,6 +78,11 @@ EPISODE_METRICS = (
 HYPERPARAM_KEYS = {
     # run settings
     "n_envs": int,
+    # training envs: "dummy" (SB3 DummyVecEnv of Monitor-wrapped GridEnvs), "native" (one
+    # in-process GridVectorEnv), "subproc" (vec_workers processes) or "hybrid" (vec_workers
+    # shards, the first in the training process), agents/vec_env.py
+    "vec_backend": str,
+    "vec_workers": int,
     "total_timesteps": int,
     "normalize": dict,  # {obs: bool, reward: bool, clip_obs: float, clip_reward: float}
     "env_config": dict,  # deep-merged into the scenario YAML for the *training* envs only
@@ -281,8 +287,14 @@ def make_vec_env(
     append_monitor: bool = False,
     eval_seeds: list[int] | None = None,
     vecnormalize_path: str | Path | None = None,
+    backend: str = "dummy",
+    n_workers: int = 2,
 ) -> VecNormalize:
-    """``VecNormalize(DummyVecEnv([...] * n_envs))``.
+    """``VecNormalize(DummyVecEnv([...] * n_envs))``, or over a native GridVecEnv.
+
+    `backend` ``native`` / ``subproc`` / ``hybrid`` (training envs only; agents/vec_env.py)
+    steps the envs in batched GridVectorEnv shards, in this process and/or in worker processes, with the
+    same seeding, autoreset, ``info["episode"]`` and monitor CSVs as the DummyVecEnv path.
 
     Training envs (``eval_seeds`` None) are seeded ``seed, seed + 1, ...`` on their first reset
     and continue their RNG afterwards. An evaluation env (``eval_seeds`` given, one sub-env)
@@ -291,6 +303,16 @@ def make_vec_env(
     `append_monitor` the Monitor CSVs in `monitor_dir` are appended to (``--resume``).
     """
     normalize = {"obs": True, "reward": True, **(normalize or {})}
+    if backend not in ("dummy", "native", "subproc", "hybrid"):
+        raise HyperparamError(f"vec_backend must be one of dummy, native, subproc, hybrid, got {backend!r}")
+    if backend != "dummy" and eval_seeds is None:
+        from agents.vec_env import GridVecEnv
+
+        venv = GridVecEnv(env_id, n_envs, config, backend=backend, n_workers=n_workers,
+                          info_keywords=EPISODE_METRICS, monitor_dir=monitor_dir,
+                          append_monitor=append_monitor)
+        venv.seed(seed)
+        return _vec_normalize(venv, normalize, gamma, training=True, vecnormalize_path=vecnormalize_path)
     thunks = []
     for i in range(n_envs):
         monitor_file = None
@@ -301,16 +323,22 @@ def make_vec_env(
     venv = DummyVecEnv(thunks)
     if eval_seeds is None:
         venv.seed(seed)
+    return _vec_normalize(venv, normalize, gamma, training=eval_seeds is None,
+                          vecnormalize_path=vecnormalize_path)
+
+
+def _vec_normalize(venv, normalize: dict, gamma: float, training: bool,
+                   vecnormalize_path: str | Path | None) -> VecNormalize:
     if vecnormalize_path is not None:
         vn = VecNormalize.load(str(vecnormalize_path), venv)
-        vn.training = eval_seeds is None
-        vn.norm_reward = bool(normalize["reward"]) and eval_seeds is None
+        vn.training = training
+        vn.norm_reward = bool(normalize["reward"]) and training
         return vn
     return VecNormalize(
         venv,
-        training=eval_seeds is None,
+        training=training,
         norm_obs=bool(normalize["obs"]),
-        norm_reward=bool(normalize["reward"]) and eval_seeds is None,
+        norm_reward=bool(normalize["reward"]) and training,
         clip_obs=float(normalize.get("clip_obs", 10.0)),
         clip_reward=float(normalize.get("clip_reward", 10.0)),
         gamma=gamma,
