@@ -78,6 +78,32 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # more per token at 8k-32k tokens per batch than for one prompt of 1-2k tokens, which no
     # per-token constant reproduces; the fit puts batch-1 prefill 11-27% high and batched
     # prefill 6-29% low.
+    # vLLM 0.6 (September 2024: multi-step scheduling, 10 decode steps per scheduling round),
+    # fitted under load by ``python -m gridenv.fidelity.fit`` on the ``use: fit`` rows of
+    # gridenv/fidelity/benchmarks.yaml (Llama-3-8B TP1/TP4 and Llama-3-70B TP4 on A100 and H100,
+    # 10 and 320 ShareGPT requests sent at once; LambdaLabsML/vllm-benchmark). Held-out rows
+    # (TP2, TP8, another operator's Poisson runs) check it; ``python -m gridenv.fidelity``
+    # prints both. What the data demand:
+    # * per-sequence cost per decode step, 24 us CPU (c_per_seq_s) + 31.5 us GPU split over the
+    #   TP ranks (attn_per_seq_s): at 300 running sequences an 8B step on H100 takes ~20 ms at
+    #   TP1 and ~12 ms at TP4 where weights and KV reads explain ~11 / ~4 ms; the part that
+    #   shrinks with TP is GPU work per sequence, the rest CPU (block tables, sampling, output
+    #   processing). It is what caps saturated throughput;
+    # * c_iter_s 0.16 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
+    #   light-load step is nearly the roofline (8B on H100: 7.3 ms at batch 10);
+    # * all-reduce latency x0.35 and bandwidth x0.38 of the catalog's NCCL figures: 70B TP4 /
+    #   TP8 decode is 18.1 / 12.2 ms per step on H100 at batch 8, which the catalog's all-reduce
+    #   overstates by 25% (vLLM's custom all-reduce, CUDA graphs);
+    # * c_admit_s 2.2 ms: a 320-request burst reaches the engine only after ~0.7 s (H100) of
+    #   API-server work; the engine simulator does not model the API server (the replay does).
+    "vllm-0.6": {
+        "c_iter_s": 0.16e-3,
+        "c_per_seq_s": 24e-6,
+        "attn_per_seq_s": 31.5e-6,
+        "allreduce_latency_scale": 0.35,
+        "allreduce_bw_scale": 0.38,
+        "c_admit_s": 2.2e-3,
+    },
     "splitwise-2023": {
         "c_iter_s": 10e-3,
         "c_per_seq_s": 0.35e-3,
@@ -92,7 +118,7 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
 ALLREDUCE_REF_TP = 4
 
 #: The stack ``ReplicaPerf`` assumes when none is given.
-DEFAULT_SOFTWARE_STACK = "vllm-2024"
+DEFAULT_SOFTWARE_STACK = "vllm-0.6"
 
 #: Dynamic-energy calibration factor (``ReplicaPerf.energy_scale``). physics.md section 4: the
 #: raw model's GPU energy per token is about 2x below ML.ENERGY's measurement (Llama-3.1-8B on
@@ -114,7 +140,7 @@ class ReplicaPerf:
         "gpu", "model", "tp", "weight_dtype", "kv_dtype", "c_iter_s", "c_per_seq_s", "energy_scale",
         "mem_base_s", "mem_per_ctx_token_s", "comp_per_token_s", "comp_attn_s",
         "comm_base_s", "comm_per_token_s", "fixed_s", "dyn_power_w", "kv_bytes_per_token",
-        "kv_capacity_tokens",
+        "kv_capacity_tokens", "c_admit_s",
     )
 
     def __init__(
@@ -130,18 +156,28 @@ class ReplicaPerf:
         allreduce_latency_scale: float = 1.0,
         allreduce_bw_scale: float = 1.0,
         allreduce_ring_tp_scaling: bool = False,
+        c_admit_s: float = 0.0,
+        attn_per_seq_s: float = 0.0,
     ) -> None:
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
         if allreduce_latency_scale <= 0.0 or allreduce_bw_scale <= 0.0:
             raise ValueError("all-reduce scales must be positive")
+        if min(c_admit_s, c_iter_s, c_per_seq_s, attn_per_seq_s) < 0.0:
+            raise ValueError("overheads (c_iter_s, c_per_seq_s, c_admit_s, attn_per_seq_s) must be >= 0")
         if weight_dtype not in DTYPE_BYTES or kv_dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}")
         self.gpu, self.model, self.tp = gpu, model, tp
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         # Scheduler + sampling CPU time: per step and per sequence in the batch (BLIS beta7).
+        # A stack's attn_per_seq_s is per-sequence GPU time of one decode step on one GPU
+        # (attention's per-sequence work: block-table walk, split-K reduction, kernel tail),
+        # which the TP ranks share by heads; it joins the per-sequence term divided by tp.
         self.c_iter_s = c_iter_s
-        self.c_per_seq_s = c_per_seq_s
+        self.c_per_seq_s = c_per_seq_s + attn_per_seq_s / tp
+        # API-server time per request before the engine sees it (HTTP, tokenization); requests
+        # pass one after another. Applied by the fidelity replay (gridenv/fidelity/replay.py).
+        self.c_admit_s = c_admit_s
         # Dynamic-energy calibration factor (physics.md section 4: the raw model is ~2x below
         # ML.ENERGY's measured J/token, which includes framework time).
         self.energy_scale = energy_scale

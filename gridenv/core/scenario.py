@@ -414,7 +414,7 @@ class Scenario(_Strict):
     name: str
     description: str = ""
     horizon_s: float = Field(gt=0, description="simulated seconds per episode")
-    software_stack: str = "vllm-2024"
+    software_stack: str = "vllm-0.6"
     max_prefill_tokens: int = Field(8192, ge=1, description="vllm-v0: prompt tokens per prefill iteration")
     engine: Engine = Engine()
     regions: list[Region] = Field(min_length=1)

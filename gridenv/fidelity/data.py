@@ -1,0 +1,210 @@
+"""The measured-benchmark file (``benchmarks.yaml``): sources, workloads and rows, validated.
+
+A row is one public benchmark run: the hardware and model, the server flags that shape batching,
+the arrival process and lengths, and what was measured. ``use`` says whether the row may be used
+to fit the load-dependent terms of a software stack (``fit``) or only to check them
+(``holdout``); the split is part of the data and fixed before fitting.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gridenv.core.catalog import GPUS, MODELS
+
+__all__ = [
+    "BENCHMARKS_PATH", "Source", "Workload", "ServerFlags", "RowWorkload", "Measured",
+    "BenchmarkRow", "BenchmarkFile", "load_benchmarks",
+]
+
+BENCHMARKS_PATH = Path(__file__).with_name("benchmarks.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where rows come from, under what terms, and what the runs were."""
+
+    repository: str
+    url: str
+    license: str
+    software: str
+    workload: str
+
+
+class Workload(_Strict):
+    """Per-request prompt and output lengths, in request order, read from a cited result file."""
+
+    source: str
+    path: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    input_tokens: list[int] = Field(min_length=1)
+    output_tokens: list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Workload":
+        if len(self.input_tokens) != len(self.output_tokens):
+            raise ValueError(
+                f"input_tokens ({len(self.input_tokens)}) and output_tokens "
+                f"({len(self.output_tokens)}) must have one entry per request"
+            )
+        if min(self.input_tokens) < 1 or min(self.output_tokens) < 0:
+            raise ValueError("prompt lengths must be >= 1 and output lengths >= 0")
+        return self
+
+
+class ServerFlags(_Strict):
+    """The vLLM server settings that decide batching."""
+
+    #: Engine scheduler (gridenv.core.schedulers): "vllm-v0" prefill-first whole prompts,
+    #: "vllm-v1" chunked prefill mixed with decodes. Used where the engine has schedulers.
+    scheduler: Literal["vllm-v0", "vllm-v1"] = "vllm-v1"
+    max_num_seqs: int = Field(ge=1)
+    max_num_batched_tokens: int = Field(ge=1)
+    #: Decode steps per scheduling round (vLLM multi-step); tokens reach the client in chunks.
+    num_scheduler_steps: int = Field(1, ge=1)
+
+
+class RowWorkload(_Strict):
+    """The row's arrival process and which requests of a named workload it sent."""
+
+    name: str
+    n_requests: int = Field(ge=1)
+    arrival: Literal["burst", "poisson", "closed"]
+    rate_rps: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, ge=1)
+    seed: int = 0
+    #: This run's own output lengths (first n_requests), when they differ from the workload's.
+    output_tokens: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _arrival_params(self) -> "RowWorkload":
+        if self.arrival == "poisson" and self.rate_rps is None:
+            raise ValueError("arrival 'poisson' needs rate_rps")
+        if self.arrival == "closed" and self.concurrency is None:
+            raise ValueError("arrival 'closed' needs concurrency")
+        if self.output_tokens is not None and len(self.output_tokens) != self.n_requests:
+            raise ValueError(
+                f"output_tokens has {len(self.output_tokens)} entries, n_requests is "
+                f"{self.n_requests}"
+            )
+        return self
+
+
+class Measured(_Strict):
+    """What the benchmark reported. Times in ms; rates per second of benchmark duration."""
+
+    duration_s: float | None = Field(None, gt=0)
+    output_tokens: int | None = Field(None, ge=0)
+    request_throughput_rps: float = Field(gt=0)
+    output_throughput_tps: float = Field(gt=0)
+    ttft_mean_ms: float = Field(gt=0)
+    ttft_median_ms: float = Field(gt=0)
+    tpot_mean_ms: float = Field(gt=0)
+    tpot_median_ms: float = Field(gt=0)
+
+
+class BenchmarkRow(_Strict):
+    """One measured benchmark run."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    use: Literal["fit", "holdout"]
+    load: Literal["light", "saturated"]
+    source: str
+    path: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    gpu: str
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    model: str
+    model_note: str | None = None
+    tp: int = Field(ge=1)
+    server: ServerFlags
+    workload: RowWorkload
+    workload_note: str | None = None
+    #: Metrics the replay cannot be compared on, each with the reason (left out of summaries).
+    not_comparable: dict[str, str] = Field(default_factory=dict)
+    measured: Measured
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str) -> str:
+        if v not in GPUS:
+            raise ValueError(f"unknown gpu {v!r}; known: {sorted(GPUS)}")
+        return v
+
+    @field_validator("not_comparable")
+    @classmethod
+    def _known_metrics(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(Measured.model_fields))
+        if unknown:
+            raise ValueError(f"not_comparable names unknown metrics {unknown}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; known: {sorted(MODELS)}")
+        return v
+
+
+class BenchmarkFile(_Strict):
+    """The whole file; cross-references (row -> source, workload) are checked."""
+
+    version: Literal[1]
+    sources: dict[str, Source]
+    workloads: dict[str, Workload]
+    rows: list[BenchmarkRow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> "BenchmarkFile":
+        ids = [r.id for r in self.rows]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate row ids: {dup}")
+        for name, w in self.workloads.items():
+            if w.source not in self.sources:
+                raise ValueError(f"workload {name!r}: unknown source {w.source!r}")
+        for r in self.rows:
+            if r.source not in self.sources:
+                raise ValueError(f"row {r.id!r}: unknown source {r.source!r}")
+            w = self.workloads.get(r.workload.name)
+            if w is None:
+                raise ValueError(f"row {r.id!r}: unknown workload {r.workload.name!r}")
+            if r.workload.n_requests > len(w.input_tokens):
+                raise ValueError(
+                    f"row {r.id!r}: n_requests {r.workload.n_requests} > the "
+                    f"{len(w.input_tokens)} requests of workload {r.workload.name!r}"
+                )
+        return self
+
+    @cached_property
+    def by_id(self) -> dict[str, BenchmarkRow]:
+        return {r.id: r for r in self.rows}
+
+    def lengths(self, row: BenchmarkRow) -> tuple[list[int], list[int]]:
+        """(prompt tokens, output tokens) of each request the row sent, in order."""
+        w = self.workloads[row.workload.name]
+        n = row.workload.n_requests
+        outs = row.workload.output_tokens or w.output_tokens[:n]
+        return list(w.input_tokens[:n]), list(outs)
+
+
+def load_benchmarks(path: str | Path = BENCHMARKS_PATH) -> BenchmarkFile:
+    """Read and validate a benchmark file; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read benchmark file: {e}") from e
+    try:
+        return BenchmarkFile.model_validate(raw)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
