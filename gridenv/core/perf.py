@@ -78,31 +78,32 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # more per token at 8k-32k tokens per batch than for one prompt of 1-2k tokens, which no
     # per-token constant reproduces; the fit puts batch-1 prefill 11-27% high and batched
     # prefill 6-29% low.
+    # Refitted on the engine v2 (chunked prefill, paged KV) on 2026-11-30.
     # vLLM 0.6 (September 2024: multi-step scheduling, 10 decode steps per scheduling round),
     # fitted under load by ``python -m gridenv.fidelity.fit`` on the ``use: fit`` rows of
     # gridenv/fidelity/benchmarks.yaml (Llama-3-8B TP1/TP4 and Llama-3-70B TP4 on A100 and H100,
     # 10 and 320 ShareGPT requests sent at once; LambdaLabsML/vllm-benchmark). Held-out rows
     # (TP2, TP8, another operator's Poisson runs) check it; ``python -m gridenv.fidelity``
     # prints both. What the data demand:
-    # * per-sequence cost per decode step, 24 us CPU (c_per_seq_s) + 31.5 us GPU split over the
+    # * per-sequence cost per decode step, 23 us CPU (c_per_seq_s) + 8 us GPU split over the
     #   TP ranks (attn_per_seq_s): at 300 running sequences an 8B step on H100 takes ~20 ms at
     #   TP1 and ~12 ms at TP4 where weights and KV reads explain ~11 / ~4 ms; the part that
     #   shrinks with TP is GPU work per sequence, the rest CPU (block tables, sampling, output
     #   processing). It is what caps saturated throughput;
-    # * c_iter_s 0.16 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
+    # * c_iter_s 0.30 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
     #   light-load step is nearly the roofline (8B on H100: 7.3 ms at batch 10);
-    # * all-reduce latency x0.35 and bandwidth x0.38 of the catalog's NCCL figures: 70B TP4 /
+    # * all-reduce latency x0.40 and bandwidth x0.61 of the catalog's NCCL figures: 70B TP4 /
     #   TP8 decode is 18.1 / 12.2 ms per step on H100 at batch 8, which the catalog's all-reduce
     #   overstates by 25% (vLLM's custom all-reduce, CUDA graphs);
-    # * c_admit_s 2.2 ms: a 320-request burst reaches the engine only after ~0.7 s (H100) of
+    # * c_admit_s 2.8 ms: a 320-request burst reaches the engine only after ~0.7 s (H100) of
     #   API-server work; the engine simulator does not model the API server (the replay does).
     "vllm-0.6": {
-        "c_iter_s": 0.16e-3,
-        "c_per_seq_s": 24e-6,
-        "attn_per_seq_s": 31.5e-6,
-        "allreduce_latency_scale": 0.35,
-        "allreduce_bw_scale": 0.38,
-        "c_admit_s": 2.2e-3,
+        "c_iter_s": 0.304e-3,
+        "c_per_seq_s": 23.05e-6,
+        "attn_per_seq_s": 8.14e-6,
+        "allreduce_latency_scale": 0.400,
+        "allreduce_bw_scale": 0.609,
+        "c_admit_s": 2.78e-3,
     },
     "splitwise-2023": {
         "c_iter_s": 10e-3,
