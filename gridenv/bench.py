@@ -3,6 +3,7 @@
     python -m gridenv.bench                 # a table
     python -m gridenv.bench --json          # [{"scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb"}, ...]
     python -m gridenv.bench --scenarios gridenv/Metro-v0 --min-seconds 10
+    python -m gridenv.bench --scenarios metro,path/to/my.yaml     # names, ids or YAML paths
 
 Each scenario runs in a fresh child process pinned to one core (so peak RSS is that scenario's
 own), through ``gym.make(id)`` with its default wrappers, under a random valid policy (a
@@ -24,11 +25,14 @@ __all__ = ["bench_scenario", "main"]
 
 
 def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
-    """Run in the current process; returns the figures for one scenario."""
+    """Run in the current process; returns the figures for one scenario (a name, id or YAML path)."""
     import gymnasium as gym
     import numpy as np
 
     import gridenv  # noqa: F401
+    from gridenv.envs.registration import register_scenario
+
+    env_id = register_scenario(env_id)
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
@@ -66,7 +70,25 @@ def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
 
 
 def _child(env_id: str, min_seconds: float, queue) -> None:
-    queue.put(bench_scenario(env_id, min_seconds))
+    try:
+        queue.put(bench_scenario(env_id, min_seconds))
+    except Exception as err:  # noqa: BLE001 - reported by the parent, which must not wait forever
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def _wait(proc, queue, env_id: str) -> dict:
+    """The child's result; an error dict if it raised or died without one (never blocks forever)."""
+    import queue as queue_mod
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its result just before exiting
+                    return queue.get(timeout=1.0)
+                except queue_mod.Empty:
+                    return {"error": f"the benchmark process for {env_id} died (exit code {proc.exitcode})"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,23 +100,34 @@ def main(argv: list[str] | None = None) -> int:
 
     import gridenv
 
-    ids = gridenv.ENV_IDS if args.scenarios is None else [s.strip() for s in args.scenarios.split(",")]
-    unknown = [i for i in ids if i not in gridenv.ENV_IDS]
-    if unknown:
-        print(f"error: unknown scenario id(s) {unknown}; known: {gridenv.ENV_IDS}", file=sys.stderr)
+    from gridenv.envs.registration import resolve_scenario
+
+    specs = gridenv.ENV_IDS if args.scenarios is None else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    try:  # names, ids and YAML paths, as everywhere
+        refs = [resolve_scenario(s) for s in specs]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    ids = [r.env_id for r in refs]
     if args.min_seconds <= 0:
         print("error: --min-seconds must be positive", file=sys.stderr)
         return 2
 
     ctx = mp.get_context("spawn")
     results = []
-    for env_id in ids:
+    failed = False
+    for ref in refs:
+        env_id = ref.env_id
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(env_id, args.min_seconds, queue))
+        proc = ctx.Process(target=_child, args=(ref.source, args.min_seconds, queue))
         proc.start()
-        res = queue.get()
+        res = _wait(proc, queue, env_id)
         proc.join()
+        if "error" in res:
+            print(f"error: {env_id}: {res['error']}", file=sys.stderr, flush=True)
+            failed = True
+            continue
+        res["scenario"] = env_id
         results.append(res)
         if not args.json:
             print(f"{env_id:<28} {res['decisions_per_s']:>12,.0f} decisions/s "
@@ -103,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         keys = ("scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb")
         print(json.dumps([{k: r[k] for k in keys} for r in results], indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,32 @@ def test_json_output_has_the_documented_keys() -> None:
 
 def test_bad_flags_get_one_clear_line() -> None:
     out = run("--scenarios", "gridenv/Atlantis-v0")
-    assert out.returncode == 2 and "unknown scenario id" in out.stderr and "Atlantis" in out.stderr
+    assert out.returncode == 2 and "unknown scenario 'gridenv/Atlantis-v0'" in out.stderr
     out = run("--min-seconds", "-1")
     assert out.returncode == 2 and "--min-seconds must be positive" in out.stderr
+
+
+def test_names_and_yaml_paths_are_accepted(tmp_path) -> None:
+    import yaml
+
+    raw = yaml.safe_load(open("configs/scenarios/metro.yaml"))
+    raw["name"] = "bench-grid"
+    path = tmp_path / "bench-grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = run("--json", "--scenarios", f"metro,{path}", "--min-seconds", "0.2")
+    assert out.returncode == 0, out.stderr
+    assert [r["scenario"] for r in json.loads(out.stdout)] == ["gridenv/Metro-v0", "gridenv/BenchGrid-v0"]
+
+
+def test_a_failing_child_is_reported_not_waited_for(tmp_path) -> None:
+    """The child process cannot load its scenario: reported with the id, exit 1, no hang."""
+    code = ("import sys, gridenv.bench as b, gridenv.envs.registration as r\n"
+            "real = r.resolve_scenario\n"
+            "def gone(spec):\n"
+            "    ref = real(spec)\n"
+            "    return r.ScenarioRef(ref.name, ref.env_id, '/nonexistent/gone.yaml', True)\n"
+            "r.resolve_scenario = gone\n"
+            "sys.exit(b.main(['--scenarios', 'metro', '--min-seconds', '0.2']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "error: gridenv/Metro-v0: ScenarioError: scenario file /nonexistent/gone.yaml not found" in out.stderr

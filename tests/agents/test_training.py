@@ -433,3 +433,26 @@ def test_leaderboard_ranks_the_trained_agent_with_the_heuristics(tiny_run, tmp_p
     assert lb["suite"]["scenarios"] == ["metro"] and lb["suite"]["seeds"] == [10000]
     mine = [e for e in lb["episodes"] if e["policy"] == run_dir.name]
     assert len(mine) == 1 and mine[0]["metrics"]["invalid_actions"] == 0
+
+
+def test_train_on_a_scenario_yaml_path(tmp_path, tiny_hp):
+    """`train.py --scenario path/to/my.yaml`: the id comes from the file, recorded in args.json, and the
+    run directory is then a policy for evaluate.py on that scenario file."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "scenarios" / "metro.yaml").read_text())
+    raw["name"] = "my-grid"
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "runs" / "mine"
+    result = train.main(tiny_args(run_dir, tiny_hp, "--scenario", str(path), "--total-timesteps", "128",
+                                  "--eval-freq", "0"))
+    assert result["timesteps"] == 128
+    record = json.loads((run_dir / "args.json").read_text())
+    assert (record["scenario"], record["env_id"]) == ("my-grid", "gridenv/MyGrid-v0")
+    assert record["scenario_file"] == str(path.resolve())
+    from agents.evaluation import Suite, evaluate, parse_policies
+
+    suite = Suite("t", "t", ("my-grid",), (1,), {"horizon_s": 5}, {"my-grid": str(path.resolve())})
+    lb = evaluate(suite, parse_policies(f"mine={run_dir}"), resamples=20)
+    assert {e["policy"] for e in lb["episodes"]} == {"mine", "random"} and not lb["skipped"]
