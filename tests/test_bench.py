@@ -38,7 +38,9 @@ def test_names_and_yaml_paths_are_accepted(tmp_path) -> None:
     path.write_text(yaml.safe_dump(raw))
     out = run("--json", "--scenarios", f"metro,{path}", "--min-seconds", "0.2")
     assert out.returncode == 0, out.stderr
-    assert [r["scenario"] for r in json.loads(out.stdout)] == ["gridenv/Metro-v0", "gridenv/BenchGrid-v0"]
+    from gridenv.envs.registration import env_id
+
+    assert [r["scenario"] for r in json.loads(out.stdout)] == [env_id("metro"), env_id("bench-grid")]
 
 
 def test_a_failing_child_is_reported_not_waited_for(tmp_path) -> None:
@@ -52,4 +54,6 @@ def test_a_failing_child_is_reported_not_waited_for(tmp_path) -> None:
             "sys.exit(b.main(['--scenarios', 'metro', '--min-seconds', '0.2']))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
-    assert "error: gridenv/Metro-v0: ScenarioError: scenario file /nonexistent/gone.yaml not found" in out.stderr
+    from gridenv.envs.registration import env_id
+
+    assert f"error: {env_id('metro')}: ScenarioError: scenario file /nonexistent/gone.yaml not found" in out.stderr

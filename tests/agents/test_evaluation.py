@@ -24,6 +24,7 @@ from agents.evaluation import (
     parse_policies,
 )
 from agents.heuristics import HEURISTICS
+from gridenv.envs.registration import env_id
 from agents.stats import bootstrap_ci, iqm, stratified_bootstrap_iqm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,7 +261,7 @@ def test_a_scenario_yaml_path_works_in_evaluate(tmp_path):
     suites = tmp_path / "suites.yaml"
     suites.write_text("quick:\n  scenarios: [metro]\n  seeds: [10000]\n  overrides: {horizon_s: 10}\n")
     proc = run_cli("--suites-file", str(suites), "--suite", "quick", "--scenarios",
-                   f"{path},gridenv/Metro-v0", "--policies", "jsq", "--workers", "1", "--out",
+                   f"{path},{env_id('metro')}", "--policies", "jsq", "--workers", "1", "--out",
                    str(tmp_path / "lb"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     lb = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())

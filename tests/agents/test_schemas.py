@@ -104,6 +104,8 @@ def test_python_m_gridenv_lists_scenarios_heuristics_suites_and_commands():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for text in ("gridenv/Metro-v0", "distributed-edge", "slo-greedy", "cost-greedy", "smoke", "standard",
+    from gridenv.envs.registration import env_id
+
+    for text in (env_id("metro"), "distributed-edge", "slo-greedy", "cost-greedy", "smoke", "standard",
                  "python train.py", "python evaluate.py", "python -m gridenv.bench", "python -m gridenv schemas"):
         assert text in out, text

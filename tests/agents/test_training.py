@@ -449,7 +449,9 @@ def test_train_on_a_scenario_yaml_path(tmp_path, tiny_hp):
                                   "--eval-freq", "0"))
     assert result["timesteps"] == 128
     record = json.loads((run_dir / "args.json").read_text())
-    assert (record["scenario"], record["env_id"]) == ("my-grid", "gridenv/MyGrid-v0")
+    from gridenv.envs.registration import env_id
+
+    assert (record["scenario"], record["env_id"]) == ("my-grid", env_id("my-grid"))
     assert record["scenario_file"] == str(path.resolve())
     from agents.evaluation import Suite, evaluate, parse_policies
 
