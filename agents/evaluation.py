@@ -268,8 +268,10 @@ def run_episode(ep: EpisodeSpec) -> dict:
 def interface_mismatch(policy, source: str, overrides: dict | None = None) -> str | None:
     """Why `policy` cannot act on the scenario (None if it can).
 
-    A trained policy records the observation size and the action layout (site slots, batch
-    levels) it was trained for; a heuristic reads the snapshot and fits every scenario.
+    A trained policy records the interface it was trained for (observation size and layout,
+    site slots, batch levels); a heuristic reads the snapshot and fits every scenario. The sizes
+    are compared first, then the policy's own check (its recorded interface against the
+    environment's) on the first decision of an episode.
     """
     obs_shape = getattr(policy, "obs_shape", None)
     router = getattr(policy, "router", None)
@@ -282,14 +284,21 @@ def interface_mismatch(policy, source: str, overrides: dict | None = None) -> st
     try:
         shape = tuple(env.observation_space.shape)
         nvec = [int(x) for x in env.action_space.nvec]
+        if obs_shape is not None and tuple(obs_shape) != shape:
+            return f"observation of {shape[0]} elements, the policy takes {tuple(obs_shape)[0]}"
+        if sizes["max_sites"] is not None and sizes["max_sites"] != nvec[0] - 1:
+            return f"{nvec[0] - 1} site slots, the policy has {sizes['max_sites']}"
+        if sizes["n_levels"] is not None and sizes["n_levels"] != nvec[1]:
+            return f"{nvec[1]} batch levels, the policy has {sizes['n_levels']}"
+        obs, info = env.reset(seed=0)
+        snap = info.get("snapshot", getattr(env.unwrapped, "snapshot", None))
+        if snap is not None:
+            try:  # the policy's own interface check (recorded interface vs this environment's)
+                policy.act(obs, snap)
+            except ValueError as err:
+                return f"interface the policy was not made for ({err})"
     finally:
         env.close()
-    if obs_shape is not None and tuple(obs_shape) != shape:
-        return f"observation of {shape[0]} elements, the policy takes {tuple(obs_shape)[0]}"
-    if sizes["max_sites"] is not None and sizes["max_sites"] != nvec[0] - 1:
-        return f"{nvec[0] - 1} site slots, the policy has {sizes['max_sites']}"
-    if sizes["n_levels"] is not None and sizes["n_levels"] != nvec[1]:
-        return f"{nvec[1]} batch levels, the policy has {sizes['n_levels']}"
     return None
 
 
@@ -476,6 +485,7 @@ def evaluate(
             else:
                 skipped.append({"policy": p.label, "scenario": sc,
                                 "reason": f"interface does not fit: {sc} has an {why}"})
+        policy.reset(None)
     if not any(p.kind == "file" for p, _ in runs) and any(p.kind == "file" for p in policies):
         names = ", ".join(p.label for p in policies if p.kind == "file")
         raise ValueError(f"{names}: fits none of the scenarios {', '.join(suite.scenarios)} "

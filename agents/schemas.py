@@ -387,6 +387,8 @@ class RunRecord(BaseModel):
     hyperparams: dict[str, Any] = Field(description="the merged hyperparameter entry")
     eval_seeds: list[NonNegInt]
     commands: list[str]
+    interface: Optional[dict[str, Any]] = Field(
+        None, description="the observation interface record (gridenv.core.interface), checked on load")
 
     @field_validator("args")
     @classmethod
