@@ -60,8 +60,9 @@ def main(args: EvalArgs) -> int:
     if not args.quiet:
         where = (f"Ray ({args.ray_address or os.environ.get('RAY_ADDRESS') or f'local, {args.workers} CPUs'})"
                  if args.backend == "ray" else f"{args.workers} worker(s)")
+        n_pol = len(policies) + (not any(p.spec == "random" for p in policies))  # random: the reference
         print(f"suite {suite.name}: {len(suite.scenarios)} scenarios x {len(suite.seeds)} seeds, "
-              f"{len(policies)} policies on {where} -> {out}", file=sys.stderr)
+              f"{n_pol} policies (random included) on {where} -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
     lb = evaluate(suite, policies, workers=args.workers, progress=None if args.quiet else print_progress,
                   resamples=args.resamples, backend=args.backend, ray_address=args.ray_address)
