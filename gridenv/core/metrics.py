@@ -86,6 +86,7 @@ class Metrics:
             "energy_kwh": energy_j / 3.6e6,
             "idle_energy_kwh": float(self.idle_energy_j.sum()) / 3.6e6,
             "energy_cost_usd": energy_usd,
+            "dynamic_energy_cost_usd": float(self.dyn_energy_usd.sum()),  # the reward's energy term
             "gpu_cost_usd": gpu_usd,
             "busy_gpu_cost_usd": float(self.busy_gpu_usd.sum()),
             "cost_usd": cost,

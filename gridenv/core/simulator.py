@@ -13,6 +13,12 @@ One decision per arriving request (and per request re-routed after an outage). B
 decisions the simulator processes events in time order: request delivery at a site (after half
 the RTT), replica wake-ups (iteration or segment boundaries), site outages and repairs, link
 degradations. Ties are broken by insertion order, so runs are deterministic.
+
+Network: a request routed from region r to site s at time t gets the RTT ``rtt_ms[r][s]`` of
+the scenario (as given, see ``Topology``) times the product of the degraded-link windows on
+(r, s) open at t (start inclusive, end exclusive); it keeps that RTT for its whole life. The
+request reaches the site half an RTT after the decision and its tokens reach the user half an
+RTT after they are produced.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class GridSimulator:
         self._start_hour = d.start_hour_utc
         self._hours_per_s = 24.0 / d.period_s
         self._rtt_ms = self.topology.rtt_ms
+        self._link_rtt_factor = [d.rtt_factor for d in scenario.faults.degraded_links]
         self._book_consts = [
             (s.site_power_factor, s.tp * s.gpu_usd_per_h / 3600.0, s.tp, s.utc_offset_h,
              s.price_usd_per_kwh, s.carbon_g_per_kwh)
@@ -84,7 +91,8 @@ class GridSimulator:
         self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
         self.site_running = [0] * self.n_sites  # prefilling or decoding
         self.site_down = [0] * self.n_sites  # number of overlapping outages in force
-        self.link_factor = np.ones((topo.n_regions, self.n_sites))
+        self.link_factor = np.ones((topo.n_regions, self.n_sites))  # product of open windows
+        self._link_windows: dict[tuple[int, int], set[int]] = {}  # (region, site) -> open windows
         self._events: list = []
         self._seq = 0
         self._retry: list = []
@@ -120,10 +128,24 @@ class GridSimulator:
                     self._push(t + repair, SITE_UP, s)
                     t += repair + rng.exponential(f.random.mtbf_s)
         regions = self.topology.region_names
-        for d in f.degraded_links:
+        for w, d in enumerate(f.degraded_links):
             key = (regions.index(d.region), names.index(d.site))
-            self._push(d.start_s, LINK, (key, d.rtt_factor))
-            self._push(d.start_s + d.duration_s, LINK, (key, 1.0))
+            self._push(d.start_s, LINK, (key, w, True))
+            self._push(d.start_s + d.duration_s, LINK, (key, w, False))
+
+    def _on_link(self, key: tuple[int, int], window: int, opens: bool) -> None:
+        """A degraded-link window opens or closes. Windows on the same link compose: the RTT
+        factor is the product of the windows in force (two x2 give x4), recomputed from the
+        open set so each window ends on its own and a link with none open is exactly x1."""
+        open_windows = self._link_windows.setdefault(key, set())
+        if opens:
+            open_windows.add(window)
+        else:
+            open_windows.discard(window)
+        factor = 1.0
+        for w in sorted(open_windows):  # fixed order: the same product bit for bit
+            factor *= self._link_rtt_factor[w]
+        self.link_factor[key] = factor
 
     # ------------------------------------------------------------------ decisions
     def decide(self, site: int, batch_level: int | None = None) -> None:
@@ -188,8 +210,7 @@ class GridSimulator:
                 elif kind == SITE_UP:
                     self.site_down[obj] -= 1
                 else:
-                    (r, s), factor = obj
-                    self.link_factor[r, s] = factor
+                    self._on_link(*obj)
                 if self._retry_dirty:
                     self._retry_dirty = False
                     t_dec = self._next_decision_time()

@@ -1,15 +1,17 @@
-"""The grid as a graph: regions (user populations) and sites, joined by links with RTT and bandwidth.
+"""The grid: regions (user populations), sites, and the region x site RTT matrix between them.
 
-Built on networkx so scenarios can be inspected, drawn and extended with ordinary graph tools;
-the simulator reads the dense region x site RTT matrix derived from it (shortest path by RTT,
-which equals the direct link when the scenario gives a full matrix).
+The RTT matrix is the scenario's ``network.rtt_ms`` exactly as given: each entry is the measured
+(or assumed) round trip from a region's users to a site. Nothing is recomputed from it: users
+never relay traffic through another region's users, so a shortest path over a region/site graph
+would invent routes that do not exist (a scenario saying north -> core is 150 ms would be
+simulated at 60 ms via north -> edge-south -> south's users -> core). Degraded-link faults scale
+entries at run time (``GridSimulator``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from gridenv.core.catalog import GPUS, MODELS
@@ -88,25 +90,11 @@ class Topology:
                 )
         self.site_names = [s.name for s in self.sites]
 
-        self.graph = nx.Graph()
-        for i, r in enumerate(scenario.regions):
-            self.graph.add_node(("region", i), name=r.name, population=r.population)
-        for s in self.sites:
-            self.graph.add_node(("site", s.index), name=s.name, kind=s.kind, region=s.region)
-        bw = scenario.network.bandwidth_gbps
-        for r, row in scenario.network.rtt_ms.items():
-            ri = region_index[r]
-            for si, rtt in enumerate(row):
-                self.graph.add_edge(
-                    ("region", ri), ("site", si), rtt_ms=float(rtt),
-                    bandwidth_gbps=float(bw[r][si]) if bw else 100.0,
-                )
-        # Dense matrix of shortest-path RTTs, region x site, in ms.
-        self.rtt_ms = np.zeros((len(self.region_names), len(self.sites)))
-        for ri in range(len(self.region_names)):
-            dist = nx.single_source_dijkstra_path_length(self.graph, ("region", ri), weight="rtt_ms")
-            for s in self.sites:
-                self.rtt_ms[ri, s.index] = dist.get(("site", s.index), np.inf)
+        # Region x site RTT in ms, in region and site order: the scenario's matrix as given.
+        self.rtt_ms = np.array(
+            [[float(x) for x in scenario.network.rtt_ms[r]] for r in self.region_names], dtype=float
+        )
+        self.rtt_ms.flags.writeable = False
         self.site_region = np.array([s.region for s in self.sites], dtype=np.int64)
         self.site_model = np.array([s.model for s in self.sites], dtype=np.int64)
 
