@@ -485,7 +485,6 @@ def evaluate(
             else:
                 skipped.append({"policy": p.label, "scenario": sc,
                                 "reason": f"interface does not fit: {sc} has an {why}"})
-        policy.reset(None)
     if not any(p.kind == "file" for p, _ in runs) and any(p.kind == "file" for p in policies):
         names = ", ".join(p.label for p in policies if p.kind == "file")
         raise ValueError(f"{names}: fits none of the scenarios {', '.join(suite.scenarios)} "
