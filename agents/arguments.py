@@ -46,7 +46,7 @@ class TrainArgs:
     """Train a (Maskable)PPO router on a gridenv scenario."""
 
     scenario: str = "metro"
-    """scenario name (metro), env id (gridenv/Metro-v0) or path of a scenario YAML file"""
+    """scenario name (metro), env id (gridenv/Metro-v1) or path of a scenario YAML file"""
     algo: Literal["maskable_ppo", "ppo"] = "maskable_ppo"
     """maskable_ppo (sb3-contrib MaskablePPO, reads env.action_masks()) or ppo (plain PPO; masked sites are shed by the env)"""
     total_timesteps: int = 500_000

@@ -236,15 +236,14 @@ def run_episode(ep: EpisodeSpec) -> dict:
     """Run one episode to truncation; the per-episode record of the leaderboard JSON."""
     policy = _policy(ep.spec)
     env = _make_env(ep.source or ep.scenario, ep.overrides)
-    core = env.unwrapped
     t0 = time.perf_counter()
     obs, info = env.reset(seed=ep.seed)
     policy.reset(ep.seed)
     reward, decisions = 0.0, 0
     terms = {"goodput_value_usd": 0.0, "energy_cost_usd": 0.0, "gpu_cost_usd": 0.0}
-    shed = np.array([core.max_sites, 0])
+    shed = np.array([int(env.action_space.nvec[0]) - 1, 0])
     while True:
-        snap = core.snapshot
+        snap = info["snapshot"]  # the router-visible snapshot travels in info
         action = shed if snap is None else policy.act(obs, snap)
         obs, r, terminated, truncated, info = env.step(action)
         reward += r
@@ -291,7 +290,7 @@ def interface_mismatch(policy, source: str, overrides: dict | None = None) -> st
         if sizes["n_levels"] is not None and sizes["n_levels"] != nvec[1]:
             return f"{nvec[1]} batch levels, the policy has {sizes['n_levels']}"
         obs, info = env.reset(seed=0)
-        snap = info.get("snapshot", getattr(env.unwrapped, "snapshot", None))
+        snap = info.get("snapshot")  # the router-visible snapshot travels in info
         if snap is not None:
             try:  # the policy's own interface check (recorded interface vs this environment's)
                 policy.act(obs, snap)

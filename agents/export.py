@@ -17,7 +17,7 @@ Writes two files that belong together:
 ``DIR/policy.onnx``
     A logits-only graph (``extract_features -> mlp_extractor.forward_actor -> action_net``) with
     the observation normalization baked in. Inputs: ``obs`` float32 ``[batch, obs_size]`` (the
-    raw ``gridenv.core.snapshot.encode`` output) and ``action_mask`` bool
+    raw ``Interface.encode`` output) and ``action_mask`` bool
     ``[batch, max_sites + 1 + n_levels]`` (``RouterSnapshot.action_mask``). The graph computes
     ``clip((obs - mean) / sqrt(var + eps), -clip_obs, clip_obs)`` in float64 and casts to
     float32, exactly as ``VecNormalize.normalize_obs`` does, then the actor. Outputs:
@@ -37,8 +37,10 @@ Writes two files that belong together:
 
 ``DIR/policy.json``
     ``format_version``; the SHA-256 of ``policy.onnx`` (the runtime refuses a mismatch); the
-    scenario and env id it was trained on; the observation feature spec
-    (``gridenv.core.snapshot.feature_spec``: names, order, units, scaling) and its size; the
+    scenario and env id it was trained on; the observation interface record (``interface``:
+    version, content hash and declaration from ``gridenv.core.interface``; the runtime refuses
+    a policy whose interface differs from what this gridenv encodes, naming the difference);
+    the observation feature spec (names, order, units, scaling) and its size; the
     VecNormalize ``clip_obs`` / ``epsilon``; ``SiteStatics.to_dict()`` (everything a router
     needs to rebuild snapshots); the action semantics (site slots, shed index, batch levels);
     the scenario's per-class SLOs (the defaults the runtime uses when a request omits them).
@@ -284,17 +286,17 @@ def _verify(onnx_bytes: bytes, model, stats: dict, env, n_states: int, seed: int
 
     obs_list, masks = [], []
     rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=seed)
+    n_site, n_levels = (int(x) for x in env.action_space.nvec)
+    obs, info = env.reset(seed=seed)
     while len(obs_list) < n_states:
-        mask = env.unwrapped.action_masks()
+        mask = info["action_mask"]  # from what the env returns, not env.unwrapped
         obs_list.append(obs)
         masks.append(mask)
-        n_site = env.unwrapped.max_sites + 1
         site = rng.choice(np.flatnonzero(mask[:n_site]))
-        level = rng.integers(env.unwrapped.n_levels)
-        obs, _, term, trunc, _ = env.step(np.array([site, level]))
+        level = rng.integers(n_levels)
+        obs, _, term, trunc, info = env.step(np.array([site, level]))
         if term or trunc:
-            obs, _ = env.reset(seed=seed + len(obs_list))
+            obs, info = env.reset(seed=seed + len(obs_list))
     X = np.asarray(obs_list, dtype=np.float32)
     M = np.asarray(masks, dtype=bool)
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -310,7 +312,6 @@ def _verify(onnx_bytes: bytes, model, stats: dict, env, n_states: int, seed: int
         feats = policy.pi_features_extractor(t)
         ref = policy.action_net(policy.mlp_extractor.forward_actor(feats)).numpy()
     ref_masked = np.where(M, ref, MASKED_LOGIT)
-    n_site = env.unwrapped.max_sites + 1
     ref_site = ref_masked[:, :n_site].argmax(1)
     ref_level = ref_masked[:, n_site:].argmax(1)
     diff = float(np.abs(np.where(M, logits - ref, 0.0)).max())
@@ -336,7 +337,8 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
 
     import gridenv  # noqa: F401 - registers the env ids
     from gridenv.core.scenario import DEFAULT_SLOS
-    from gridenv.core.snapshot import SLO_CLASSES, SITE_FEATURES, feature_spec, obs_size
+    from gridenv.core.interface import InterfaceMismatchError, check_compatible
+    from gridenv.core.snapshot import SLO_CLASSES
     from gridenv.envs.registration import env_id as scenario_env_id
     from gridenv.router.runtime import (
         CONTRACT_KEY, FORMAT_VERSION, POLICY_JSON, POLICY_ONNX, contract_sha256,
@@ -352,10 +354,22 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
         env = gym.make(eid, config=env_config or None)
     except Exception as err:  # noqa: BLE001 - a bad env_config in args.json
         raise ExportError(f"cannot build {eid} with env_config {env_config} ({type(err).__name__}: {err})") from None
-    genv = env.unwrapped
+    genv = env.unwrapped  # metadata only (statics, scenario, interface); decisions use info
     st = genv.sim.statics
     sc = genv.scenario
-    n_obs = obs_size(st)
+    iface = genv.interface
+    n_obs = iface.obs_size
+    from agents.sb3_policy import read_interface_record
+
+    try:
+        recorded, recorded_at = read_interface_record(model_path)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    if recorded is not None:
+        try:
+            check_compatible(recorded, iface, what=f"{model_path} ({recorded_at})")
+        except InterfaceMismatchError as err:
+            raise ExportError(str(err)) from None
     n_site_choices, n_levels = st.max_sites + 1, len(st.batch_levels)
 
     obs_shape = tuple(model.observation_space.shape)
@@ -379,9 +393,9 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
     contract = json.loads(json.dumps({
         "scenario": {"name": name, "env_id": eid, "env_config": env_config, "source": scenario_source},
         "observation": {
-            "size": n_obs, "dtype": "float32", "encoder": "gridenv.core.snapshot.encode",
-            "site_features": [list(f) for f in SITE_FEATURES],
-            "features": feature_spec(st),
+            "size": n_obs, "dtype": "float32", "encoder": "gridenv.core.interface.Interface.encode",
+            "mode": iface.mode,
+            "features": iface.feature_spec(),
             "normalization": {
                 "kind": "VecNormalize" if stats["norm_obs"] else "none",
                 "clip_obs": stats["clip_obs"], "epsilon": stats["epsilon"],
@@ -401,7 +415,25 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
                     "every batch level true)",
         },
         "request_defaults": {"slo_s": slos},
+        "interface": iface.record(),
     }))
+
+    # Normalize the contract sections through the policy.json schema (the one pydantic model the
+    # runtime reads with), so the hash bound into the graph is that of what gets written.
+    from pydantic import ValidationError
+
+    from gridenv.router.policy_file import PolicyFile, first_error
+
+    placeholder = {"format_version": FORMAT_VERSION, "created_utc": "", "scores": "",
+                   "onnx": {"file": POLICY_ONNX, "sha256": "0" * 64, "opset": opset, "inputs": {},
+                            "outputs": {}, "metadata": {}},
+                   "source": {"model": "", "vecnormalize": "", "algo": algo, "num_timesteps": 0,
+                              "policy_class": ""}}
+    try:
+        draft = PolicyFile.model_validate({**placeholder, **contract}).model_dump(mode="json")
+    except ValidationError as err:
+        raise ExportError(f"policy.json would not validate: {first_error(err)}") from None
+    contract = {k: draft[k] for k in contract}
 
     module = _make_module(model.policy, stats, n_site_choices)
     raw = _export_onnx(module, n_obs, n_site_choices + n_levels, opset)
@@ -424,7 +456,7 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
             "file": POLICY_ONNX, "sha256": sha, "opset": opset,
             "inputs": {
                 "obs": {"dtype": "float32", "shape": ["batch", n_obs],
-                        "meaning": "raw gridenv.core.snapshot.encode() output (normalization is in the graph)"},
+                        "meaning": "raw Interface.encode() output (normalization is in the graph)"},
                 "action_mask": {"dtype": "bool", "shape": ["batch", n_site_choices + n_levels],
                                 "meaning": "RouterSnapshot.action_mask: site slots + shed, then batch levels"},
             },
@@ -456,8 +488,12 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     # Write both files under temporary names, then rename: no half-written pair.
     tmp_onnx, tmp_json = out / f".{POLICY_ONNX}.tmp", out / f".{POLICY_JSON}.tmp"
+    try:
+        text = PolicyFile.model_validate(meta).model_dump_json(indent=2)
+    except ValidationError as err:
+        raise ExportError(f"policy.json would not validate: {first_error(err)}") from None
     tmp_onnx.write_bytes(onnx_bytes)
-    tmp_json.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp_json.write_text(text + "\n")
     os.replace(tmp_onnx, out / POLICY_ONNX)
     os.replace(tmp_json, out / POLICY_JSON)
     env.close()

@@ -1,8 +1,9 @@
 """Heuristic routing baselines taken from production LLM routers.
 
 Each heuristic reads only the :class:`~gridenv.core.snapshot.RouterSnapshot` (what a real router
-sees: queues, KV use, RTTs, energy prices, predicted TTFT, the feasibility mask) and follows the
-formula in ``shared/reference/routers.md``:
+sees: queues, KV use, RTTs, energy prices, predicted TTFT, the feasibility mask), which the
+environment returns in ``info["snapshot"]`` (``policy.act(obs, info["snapshot"])``: works
+through wrappers and vector envs), and follows the formula in ``shared/reference/routers.md``:
 
 ============== ================================ ==========================================================
 name           modelled on                      rule (among feasible sites only)

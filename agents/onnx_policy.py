@@ -2,11 +2,14 @@
 
     from agents.onnx_policy import ONNXPolicy
     policy = ONNXPolicy("exported/metro")           # or "exported/metro/policy.onnx"
-    action = policy.act(obs, env.unwrapped.snapshot)
+    obs, info = env.reset(seed=0)
+    action = policy.act(obs, info["snapshot"])      # the snapshot comes from the env's info
 
 The same :class:`gridenv.router.runtime.RouterPolicy` that serves HTTP decides here, so a
 leaderboard run of an exported policy measures exactly what would be deployed. No torch is
-needed. Loading verifies ``policy.json`` against ``policy.onnx`` (hash, feature spec, sizes).
+needed. Loading verifies ``policy.json`` against ``policy.onnx`` (hash, sizes) and its recorded
+observation interface against this gridenv's (``gridenv.core.interface``: version, content
+hash; a difference is refused naming the feature or vocabulary).
 
 * ``act`` returns the env action ``[site_slot, batch_level]`` (``site_slot == max_sites``
   sheds): the argmax of the masked logits, so never a masked site.
@@ -51,9 +54,7 @@ class ONNXPolicy(Policy):
             self.router.check_snapshot(snapshot)
             self._checked[key] = snapshot.statics
         if obs is None:
-            from gridenv.core.snapshot import encode
-
-            obs = encode(snapshot)
+            obs = self.router.interface.encode(snapshot)
         obs = np.asarray(obs, dtype=np.float32)
         if obs.shape != (self.router.obs_size,):
             raise ValueError(f"{self.name}: observation of shape {obs.shape}, the policy takes "

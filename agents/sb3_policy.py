@@ -2,7 +2,17 @@
 
     from agents.sb3_policy import SB3Policy
     policy = SB3Policy("runs/metro_maskable_ppo_s0/best_model/best_model.zip")
-    action = policy.act(obs, env.unwrapped.snapshot)
+    obs, info = env.reset(seed=0)
+    action = policy.act(obs, info["snapshot"])     # the snapshot comes from the env's info
+
+* The interface: the model's recorded observation interface (``interface.json`` beside the
+  model, else ``"interface"`` in its run's ``args.json``, both written by ``train.py`` /
+  ``agents.migrate``: version, content hash, declaration) must be the one the environment
+  encodes. The first ``act`` checks it against ``gridenv.core.interface.make_interface(
+  snapshot.statics, recorded mode)`` and raises
+  :class:`gridenv.core.interface.InterfaceMismatchError` naming the feature, vocabulary entry or
+  action element that differs. A model with no record (trained before interfaces were
+  versioned) is checked by its observation shape only.
 
 * The algorithm is read from the archive (its policy class), not from the file name.
 * Observation normalization: the VecNormalize statistics are read from ``vecnormalize.pkl``
@@ -29,9 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from agents.policy import Policy
+from gridenv.core.interface import InterfaceMismatchError, check_compatible, make_interface
 from gridenv.core.snapshot import RouterSnapshot
 
-__all__ = ["SB3Policy", "detect_algo", "find_vecnormalize"]
+__all__ = ["SB3Policy", "detect_algo", "find_vecnormalize", "read_interface_record",
+           "write_interface_record", "INTERFACE_JSON"]
+
+#: Sidecar file holding a model's interface record (beside the model .zip).
+INTERFACE_JSON = "interface.json"
 
 _CKPT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
 
@@ -79,6 +94,37 @@ def find_vecnormalize(model_path: str | Path) -> Path:
         if ckpt.exists():
             return ckpt
     return p.with_name("vecnormalize.pkl")
+
+
+def read_interface_record(model_path: str | Path) -> tuple[dict | None, Path | None]:
+    """(interface record, file it came from) of a model: ``interface.json`` beside it, else the
+    run directory's ``args.json`` key ``interface``; (None, None) when neither has one."""
+    p = Path(model_path)
+    candidates = [p.with_name(INTERFACE_JSON)]
+    run = p.parent.parent if p.parent.name in ("best_model", "checkpoints") else p.parent
+    candidates += [run / INTERFACE_JSON, run / "args.json"]
+    for c in candidates:
+        if not c.is_file():
+            continue
+        try:
+            d = json.loads(c.read_text())
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{c}: not valid JSON ({err})") from None
+        rec = d.get("interface") if c.name == "args.json" and isinstance(d, dict) else d
+        if rec is not None:
+            if not isinstance(rec, dict) or not isinstance(rec.get("interface"), dict):
+                raise ValueError(f"{c}: malformed interface record (expected version, content_hash, interface)")
+            return rec, c
+    return None, None
+
+
+def write_interface_record(path: str | Path, interface) -> Path:
+    """Write ``interface.record()`` to `path` (a directory: its ``interface.json``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / INTERFACE_JSON
+    p.write_text(json.dumps(interface.record(), indent=2) + "\n")
+    return p
 
 
 def _load_obs_stats(path: Path) -> dict:
@@ -174,6 +220,9 @@ class SB3Policy(Policy):
             self.vecnormalize_path = vn_path
             self._stats = stats if stats["norm_obs"] else None
         self.name = name or _run_name(path)
+        #: the model's recorded interface (None: trained before interfaces were recorded)
+        self.interface_record, self.interface_record_path = read_interface_record(path)
+        self._checked_statics: list = []  # statics objects already checked (kept alive)
         #: plain PPO only: decisions where the predicted site was masked and the policy shed.
         self.n_masked_fallbacks = 0
 
@@ -192,7 +241,28 @@ class SB3Policy(Policy):
         s = self._stats
         return np.clip((obs - s["mean"]) / s["std"], -s["clip_obs"], s["clip_obs"]).astype(np.float32)
 
+    def check_interface(self, interface) -> None:
+        """Raise InterfaceMismatchError unless the model was recorded for `interface`."""
+        if self.interface_record is None:
+            return
+        check_compatible(self.interface_record, interface,
+                         what=f"{self.name} ({self.interface_record_path})")
+
+    def _check_snapshot(self, snapshot: RouterSnapshot) -> None:
+        st = snapshot.statics
+        if any(s is st for s in self._checked_statics):
+            return
+        if self.interface_record is not None:
+            mode = self.interface_record["interface"].get("mode", "slots")
+            try:
+                current = make_interface(st, mode)
+            except ValueError as err:
+                raise InterfaceMismatchError(f"{self.name}: recorded interface mode {mode!r}: {err}") from None
+            self.check_interface(current)
+        self._checked_statics.append(st)
+
     def _mask(self, snapshot: RouterSnapshot) -> np.ndarray:
+        self._check_snapshot(snapshot)
         mask = np.asarray(snapshot.action_mask, dtype=bool)
         if mask.shape != (self.max_sites + 1 + self.n_levels,):
             raise ValueError(f"{self.name}: action mask of length {mask.shape[0]}, the model expects "

@@ -389,6 +389,8 @@ class RunRecord(BaseModel):
     commands: list[str]
     interface: Optional[dict[str, Any]] = Field(
         None, description="the observation interface record (gridenv.core.interface), checked on load")
+    migrated: Optional[dict[str, Any]] = Field(
+        None, description="set by agents.migrate: from/to interface versions, by, verification")
 
     @field_validator("args")
     @classmethod

@@ -13,8 +13,10 @@ observation. The actor's output *is* the MultiDiscrete logit vector, so ``action
 identity and the standard export path (``extract_features -> mlp_extractor.forward_actor ->
 action_net``, agents/export.py) still holds.
 
-The observation layout it slices is ``gridenv.core.snapshot``'s: ``max_sites`` blocks of
-``N_SITE_FEATURES``, then the request features.
+The observation layout it slices is the declared interface's (``gridenv.core.interface``): in
+both modes ``max_sites`` blocks of ``n_site_features``, then the request features.
+``n_site_features`` is a policy keyword (default: the slots mode's 12; ``train.py`` passes the
+env interface's), saved with the model.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from gridenv.core.snapshot import N_SITE_FEATURES
+from gridenv.core.interface import SLOT_SITE_FEATURES
+
+#: Site features per slot of the slots mode (the default layout).
+N_SITE_FEATURES = len(SLOT_SITE_FEATURES)
 
 __all__ = ["SiteScoringExtractor", "MaskableSiteScoringPolicy", "SiteScoringPolicy"]
 
@@ -43,15 +48,17 @@ class SiteScoringExtractor(nn.Module):
     """``mlp_extractor`` whose actor latent is the full logit vector (sites, shed, levels)."""
 
     def __init__(self, obs_dim: int, max_sites: int, n_levels: int, site_hidden: list[int],
-                 critic_hidden: list[int], activation: type[nn.Module]) -> None:
+                 critic_hidden: list[int], activation: type[nn.Module],
+                 n_site_features: int = N_SITE_FEATURES) -> None:
         super().__init__()
         self.max_sites = max_sites
-        self.n_site_obs = max_sites * N_SITE_FEATURES
+        self.n_site_features = F = int(n_site_features)
+        self.n_site_obs = max_sites * F
         self.req_dim = obs_dim - self.n_site_obs
         if self.req_dim <= 0:
             raise ValueError(f"observation of size {obs_dim} has no request part for {max_sites} sites")
-        ctx = self.req_dim + N_SITE_FEATURES
-        self.site_mlp = _mlp([N_SITE_FEATURES + ctx, *site_hidden, 1], activation)
+        ctx = self.req_dim + F
+        self.site_mlp = _mlp([F + ctx, *site_hidden, 1], activation)
         self.global_mlp = _mlp([ctx, *site_hidden, 1 + n_levels], activation)
         self.critic = _mlp([obs_dim, *critic_hidden], activation)
         self.critic_act = activation()
@@ -60,7 +67,7 @@ class SiteScoringExtractor(nn.Module):
 
     def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
         b = obs.shape[0]
-        sites = obs[:, : self.n_site_obs].reshape(b, self.max_sites, N_SITE_FEATURES)
+        sites = obs[:, : self.n_site_obs].reshape(b, self.max_sites, self.n_site_features)
         req = obs[:, self.n_site_obs:]
         pooled = sites.mean(dim=1)
         ctx = torch.cat([req, pooled], dim=1)
@@ -78,9 +85,11 @@ class SiteScoringExtractor(nn.Module):
 class _SiteScoringMixin:
     """Replaces the MLP extractor and makes ``action_net`` the identity."""
 
-    def __init__(self, *args, site_hidden=(64, 64), critic_hidden=(128, 128), **kwargs):
+    def __init__(self, *args, site_hidden=(64, 64), critic_hidden=(128, 128),
+                 n_site_features=N_SITE_FEATURES, **kwargs):
         self._site_hidden = list(site_hidden)
         self._critic_hidden = list(critic_hidden)
+        self._n_site_features = int(n_site_features)
         kwargs.pop("net_arch", None)  # the architecture is this class's own
         super().__init__(*args, **kwargs)
 
@@ -88,7 +97,7 @@ class _SiteScoringMixin:
         nvec = self.action_space.nvec
         self.mlp_extractor = SiteScoringExtractor(
             self.features_dim, int(nvec[0]) - 1, int(nvec[1]), self._site_hidden,
-            self._critic_hidden, self.activation_fn,
+            self._critic_hidden, self.activation_fn, self._n_site_features,
         )
 
     def _build(self, lr_schedule) -> None:
@@ -103,7 +112,8 @@ class _SiteScoringMixin:
 
     def _get_constructor_parameters(self) -> dict:
         data = super()._get_constructor_parameters()
-        data.update(site_hidden=self._site_hidden, critic_hidden=self._critic_hidden)
+        data.update(site_hidden=self._site_hidden, critic_hidden=self._critic_hidden,
+                    n_site_features=self._n_site_features)
         return data
 
 

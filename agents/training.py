@@ -122,7 +122,7 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
     """The ``default:`` entry of `path`, overridden by the entry for `scenario`.
 
     A per-scenario entry is keyed by the scenario name (``metro``) or its env id
-    (``gridenv/Metro-v0``), not both. Nested mappings (``normalize``, ``env_config``) merge key by
+    (``gridenv/Metro-v1``), not both. Nested mappings (``normalize``, ``env_config``) merge key by
     key; everything else (e.g. ``net_arch``) is replaced. Every entry of the file is validated
     (:class:`agents.schemas.HyperparamsFile`), so a typo in another scenario's entry is
     reported too.
@@ -499,7 +499,8 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
 
             policy = MaskableSiteScoringPolicy if args.algo == "maskable_ppo" else SiteScoringPolicy
             policy_kwargs.pop("net_arch")
-            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden)
+            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden,
+                                 n_site_features=venv.get_attr("interface")[0].n_site_features)
         else:
             policy = "MlpPolicy"
         for key in ("learning_rate", "clip_range"):
@@ -515,6 +516,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         args=dataclasses.asdict(args), scenario=ref.name, env_id=ref.env_id,
         scenario_file=ref.source if ref.is_file else None, n_envs=n_envs,
         hyperparams=saved_hp | {"env_config": env_config or {}}, eval_seeds=eval_seeds,
+        interface=venv.get_attr("interface")[0].record(),  # checked by SB3Policy / export
         commands=[*(previous.commands if previous else []),
                   command or shlex.join(["python", "train.py", *sys.argv[1:]])])
     (run_dir / "args.json").write_text(record.model_dump_json(indent=2))

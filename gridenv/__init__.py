@@ -1,6 +1,6 @@
 """gridenv: a reinforcement-learning environment for LLM token scheduling on an edge/core GPU grid.
 
-Importing gridenv registers one Gymnasium id per scenario (``gridenv/Metro-v0`` ...) when
+Importing gridenv registers one Gymnasium id per scenario (``gridenv/Metro-v1`` ...) when
 gymnasium is installed; the simulation core (``gridenv.core``) and the router runtime do not
 need it.
 """

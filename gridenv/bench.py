@@ -2,7 +2,7 @@
 
     python -m gridenv.bench                 # a table
     python -m gridenv.bench --json          # [{"scenario", "decisions_per_s", "sim_s_per_wall_s", "peak_rss_mb"}, ...]
-    python -m gridenv.bench --scenarios gridenv/Metro-v0 --min-seconds 10
+    python -m gridenv.bench --scenarios gridenv/Metro-v1 --min-seconds 10
     python -m gridenv.bench --scenarios metro,path/to/my.yaml     # names, ids or YAML paths
 
 Each scenario runs in a fresh child process pinned to one core (so peak RSS is that scenario's

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-METRO = "gridenv/Metro-v0"
+METRO = "gridenv/Metro-v1"
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gridenv.core.catalog import GPUS, MODELS
+from gridenv.core.interface import MODES, SLO_CLASSES
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_names",
     "SLO_CLASSES", "DEFAULT_SLOS", "deep_merge",
 ]
-
-#: SLO classes, in the fixed order the observation one-hot uses.
-SLO_CLASSES: tuple[str, ...] = ("chat", "code", "summarization")
 
 #: DistServe artifact SLOs (physics.md section 6): (TTFT s, TPOT s).
 DEFAULT_SLOS: dict[str, tuple[float, float]] = {
@@ -247,6 +245,12 @@ class Actions(_Strict):
         return v
 
 
+class Observation(_Strict):
+    mode: Literal[MODES] = Field("slots", description="observation layout (gridenv.core.interface): "
+                                 "slots (fixed site slots, region/model one-hots) or relative "
+                                 "(topology-agnostic per-site features)")
+
+
 class Scenario(_Strict):
     name: str
     description: str = ""
@@ -260,6 +264,7 @@ class Scenario(_Strict):
     faults: Faults = Faults()
     economics: Economics = Economics()
     actions: Actions = Actions()
+    observation: Observation = Observation()
     source: str | None = Field(None, description="file it was loaded from (set by the loader)")
 
     @model_validator(mode="after")

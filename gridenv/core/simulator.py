@@ -29,10 +29,11 @@ import math
 import numpy as np
 
 from gridenv.core.engine import DECODE, IDLE, Replica, Request
+from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.scenario import Scenario
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
-from gridenv.core.topology import Topology
+from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
 __all__ = ["GridSimulator", "SHED"]
@@ -47,6 +48,8 @@ class GridSimulator:
         self.scenario = scenario
         self.topology = Topology(scenario)
         self.statics = SiteStatics.from_topology(self.topology)
+        # catalog model index -> index into the scenario's own models (statics.model_names)
+        self._model_local = {MODEL_NAMES.index(m): i for i, m in enumerate(self.statics.model_names)}
         self.n_sites = self.topology.n_sites
         self.batch_levels = list(scenario.actions.batch_levels)
         self.api_s = scenario.network.api_overhead_ms / 1000.0
@@ -335,7 +338,7 @@ class GridSimulator:
         return (self._start_hour + (self.now if t is None else t) * self._hours_per_s) % 24.0
 
     def _local_hour_index(self, site: int, t: float) -> int:
-        return int((self.hour_utc(t) + self.topology.sites[site].utc_offset_h) % 24.0) % 24
+        return int(local_hour(self.hour_utc(t), self.topology.sites[site].utc_offset_h)) % 24
 
     def _book(self, site: int, busy_s: float, energy_j: float, t: float) -> None:
         """Charge a replica's busy time and dynamic energy to its site."""
@@ -395,7 +398,7 @@ class GridSimulator:
         mids, dt = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
         hours = (self._start_hour + mids * self._hours_per_s) % 24.0
         for s, spec in enumerate(self.topology.sites):
-            idx = ((hours + spec.utc_offset_h) % 24.0).astype(np.int64) % 24
+            idx = local_hour(hours, spec.utc_offset_h).astype(np.int64) % 24
             power_w = spec.idle_w * spec.site_power_factor
             kwh = power_w * dt / J_PER_KWH
             m.idle_energy_j[s] = power_w * t_end
@@ -431,7 +434,7 @@ class GridSimulator:
         req = self.pending
         if req is None:
             raise RuntimeError("no pending request")
-        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, req.model,
+        view = RequestView(req.prompt_tokens, req.slo_class, req.origin, self._model_local[req.model],
                            req.residency, req.ttft_slo_s, req.tpot_slo_s)
         hour = self.hour_utc()
         if int(hour) != self._price_hour:

@@ -5,49 +5,28 @@ utilization, RTT from the request's origin, energy price, up or down, batching l
 request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
 feasibility mask, the predicted TTFT, the observation vector) is computed here and nowhere else:
 the Gymnasium environment, the heuristic baselines and the exported router at serving time all
-call :func:`make_snapshot` and :func:`encode`.
+call :func:`make_snapshot`, and the observation is encoded by the declared interface
+(:mod:`gridenv.core.interface`; :func:`encode` is its slots-mode shorthand). The environment
+returns each snapshot in ``info["snapshot"]``, so policies decide from what the env returns.
 
 This module imports numpy only, so a router host needs neither gymnasium nor torch.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gridenv.core.interface import SLO_CLASSES, action_mask, make_interface
+
 __all__ = [
     "SiteStatics", "RequestView", "RouterSnapshot", "make_snapshot", "encode",
-    "feature_spec", "obs_size", "SITE_FEATURES", "SLO_CLASSES", "SHED",
+    "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s",
 ]
-
-#: SLO classes, in one-hot order (same as gridenv.core.scenario.SLO_CLASSES).
-SLO_CLASSES: tuple[str, ...] = ("chat", "code", "summarization")
 
 #: Sentinel site index meaning "shed the request" in decisions (the action uses max_sites).
 SHED = -1
-
-#: Per-site features, in observation order: (name, unit, how it is scaled to [0, 1]).
-SITE_FEATURES: tuple[tuple[str, str, str], ...] = (
-    ("present", "flag", "1 if the slot holds a site, 0 for padding"),
-    ("up", "flag", "1 if the site is up"),
-    ("feasible", "flag", "1 if the request may go there (the action mask)"),
-    ("waiting", "requests", "outstanding not-yet-running requests / max_waiting, clipped to 1"),
-    ("running", "requests", "running requests / (replicas * largest batch level), clipped to 1"),
-    ("kv_util", "fraction", "reserved KV tokens / KV capacity"),
-    ("ttft_pred", "s", "predicted TTFT / the request's TTFT SLO, divided by 4, clipped to 1"),
-    ("rtt", "ms", "RTT from the request's origin / 200 ms, clipped to 1"),
-    ("energy_price", "$/kWh", "price / 0.5 $/kWh, clipped to 1"),
-    ("batch_level", "index", "current batching level / (levels - 1)"),
-    ("is_edge", "flag", "1 for an edge site, 0 for core"),
-    ("in_origin_region", "flag", "1 if the site is in the request's origin region"),
-)
-N_SITE_FEATURES = len(SITE_FEATURES)
-RTT_SCALE_MS = 200.0
-PRICE_SCALE_USD_PER_KWH = 0.5
-TTFT_RATIO_CLIP = 4.0
-PROMPT_LOG_SCALE = math.log1p(32768.0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +65,13 @@ class SiteStatics:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __getstate__(self):  # pickle the fields, not the per-process caches (_arrays, _interfaces)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def __setstate__(self, state) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
     @classmethod
     def from_dict(cls, d: dict) -> "SiteStatics":
         fields = cls.__dataclass_fields__
@@ -97,15 +83,20 @@ class SiteStatics:
 
     @classmethod
     def from_topology(cls, topo) -> "SiteStatics":
+        from gridenv.core.topology import MODEL_NAMES
+
         sc = topo.scenario
         perfs = [s.perf for s in topo.sites]
+        # The scenario's own models (never the whole catalog: adding a model to catalog.py
+        # must not change an observation).
+        models = tuple(sorted({MODEL_NAMES[s.model] for s in topo.sites}))
         return cls(
             site_names=tuple(topo.site_names),
             region_names=tuple(topo.region_names),
-            model_names=tuple(_model_names()),
+            model_names=models,
             region_utc_offset_h=tuple(float(x) for x in topo.region_utc_offset_h),
             site_region=tuple(s.region for s in topo.sites),
-            site_model=tuple(s.model for s in topo.sites),
+            site_model=tuple(models.index(MODEL_NAMES[s.model]) for s in topo.sites),
             is_edge=tuple(s.kind == "edge" for s in topo.sites),
             replicas=tuple(s.replicas for s in topo.sites),
             max_waiting=tuple(s.replicas * s.max_queue for s in topo.sites),
@@ -125,12 +116,6 @@ class SiteStatics:
         )
 
 
-def _model_names() -> tuple[str, ...]:
-    from gridenv.core.catalog import MODELS
-
-    return tuple(sorted(MODELS))
-
-
 @dataclass(slots=True)
 class RequestView:
     """The request being routed, as the router sees it (no output length: that is unknown)."""
@@ -138,13 +123,13 @@ class RequestView:
     prompt_tokens: int
     slo_class: int  # index into SLO_CLASSES
     origin: int  # region index
-    model: int  # index into statics.model_names
+    model: int  # index into statics.model_names (the scenario's own models)
     residency: bool  # must be served in its origin region
     ttft_slo_s: float
     tpot_slo_s: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RouterSnapshot:
     """Live signals for every site plus the request, and what is derived from them."""
 
@@ -161,17 +146,26 @@ class RouterSnapshot:
     # derived by make_snapshot
     feasible: np.ndarray = None  # bool, per site
     ttft_pred_s: np.ndarray = None  # per site
-    _signals: np.ndarray | None = field(default=None, repr=False)  # stacked rows, for encode
 
     @property
     def action_mask(self) -> np.ndarray:
         """Flat MultiDiscrete mask: max_sites + 1 site choices (last = shed), then batch levels."""
-        st = self.statics
-        m = np.zeros(st.max_sites + 1 + len(st.batch_levels), dtype=bool)
-        m[: st.n_sites] = self.feasible
-        m[st.max_sites] = True  # shedding is always allowed
-        m[st.max_sites + 1 :] = True
-        return m
+        return action_mask(self.statics, self.feasible)
+
+    def __eq__(self, other) -> bool:
+        """Same statics, request and signals (arrays compared element-wise)."""
+        if not isinstance(other, RouterSnapshot):
+            return NotImplemented
+        for k in self.__dataclass_fields__:
+            a, b = getattr(self, k), getattr(other, k)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if not np.array_equal(a, b):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # mutable arrays inside
 
 
 def _statics_arrays(st: SiteStatics) -> dict:
@@ -191,27 +185,11 @@ def _statics_arrays(st: SiteStatics) -> dict:
             "p_lin": np.asarray(st.prefill_lin_s),
             "level_den": float(max(len(st.batch_levels) - 1, 1)),
         }
-        n = st.n_sites
         cache["kv_cap_min"] = float(cache["kv_cap"].min())
         cache["model_ok"] = [cache["site_model"] == m for m in range(len(st.model_names))]
         cache["in_region"] = [
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
         ]
-        # Per-feature scale, rows in SITE_FEATURES order (ttft_pred is scaled per request).
-        scale = np.ones((N_SITE_FEATURES, n))
-        scale[3] = 1.0 / cache["max_waiting"]
-        scale[4] = 1.0 / cache["run_cap"]
-        scale[7] = 1.0 / RTT_SCALE_MS
-        scale[8] = 1.0 / PRICE_SCALE_USD_PER_KWH
-        scale[9] = 1.0 / cache["level_den"]
-        cache["scale"] = scale
-        template = np.zeros((len(st.region_names), N_SITE_FEATURES, n))
-        template[:, 0] = 1.0
-        template[:, 10] = cache["is_edge"]
-        for r in range(len(st.region_names)):
-            template[r, 11] = cache["site_region"] == r
-        cache["template"] = template
-        cache["obs_size"] = obs_size(st)
         cache["prefill_memo"] = {}
         object.__setattr__(st, "_arrays", cache)
     return cache
@@ -266,74 +244,20 @@ def make_snapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
         waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
         energy_price_usd_per_kwh=sig[4], up=up, batch_level=sig[6].astype(np.int64),
-        feasible=feasible, ttft_pred_s=ttft, _signals=sig,
+        feasible=feasible, ttft_pred_s=ttft,
     )
 
 
-def obs_size(statics: SiteStatics) -> int:
-    return statics.max_sites * N_SITE_FEATURES + _request_size(statics)
+def obs_size(statics: SiteStatics, mode: str = "slots") -> int:
+    """Observation length (see :mod:`gridenv.core.interface`)."""
+    return make_interface(statics, mode).obs_size
 
 
-def _request_size(st: SiteStatics) -> int:
-    # prompt, SLO one-hot, origin one-hot, model one-hot, residency, hour sin, hour cos
-    return 1 + len(SLO_CLASSES) + len(st.region_names) + len(st.model_names) + 1 + 2
-
-
-def feature_spec(statics: SiteStatics) -> list[dict]:
+def feature_spec(statics: SiteStatics, mode: str = "slots") -> list[dict]:
     """Names, order, units and scaling of every observation element (for exported policies)."""
-    spec = []
-    for slot in range(statics.max_sites):
-        for name, unit, scale in SITE_FEATURES:
-            spec.append({"name": f"site[{slot}].{name}", "unit": unit, "scale": scale})
-    spec.append({"name": "request.prompt_tokens", "unit": "tokens",
-                 "scale": "log1p(tokens) / log1p(32768), clipped to 1"})
-    spec += [{"name": f"request.slo_class={c}", "unit": "flag", "scale": "one-hot"} for c in SLO_CLASSES]
-    spec += [{"name": f"request.origin={r}", "unit": "flag", "scale": "one-hot"} for r in statics.region_names]
-    spec += [{"name": f"request.model={m}", "unit": "flag", "scale": "one-hot"} for m in statics.model_names]
-    spec.append({"name": "request.residency", "unit": "flag", "scale": "1 if it must stay in its region"})
-    spec.append({"name": "origin_hour.sin", "unit": "1", "scale": "sin(2 pi local hour / 24)"})
-    spec.append({"name": "origin_hour.cos", "unit": "1", "scale": "cos(2 pi local hour / 24)"})
-    return spec
+    return make_interface(statics, mode).feature_spec()
 
 
-def encode(snap: RouterSnapshot, out: np.ndarray | None = None) -> np.ndarray:
-    """The observation vector (float32, in [-1, 1]) of a snapshot."""
-    st = snap.statics
-    a = _statics_arrays(st)
-    req = snap.request
-    n, F = st.n_sites, N_SITE_FEATURES
-    if out is None:
-        out = np.zeros(a["obs_size"], dtype=np.float32)
-    else:
-        out[:] = 0.0
-    sig = snap._signals
-    if sig is None:  # built by hand, not by make_snapshot
-        sig = np.array((snap.waiting, snap.running, snap.kv_util, snap.rtt_ms,
-                        snap.energy_price_usd_per_kwh, snap.up, snap.batch_level), dtype=np.float64)
-    # Rows in SITE_FEATURES order; the constant rows (present, is_edge, in_origin_region) come
-    # from a per-origin template, then one scale-and-clip for the whole block.
-    site = a["template"][req.origin].copy()
-    site[1] = snap.up
-    site[2] = snap.feasible
-    site[3:6] = sig[0:3]
-    site[6] = snap.ttft_pred_s
-    site[7:9] = sig[3:5]
-    site[9] = sig[6]
-    site *= a["scale"]
-    site[6] *= 1.0 / (req.ttft_slo_s * TTFT_RATIO_CLIP)
-    np.clip(site, 0.0, 1.0, out=site)
-    out[: n * F] = site.T.ravel()
-    i = st.max_sites * F
-    out[i] = min(math.log1p(req.prompt_tokens) / PROMPT_LOG_SCALE, 1.0)
-    i += 1
-    out[i + req.slo_class] = 1.0
-    i += len(SLO_CLASSES)
-    out[i + req.origin] = 1.0
-    i += len(st.region_names)
-    out[i + req.model] = 1.0
-    i += len(st.model_names)
-    out[i] = 1.0 if req.residency else 0.0
-    hour = (snap.hour_utc + st.region_utc_offset_h[req.origin]) % 24.0
-    out[i + 1] = math.sin(2.0 * math.pi * hour / 24.0)
-    out[i + 2] = math.cos(2.0 * math.pi * hour / 24.0)
-    return out
+def encode(snap: RouterSnapshot, out: np.ndarray | None = None, mode: str = "slots") -> np.ndarray:
+    """The observation vector of a snapshot in `mode` (:meth:`gridenv.core.interface.Interface.encode`)."""
+    return make_interface(snap.statics, mode).encode(snap, out)

@@ -10,7 +10,8 @@ from gymnasium import spaces
 
 from gridenv.core.scenario import Scenario, load_scenario
 from gridenv.core.simulator import SHED, GridSimulator
-from gridenv.core.snapshot import RouterSnapshot, encode, obs_size
+from gridenv.core.interface import make_interface
+from gridenv.core.snapshot import RouterSnapshot
 
 __all__ = ["GridEnv", "InvalidActionError"]
 
@@ -52,15 +53,41 @@ class GridEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(-1, 1, (max_sites * 12 + 10 + n_regions,), float32)``, encoded by
-    ``gridenv.core.snapshot.encode`` from the router-visible snapshot (the same encoder the
-    exported router uses). Per site slot, 12 features in [0, 1]: present, up, feasible,
-    waiting, running, KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin,
-    energy price, current batch level, edge flag, in-origin-region flag (padding slots are all
-    zero). Then the request: log prompt length, SLO class one-hot (chat, code, summarization),
-    origin region one-hot, model one-hot (llama-2-70b, llama-3-70b, llama-3-8b), residency
-    flag, and sin/cos of the origin's local hour. ``gridenv.core.snapshot.feature_spec`` lists
-    every element with its unit and scaling.
+    Declared once in ``gridenv.core.interface`` and chosen by the scenario option
+    ``observation: {mode: slots | relative}`` (default ``slots``; e.g.
+    ``gym.make(id, config={"observation": {"mode": "relative"}})``). ``env.interface`` is the
+    declaration: ``obs_size``, ``feature_spec()`` (every element with its unit, scaling and
+    source), ``encode(snapshot)``, ``version`` and ``content_hash`` (recorded by trained models
+    and exported policies; a policy recorded under another interface is refused, naming the
+    difference). In both modes: ``max_sites`` site blocks (padding slots all zero), then the
+    request.
+
+    ``slots`` (interface ``slots-2``): ``Box(-1, 1, (max_sites * 12 + 7 + n_regions + n_models,),
+    float32)``. Per site slot, 12 features in [0, 1]: present, up, feasible, waiting, running,
+    KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin, energy price,
+    current batch level, edge flag, in-origin-region flag. Then the request: log prompt length,
+    SLO class one-hot (chat, code, summarization), origin region one-hot (the scenario's
+    regions), model one-hot (the scenario's own models only: adding a model to the catalog does
+    not change an observation), residency flag, sin/cos of the origin's local hour. Metro: 72.
+
+    ``relative`` (interface ``relative-1``): ``Box(-1, 1, (max_sites * 16 + 9,), float32)``,
+    with no site, region or model identity, so one per-site network can score 1..``max_sites``
+    sites of any grid. Per site slot, 16 features: present, up, feasible, waiting, running, KV
+    utilization, predicted TTFT / SLO, RTT from the request's origin, same-region flag, energy
+    price, batch level, edge flag, replica $/h, replica power, capacity, prompt / KV capacity.
+    Then: log prompt length, SLO class one-hot, residency, sin/cos of the local hour, TTFT and
+    TPOT SLOs (scaled).
+
+    ## Info
+
+    ``reset`` and ``step`` return ``info["snapshot"]``: the router-visible
+    :class:`~gridenv.core.snapshot.RouterSnapshot` behind the observation (``None`` once the
+    episode is over), and ``info["action_mask"]``. Policies decide from these
+    (``policy.act(obs, info["snapshot"])``), never from ``env.unwrapped``, so heuristics work
+    through wrappers, ``gym.make_vec`` (an object array of snapshots) and SB3/Ray vector envs.
+    The snapshot is picklable and cheap (its statics object is shared, not copied). ``step``
+    adds ``info["rewards"]`` (the reward terms), ``info["invalid_action"]``,
+    ``info["sim_time_s"]`` and, at truncation, ``info["episode_metrics"]``.
 
     ## Rewards
 
@@ -91,19 +118,24 @@ class GridEnv(gym.Env):
 
     ## Arguments
 
-    ``gym.make("gridenv/Metro-v0", config={...}, render_mode=None)``: ``config`` is deep-merged
+    ``gym.make("gridenv/Metro-v1", config={...}, render_mode=None)``: ``config`` is deep-merged
     into the scenario YAML (e.g. ``{"workload": {"rate_rps": 40}}``); ``scenario=`` takes a
     scenario name, a YAML path or a :class:`Scenario`.
 
     ## Registered Configurations
 
-    One id per file in ``configs/scenarios/``: ``gridenv/Metro-v0``, ``gridenv/Continental-v0``,
-    ``gridenv/Outage-v0``, ``gridenv/Bursty-v0``, ``gridenv/Centralized-v0``,
-    ``gridenv/DistributedEdge-v0`` (see the README's table).
+    One id per file in ``configs/scenarios/``: ``gridenv/Metro-v1``, ``gridenv/Continental-v1``,
+    ``gridenv/Outage-v1``, ``gridenv/Bursty-v1``, ``gridenv/Centralized-v1``,
+    ``gridenv/DistributedEdge-v1`` (see the README's table).
 
     ## Version History
 
-    * v0: initial release.
+    * v1: the observation is declared by ``gridenv.core.interface`` (interface ``slots-2``): the
+      model one-hot spans the scenario's own models, not the whole catalog (Metro 74 -> 72
+      elements, Continental 109 -> 108); the ``relative`` observation mode; ``info["snapshot"]``.
+      Dynamics and rewards unchanged. ``-v0`` ids raise ``gymnasium.error.DeprecatedEnv``
+      pointing to ``-v1``; models trained on v0 migrate exactly with ``python -m agents.migrate``.
+    * v0: initial release (interface ``slots-1``).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -125,8 +157,11 @@ class GridEnv(gym.Env):
         st = self.sim.statics
         self.max_sites = st.max_sites
         self.n_levels = len(st.batch_levels)
+        #: The declared observation/action interface (gridenv.core.interface): encoder, feature
+        #: spec, version and content hash that trained policies record.
+        self.interface = make_interface(st, self.scenario.observation.mode)
         self.action_space = spaces.MultiDiscrete([self.max_sites + 1, self.n_levels])
-        self.observation_space = spaces.Box(-1.0, 1.0, (obs_size(st),), dtype=np.float32)
+        self.observation_space = spaces.Box(-1.0, 1.0, (self.interface.obs_size,), dtype=np.float32)
         self._raise_invalid = self.scenario.actions.invalid_action == "raise"
         self._snap: RouterSnapshot | None = None
 
@@ -136,7 +171,7 @@ class GridEnv(gym.Env):
         self.sim.reset(self.np_random)
         self.sim.take_reward()
         obs = self._observe()
-        return obs, {"action_mask": self.action_masks()}
+        return obs, {"action_mask": self.action_masks(), "snapshot": self._snap}
 
     def step(self, action):
         if self.sim.done:
@@ -162,6 +197,7 @@ class GridEnv(gym.Env):
         info: dict[str, Any] = {
             "rewards": {"goodput_value_usd": value, "energy_cost_usd": energy, "gpu_cost_usd": gpu},
             "action_mask": self.action_masks(),
+            "snapshot": self._snap,
             "invalid_action": invalid,
             "sim_time_s": self.sim.now,
         }
@@ -175,7 +211,7 @@ class GridEnv(gym.Env):
             m = np.zeros(self.max_sites + 1 + self.n_levels, dtype=bool)
             m[self.max_sites:] = True  # nothing to route: only "shed" is meaningful
             return m
-        return self._snap.action_mask
+        return self.interface.action_mask(self._snap)
 
     # ------------------------------------------------------------------ helpers
     def _decode_action(self, action) -> tuple[int, int]:
@@ -194,11 +230,12 @@ class GridEnv(gym.Env):
             self._snap = None
             return np.zeros(self.observation_space.shape, dtype=np.float32)
         self._snap = self.sim.snapshot()
-        return encode(self._snap)
+        return self.interface.encode(self._snap)
 
     @property
     def snapshot(self) -> RouterSnapshot | None:
-        """The router-visible snapshot behind the current observation (for heuristics)."""
+        """The router-visible snapshot behind the current observation (also in ``info["snapshot"]``,
+        which is what policies should use: it survives wrappers and vector envs)."""
         return self._snap
 
     def episode_metrics(self) -> dict:

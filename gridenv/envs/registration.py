@@ -1,9 +1,9 @@
 """Scenario lookup and Gymnasium ids: one registered, versioned id per scenario.
 
 Every tool names a scenario the same way (:func:`resolve_scenario`): a built-in scenario's name
-(``metro``, a file of ``configs/scenarios/``), its env id (``gridenv/Metro-v0``, or
-``Metro-v0``), or the path of a scenario YAML file (``path/to/my.yaml``), whose id comes from
-the ``name:`` in the file (``name: my-grid`` -> ``gridenv/MyGrid-v0``) and is registered on
+(``metro``, a file of ``configs/scenarios/``), its env id (``gridenv/Metro-v1``, or
+``Metro-v1``), or the path of a scenario YAML file (``path/to/my.yaml``), whose id comes from
+the ``name:`` in the file (``name: my-grid`` -> ``gridenv/MyGrid-v1``) and is registered on
 first use::
 
     import gymnasium as gym
@@ -21,13 +21,15 @@ from pathlib import Path
 __all__ = ["env_id", "register_envs", "register_scenario", "resolve_scenario", "ScenarioRef",
            "ENV_VERSION", "ENTRY_POINT"]
 
-#: Bump when dynamics or reward change (and add a line to GridEnv's Version History).
-ENV_VERSION = 0
+#: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
+#: History). v1: observation interface slots-2 (gridenv.core.interface). Old ids are not
+#: registered, so gym.make("gridenv/Metro-v1") raises gymnasium's DeprecatedEnv naming -v1.
+ENV_VERSION = 1
 ENTRY_POINT = "gridenv.envs.grid_env:GridEnv"
 
 
 def env_id(scenario_name: str) -> str:
-    """``distributed-edge`` -> ``gridenv/DistributedEdge-v0``."""
+    """``distributed-edge`` -> ``gridenv/DistributedEdge-v1``."""
     camel = "".join(part.capitalize() for part in scenario_name.replace("_", "-").split("-"))
     return f"gridenv/{camel}-v{ENV_VERSION}"
 
@@ -37,7 +39,7 @@ class ScenarioRef:
     """A resolved scenario: its name, its env id, and what ``GridEnv(scenario=...)`` loads."""
 
     name: str  #: ``metro``, or the ``name:`` of a YAML file
-    env_id: str  #: ``gridenv/Metro-v0``
+    env_id: str  #: ``gridenv/Metro-v1``
     source: str  #: the built-in name, or the YAML file's absolute path
     is_file: bool  #: given as a YAML path (not a built-in scenario)
 
@@ -105,8 +107,8 @@ def _register(eid: str, source: str) -> None:
     except ImportError:  # pragma: no cover - the core works without gymnasium
         return
     # The namespaced id, and a bare alias so that the module:id form
-    # gym.make("gridenv:Metro-v0") works in a fresh interpreter (it imports gridenv, then
-    # looks the part after the colon up); "gridenv:gridenv/Metro-v0" works as well.
+    # gym.make("gridenv:Metro-v1") works in a fresh interpreter (it imports gridenv, then
+    # looks the part after the colon up); "gridenv:gridenv/Metro-v1" works as well.
     for rid in (eid, eid.split("/", 1)[1]):
         if rid not in gym.registry:
             gym.register(id=rid, entry_point=ENTRY_POINT, kwargs={"scenario": source})

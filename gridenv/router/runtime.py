@@ -6,14 +6,15 @@
     # {"endpoint": "edge-north", "shed": False, "batch_level": 1, "max_batch_size": 32,
     #  "scores": {"edge-north": 0.91, ...}, "shed_score": 0.0, "site_index": 0, "action": [0, 1]}
 
-Imports numpy, onnxruntime and ``gridenv.core.snapshot`` only: no torch, no stable-baselines3,
+Imports numpy, onnxruntime and ``gridenv.core`` (snapshot, interface) only: no torch, no stable-baselines3,
 no gymnasium of its own (``import gridenv`` registers the Gymnasium ids when gymnasium happens
 to be installed; the runtime does not need it).
 
 Loading verifies ``policy.json`` against ``policy.onnx`` and against this gridenv: format
-version, the SHA-256 of ``policy.onnx``, the observation feature spec (it must equal what
-``feature_spec(SiteStatics.from_dict(statics))`` produces now, so a changed encoder is caught),
-the observation size, the number of sites and the graph's input/output shapes. Any mismatch
+version, the SHA-256 of ``policy.onnx``, the observation interface (``interface``: version, content
+hash and declaration; it must be what ``gridenv.core.interface`` declares now for these statics
+and mode, so a changed encoder is refused with a message naming the feature or vocabulary that
+differs), the feature spec derived from it, the observation size, the number of sites and the graph's input/output shapes. Any mismatch
 raises :class:`PolicyFileError` with one line naming what differs.
 
 The JSON snapshot (``POST /v1/route`` body)::
@@ -25,6 +26,10 @@ The JSON snapshot (``POST /v1/route`` body)::
                  "model": "llama-3-8b", "residency": false,
                  "ttft_slo_s": 0.25, "tpot_slo_s": 0.1},
      "hour_utc": 14.5}
+
+The endpoint and request fields, with unit and valid range, are declared in
+``gridenv.core.interface`` (``SITE_SIGNALS``, ``REQUEST_FIELDS``, ``HOUR_FIELD``); the endpoint
+parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
 
 * ``endpoints``: one object per site, matched by ``name``; every site of the policy must be
   present (extra keys are ignored). ``waiting`` (requests sent, not yet running) and ``running``
@@ -58,30 +63,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
-from gridenv.core.snapshot import (
+from gridenv.core.interface import (
+    SITE_SIGNALS,
     SLO_CLASSES,
-    RequestView,
-    RouterSnapshot,
-    SiteStatics,
-    encode,
-    feature_spec,
-    make_snapshot,
-    obs_size,
+    InterfaceMismatchError,
+    check_compatible,
+    make_interface,
 )
+from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.router.policy_file import PolicyFile, first_error
 
 __all__ = [
     "RouterPolicy", "PolicyFileError", "SnapshotError", "snapshot_to_json",
     "FORMAT_VERSION", "POLICY_JSON", "POLICY_ONNX", "CONTRACT_KEY", "contract_sha256",
 ]
 
-#: policy.json format read and written by this version.
-FORMAT_VERSION = 1
+#: policy.json format read and written by this version (2: adds the interface record).
+FORMAT_VERSION = 2
 POLICY_JSON = "policy.json"
 POLICY_ONNX = "policy.onnx"
 #: ONNX metadata key holding the SHA-256 of the policy.json sections the graph is bound to.
 CONTRACT_KEY = "gridenv.contract_sha256"
-CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults")
+CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults", "interface")
 
 _FMAX = sys.float_info.max  # bounds checks: NaN and +-inf fail `lo <= v <= _FMAX`
 _PER_SITE = ("site_region", "site_model", "is_edge", "replicas", "max_waiting", "kv_capacity_tokens",
@@ -141,13 +146,9 @@ def _choice(obj: dict, key: str, where: str, index: dict, what: str) -> int:
 def snapshot_to_json(snap: RouterSnapshot) -> dict:
     """The JSON form of a snapshot (what a router sends to ``POST /v1/route``)."""
     st, req = snap.statics, snap.request
-    endpoints = [
-        {"name": st.site_names[i], "waiting": float(snap.waiting[i]), "running": float(snap.running[i]),
-         "kv_util": float(snap.kv_util[i]), "rtt_ms": float(snap.rtt_ms[i]),
-         "energy_price_usd_per_kwh": float(snap.energy_price_usd_per_kwh[i]), "up": bool(snap.up[i]),
-         "batch_level": int(snap.batch_level[i])}
-        for i in range(st.n_sites)
-    ]
+    conv = {"number": float, "boolean": bool, "integer": int}
+    cols = [(sig.name, conv[sig.type], getattr(snap, sig.name)) for sig in SITE_SIGNALS]
+    endpoints = [{"name": st.site_names[i], **{k: f(v[i]) for k, f, v in cols}} for i in range(st.n_sites)]
     return {
         "endpoints": endpoints,
         "request": {"prompt_tokens": int(req.prompt_tokens), "slo_class": SLO_CLASSES[req.slo_class],
@@ -198,7 +199,7 @@ class RouterPolicy:
         self.n_sites = st.n_sites
         self.batch_levels = tuple(int(b) for b in st.batch_levels)
         self.n_levels = len(self.batch_levels)
-        self.obs_size = obs_size(st)
+        self.obs_size = self.interface.obs_size
         self.scenario: str = meta["scenario"]["name"]
         self.env_id: str = meta["scenario"]["env_id"]
         self.sha256: str = meta["onnx"]["sha256"]
@@ -213,6 +214,20 @@ class RouterPolicy:
         self._models_what = f"a model name ({', '.join(st.model_names)})"
         self._classes_what = f"an SLO class ({', '.join(SLO_CLASSES)})"
         self._level_what = f"a batch level index in [0, {self.n_levels - 1}]"
+        self._signal_checks = []  # (name, kind, default, lo, hi, what) per SITE_SIGNALS entry
+        for sig in SITE_SIGNALS:
+            if sig.type == "number":
+                hi = _FMAX if sig.maximum is None else sig.maximum
+                what = (f"a number >= {sig.minimum:g}" if sig.maximum is None
+                        else f"a number in [{sig.minimum:g}, {sig.maximum:g}]")
+                self._signal_checks.append((sig.name, "number", 0.0, sig.minimum, hi, what))
+            elif sig.type == "boolean":
+                self._signal_checks.append((sig.name, "boolean", False, None, None, "true or false"))
+            elif sig.name == "batch_level":
+                self._signal_checks.append((sig.name, "index", self.initial_batch_level, 0, self.n_levels - 1,
+                                            self._level_what))
+            else:  # pragma: no cover - a new kind of signal needs its parser here
+                raise PolicyFileError(f"runtime cannot parse site signal {sig.name!r} of type {sig.type!r}")
         self._session = self._make_session(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
@@ -246,6 +261,10 @@ class RouterPolicy:
         if version != FORMAT_VERSION:
             raise PolicyFileError(f"{POLICY_JSON}: format_version {version!r}, this runtime reads "
                                   f"{FORMAT_VERSION}: re-export the policy with this gridenv")
+        try:  # shape and types: the one policy.json schema (gridenv.router.policy_file)
+            PolicyFile.model_validate(meta)
+        except ValidationError as err:
+            raise PolicyFileError(f"{POLICY_JSON}: {first_error(err)}") from None
         want = _get(meta, "onnx.sha256")
         got = _sha256(onnx_bytes)
         if got != want:
@@ -271,22 +290,26 @@ class RouterPolicy:
             raise PolicyFileError(f"{POLICY_JSON}: statics.site_region refers to an unknown region")
         if any(not 0 <= m < len(st.model_names) for m in st.site_model):
             raise PolicyFileError(f"{POLICY_JSON}: statics.site_model refers to an unknown model")
-        # The encoder: the feature spec in the file must be what this gridenv produces now.
-        spec_now = feature_spec(st)
+        # The encoder: the recorded interface must be what this gridenv declares now.
+        record = _get(meta, "interface")
+        mode = _get(meta, "interface.interface.mode")
+        try:
+            iface = make_interface(st, mode)
+        except ValueError as err:
+            raise PolicyFileError(f"{POLICY_JSON}: interface.interface.mode: {err}") from None
+        try:
+            check_compatible(record, iface, what=POLICY_JSON)
+        except InterfaceMismatchError as err:
+            raise PolicyFileError(f"{err} (re-export the policy with this gridenv)") from None
         spec_file = _get(meta, "observation.features")
-        if spec_file != spec_now:
-            if not isinstance(spec_file, list) or len(spec_file) != len(spec_now):
-                got_n = len(spec_file) if isinstance(spec_file, list) else _typename(spec_file)
-                raise PolicyFileError(f"{POLICY_JSON}: observation feature spec has {got_n} features, "
-                                      f"this gridenv encodes {len(spec_now)} for these sites")
-            i = next(i for i, (a, b) in enumerate(zip(spec_file, spec_now)) if a != b)
-            raise PolicyFileError(f"{POLICY_JSON}: observation feature spec differs at [{i}]: file "
-                                  f"{spec_file[i]}, this gridenv encodes {spec_now[i]} (exported with "
-                                  "another encoder version?)")
+        if spec_file != iface.feature_spec():
+            raise PolicyFileError(f"{POLICY_JSON}: observation.features is not the feature spec of its "
+                                  f"interface {iface.version!r} (edited?)")
         size = _get(meta, "observation.size")
-        if size != obs_size(st):
-            raise PolicyFileError(f"{POLICY_JSON}: observation.size {size}, the feature spec has "
-                                  f"{obs_size(st)}")
+        if size != iface.obs_size:
+            raise PolicyFileError(f"{POLICY_JSON}: observation.size {size}, the interface has "
+                                  f"{iface.obs_size}")
+        self.interface = iface
         act = _get(meta, "action")
         if not isinstance(act, dict):
             raise PolicyFileError(f"{POLICY_JSON}: action: expected an object")
@@ -326,7 +349,7 @@ class RouterPolicy:
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise PolicyFileError(f"{POLICY_ONNX}: ONNX Runtime cannot load it ({err})") from None
         n_site, n_mask = self.statics.max_sites + 1, self.statics.max_sites + 1 + len(self.statics.batch_levels)
-        n_obs = obs_size(self.statics)
+        n_obs = self.interface.obs_size
         ins = {i.name: i.shape for i in sess.get_inputs()}
         outs = {o.name: o.shape for o in sess.get_outputs()}
         expect_in = {"obs": n_obs, "action_mask": n_mask}
@@ -358,15 +381,12 @@ class RouterPolicy:
             raise SnapshotError("endpoints: missing" if eps is None else
                                 f"endpoints: expected a list of endpoint objects, got {_typename(eps)}")
         n = self.n_sites
-        waiting = [0.0] * n
-        running = [0.0] * n
-        kv = [0.0] * n
-        rtt = [0.0] * n
-        price = [0.0] * n
-        up = [False] * n
-        level = [self.initial_batch_level] * n
+        # One column per declared live signal (gridenv.core.interface.SITE_SIGNALS, in
+        # make_snapshot's order), filled per endpoint by the signal's type and range.
+        cols = [[default] * n for _, _, default, _, _, _ in self._signal_checks]
         seen = [False] * n
         index = self._site_index
+        checks = self._signal_checks
         for i, ep in enumerate(eps):
             where = f"endpoints[{i}]"
             if type(ep) is not dict:
@@ -381,17 +401,17 @@ class RouterPolicy:
             if seen[j]:
                 raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
             seen[j] = True
-            waiting[j] = _number(ep, "waiting", where, 0.0, _FMAX, "a number >= 0")
-            running[j] = _number(ep, "running", where, 0.0, _FMAX, "a number >= 0")
-            kv[j] = _number(ep, "kv_util", where, 0.0, 1.0, "a number in [0, 1]")
-            rtt[j] = _number(ep, "rtt_ms", where, 0.0, _FMAX, "a number >= 0")
-            price[j] = _number(ep, "energy_price_usd_per_kwh", where, 0.0, _FMAX, "a number >= 0")
-            up[j] = _boolean(ep, "up", where)
-            b = ep.get("batch_level")
-            if b is not None:
-                if type(b) is not int or not 0 <= b < self.n_levels:
-                    raise SnapshotError(f"{where}.batch_level: expected {self._level_what}, got {_show(b)}")
-                level[j] = b
+            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
+                if kind == "number":
+                    cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "boolean":
+                    cols[k][j] = _boolean(ep, key, where)
+                else:  # an optional index (batch_level)
+                    b = ep.get(key)
+                    if b is not None:
+                        if type(b) is not int or not lo <= b <= hi:
+                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
+                        cols[k][j] = b
         if not all(seen):
             missing = [self.site_names[k] for k in range(n) if not seen[k]]
             raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
@@ -423,7 +443,7 @@ class RouterPolicy:
         elif not ((type(hour) is float or type(hour) is int) and 0.0 <= hour < 24.0):
             raise SnapshotError(f"hour_utc: expected a number in [0, 24), got {_show(hour)}")
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
-        return make_snapshot(self.statics, view, hour, waiting, running, kv, rtt, price, up, level)
+        return make_snapshot(self.statics, view, hour, *cols)
 
     def check_snapshot(self, snap: RouterSnapshot) -> None:
         """Raise ValueError when `snap` comes from other sites than the policy's."""
@@ -463,13 +483,13 @@ class RouterPolicy:
     def decide_snapshot(self, snap: RouterSnapshot, obs: np.ndarray | None = None) -> dict:
         """The decision for an in-process RouterSnapshot (`obs`: its ``encode``, if at hand)."""
         if obs is None:
-            obs = encode(snap)
+            obs = self.interface.encode(snap)
         return self._decision(self.run(obs, snap.action_mask))
 
     def decide(self, data) -> dict:
         """The decision for a JSON snapshot (a parsed dict); raises SnapshotError."""
         snap = self.snapshot_from_json(data)
-        return self._decision(self.run(encode(snap), snap.action_mask))
+        return self._decision(self.run(self.interface.encode(snap), snap.action_mask))
 
     def score(self, data) -> dict:
         """llm-d scorer style: a score in [0, 1] per endpoint, plus the best one and shed share."""
@@ -483,6 +503,7 @@ class RouterPolicy:
             "scenario": self.scenario, "env_id": self.env_id, "sites": list(self.site_names),
             "max_sites": self.max_sites, "batch_levels": list(self.batch_levels),
             "obs_size": self.obs_size, "path": str(self.path),
+            "interface_version": self.interface.version, "interface_hash": self.interface.content_hash,
         }
 
     def __repr__(self) -> str:

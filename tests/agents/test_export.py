@@ -28,7 +28,7 @@ import gridenv  # noqa: E402,F401
 from agents.export import ExportError, export_policy, main, resolve_model  # noqa: E402
 from gridenv.core.snapshot import feature_spec  # noqa: E402
 
-METRO = "gridenv/Metro-v0"
+METRO = "gridenv/Metro-v1"
 PARITY_STATES = 10_000
 
 
@@ -66,14 +66,18 @@ def test_policy_files(exported, run_dir):
     meta = json.loads(json_path.read_text())
     import hashlib
 
-    assert meta["format_version"] == 1
+    from gridenv.router.runtime import FORMAT_VERSION
+
+    assert meta["format_version"] == FORMAT_VERSION
     assert meta["onnx"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     env = gym.make(METRO)
     st = env.unwrapped.sim.statics
     sc = env.unwrapped.scenario
     assert meta["statics"] == json.loads(json.dumps(st.to_dict()))
-    assert meta["observation"]["features"] == feature_spec(st)
-    assert meta["observation"]["size"] == env.observation_space.shape[0] == 74
+    iface = env.unwrapped.interface
+    assert meta["observation"]["features"] == feature_spec(st) == iface.feature_spec()
+    assert meta["observation"]["size"] == env.observation_space.shape[0] == iface.obs_size
+    assert meta["interface"] == iface.record()  # version, content hash, declaration
     assert meta["scenario"]["name"] == "metro" and meta["scenario"]["env_id"] == METRO
     with open(run_dir / "vecnormalize.pkl", "rb") as f:
         vn = pickle.load(f)
@@ -177,18 +181,18 @@ def test_onnx_policy_acts_like_sb3(exported, sb3):
         pol = ONNXPolicy(path)
         assert isinstance(pol, Policy) and pol.name == "metro"
     env = gym.make(METRO, config={"horizon_s": 20})
-    obs, _ = env.reset(seed=7)
+    obs, info = env.reset(seed=7)
     pol.reset(7)
     done, n = False, 0
     while not done:
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         a = pol.act(obs, snap)
         ref, _ = model.predict(vn.normalize_obs(obs), action_masks=snap.action_mask, deterministic=True)
         assert a.tolist() == np.asarray(ref).tolist()
         s = pol.scores(obs, snap)
         assert s.shape == (5,) and np.all((s >= 0) & (s <= 1)) and s.sum() <= 1 + 1e-6
         assert np.all(s[~snap.feasible] == 0.0)
-        obs, _, term, done, _ = env.step(a)
+        obs, _, term, done, info = env.step(a)
         n += 1
     assert n > 100
 
@@ -205,10 +209,10 @@ def test_onnx_policy_rejects_other_scenario(exported):
     from agents.onnx_policy import ONNXPolicy
 
     pol = ONNXPolicy(exported)
-    env = gym.make("gridenv/Continental-v0")
-    obs, _ = env.reset(seed=0)
+    env = gym.make("gridenv/Continental-v1")
+    obs, info = env.reset(seed=0)
     with pytest.raises(ValueError, match="snapshot of sites"):
-        pol.act(obs, env.unwrapped.snapshot)
+        pol.act(obs, info["snapshot"])
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -234,7 +238,7 @@ def test_scenario_from_args_json_and_checks(run_dir, tmp_path):
         export_policy(run, tmp_path / "o1", verify_states=0)
     with pytest.raises(ExportError, match="shape"):  # continental encodes a different observation
         export_policy(run, tmp_path / "o2", scenario="continental", verify_states=0)
-    (run / "args.json").write_text(json.dumps({"args": {"scenario": "gridenv/Metro-v0"},
+    (run / "args.json").write_text(json.dumps({"args": {"scenario": "gridenv/Metro-v1"},
                                                "hyperparams": {"env_config": {"horizon_s": 30}}}))
     res = export_policy(run, tmp_path / "o3", verify_states=0)
     meta = json.loads((tmp_path / "o3" / "policy.json").read_text())

@@ -294,3 +294,60 @@ def test_no_heuristic_ever_picks_a_masked_site(sn, seed):
         assert (s[st_.n_sites:] == 0).all()  # padding slots
         s = s[: st_.n_sites]
         assert (s[~sn.feasible] == 0).all() and (s[sn.feasible] > 0).all()
+
+
+# ---------------------------------------------------------------------------- through wrappers
+def test_heuristic_runs_from_info_through_wrappers():
+    """The snapshot travels in info: a heuristic runs through gym.make's wrappers and
+    RecordEpisodeStatistics without touching env.unwrapped, and matches the unwrapped run."""
+    import gymnasium as gym
+    from gymnasium.wrappers import RecordEpisodeStatistics
+
+    import gridenv  # noqa: F401
+
+    def run(env):
+        pol = make_heuristic("cost-greedy")
+        obs, info = env.reset(seed=3)
+        total, actions = 0.0, []
+        while True:
+            a = pol.act(obs, info["snapshot"])
+            actions.append(a.tolist())
+            obs, r, term, trunc, info = env.step(a)
+            total += r
+            if term or trunc:
+                assert info["snapshot"] is None  # nothing left to route
+                return total, actions, info
+
+    wrapped = RecordEpisodeStatistics(gym.make("gridenv/Metro-v1", config={"horizon_s": 20}))
+    total, actions, info = run(wrapped)
+    assert info["episode"]["r"] == pytest.approx(total) and info["episode"]["l"] == len(actions) > 50
+    plain = gym.make("gridenv/Metro-v1", config={"horizon_s": 20}).unwrapped
+    assert run(plain)[:2] == (total, actions)
+
+
+def test_heuristic_runs_in_a_sync_vector_env():
+    """gym.make_vec: infos are dicts of arrays, the snapshots an object array (one per env)."""
+    import gymnasium as gym
+
+    import gridenv  # noqa: F401
+
+    n = 3
+    venv = gym.make_vec("gridenv/Metro-v1", num_envs=n, vectorization_mode="sync",
+                        config={"horizon_s": 10})
+    pols = [make_heuristic("slo-greedy") for _ in range(n)]
+    obs, infos = venv.reset(seed=[1, 2, 3])
+    assert infos["snapshot"].dtype == object and infos["snapshot"].shape == (n,)
+    steps = 0
+    for _ in range(200):
+        snaps = infos["snapshot"]
+        actions = np.stack([
+            pols[i].act(obs[i], snaps[i]) if snaps[i] is not None else np.array([venv.single_action_space.nvec[0] - 1, 0])
+            for i in range(n)])
+        for i in range(n):
+            if snaps[i] is not None:
+                assert actions[i, 0] == snaps[i].statics.max_sites or snaps[i].feasible[actions[i, 0]]
+                np.testing.assert_array_equal(infos["action_mask"][i], snaps[i].action_mask)
+        obs, rewards, term, trunc, infos = venv.step(actions)
+        steps += 1
+    assert steps == 200
+    venv.close()

@@ -58,12 +58,12 @@ def runs(tmp_path_factory):
 
 def rollout(policy: Policy, seed: int, horizon_s: float = 15.0, invalid: str = "raise"):
     """One short episode; with invalid_action: raise the env rejects any masked choice."""
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": horizon_s, "actions": {"invalid_action": invalid}})
-    obs, _ = env.reset(seed=seed)
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": horizon_s, "actions": {"invalid_action": invalid}})
+    obs, info = env.reset(seed=seed)
     policy.reset(seed)
     n = 0
     while True:
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         action = policy.act(obs, snap)
         assert action.shape == (2,) and snap.action_mask[action[0]], (action, snap.feasible)
         obs, _, term, trunc, info = env.step(action)
@@ -83,9 +83,9 @@ def test_acts_within_the_mask_over_an_episode(runs, algo):
 def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
     """Outage-like states: mask all but one site per request; MaskablePPO must follow the mask."""
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=0)
-    snap = env.unwrapped.snapshot
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=0)
+    snap = info["snapshot"]
     rng = np.random.default_rng(0)
     for _ in range(200):
         feasible = np.zeros_like(snap.feasible)
@@ -97,9 +97,9 @@ def test_masked_sites_are_never_chosen_even_when_most_are_masked(runs):
 
 def test_plain_ppo_sheds_a_masked_choice(runs, monkeypatch):
     policy = SB3Policy(runs["ppo"] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=0)
-    snap = env.unwrapped.snapshot
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=0)
+    snap = info["snapshot"]
     snap.feasible = np.zeros_like(snap.feasible)  # every site masked
     import torch
 
@@ -119,15 +119,15 @@ def test_same_actions_as_the_model_on_normalized_observations(runs):
     policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
     with open(runs["maskable_ppo"] / "vecnormalize.pkl", "rb") as f:
         vn = pickle.load(f)
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=1)
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=1)
     for _ in range(50):
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         np.testing.assert_allclose(policy.normalize_obs(obs), vn.normalize_obs(obs), rtol=1e-6, atol=1e-6)
         expected, _ = policy.model.predict(vn.normalize_obs(obs), action_masks=snap.action_mask, deterministic=True)
         action = policy.act(obs, snap)
         np.testing.assert_array_equal(action, expected)
-        obs, *_ = env.step(action)
+        obs, _, _, _, info = env.step(action)
 
 
 def test_loading_resolves_stats_and_name(runs):
@@ -181,29 +181,93 @@ def test_missing_and_corrupt_files(runs, tmp_path):
 
 
 def test_wrong_scenario_is_a_clear_error(runs):
-    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")  # metro: 5 sites, 74 features
-    env = gym.make("gridenv/Continental-v0")
-    obs, _ = env.reset(seed=0)
+    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")  # metro: 5 sites, 72 features
+    env = gym.make("gridenv/Continental-v1")
+    obs, info = env.reset(seed=0)
     with pytest.raises(ValueError, match="trained on another scenario"):
-        policy.act(obs, env.unwrapped.snapshot)
+        policy.act(obs, info["snapshot"])
 
 
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo"])
 def test_scores_follow_the_mask(runs, algo):
     policy = SB3Policy(runs[algo] / "model.zip")
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5})
-    obs, _ = env.reset(seed=2)
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=2)
     for _ in range(20):
-        snap = env.unwrapped.snapshot
+        snap = info["snapshot"]
         s = policy.scores(obs, snap)
         assert s.shape == (policy.max_sites,) and np.all((s >= 0) & (s <= 1))
         assert np.all(s[~snap.feasible[: policy.max_sites]] == 0)
         if snap.feasible.any():
             assert s.max() == pytest.approx(1.0)
-        obs, *_ = env.step(policy.act(obs, snap))
+        obs, _, _, _, info = env.step(policy.act(obs, snap))
 
 
 def test_registry_loads_a_zip_as_sb3_policy(runs):
     registry = pytest.importorskip("agents.registry")
     policy = registry.load_policy(str(runs["maskable_ppo"] / "best_model" / "best_model.zip"))
     assert isinstance(policy, SB3Policy) and policy.algo == "maskable_ppo"
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_train_records_the_interface_and_the_policy_checks_it(runs):
+    import json
+
+    policy = SB3Policy(runs["maskable_ppo"] / "model.zip")
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    assert policy.interface_record == env.unwrapped.interface.record()
+    assert policy.interface_record_path.name == "args.json"
+    obs, info = env.reset(seed=0)
+    policy.act(obs, info["snapshot"])  # same interface: accepted
+    rec = json.loads((runs["maskable_ppo"] / "args.json").read_text())["interface"]
+    assert rec["version"] == "slots-2" and rec["content_hash"] == env.unwrapped.interface.content_hash
+
+
+@pytest.mark.parametrize("edit,message", [
+    # a model saved under the v0 interface: model one-hot over the whole catalog
+    (lambda r: (r.update(version="slots-1"), r["interface"].update(version="slots-1"),
+                r["interface"]["vocabularies"].update(model=["llama-2-70b", "llama-3-70b", "llama-3-8b"])),
+     r"version: recorded 'slots-1', current 'slots-2'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
+     r"only in recorded"),
+    (lambda r: r["interface"]["site_features"][7].update(divide_by="100.0"),
+     r"site feature 'rtt': divide_by recorded '100.0', current '200.0'"),
+])
+def test_policy_saved_under_another_interface_is_refused(runs, tmp_path, edit, message):
+    import json
+
+    from gridenv.core.interface import InterfaceMismatchError
+
+    run = _copy_run(runs["maskable_ppo"], tmp_path / "run")
+    args = json.loads((run / "args.json").read_text())
+    edit(args["interface"])
+    (run / "args.json").write_text(json.dumps(args))
+    policy = SB3Policy(run / "model.zip")
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5})
+    obs, info = env.reset(seed=0)
+    with pytest.raises(InterfaceMismatchError, match=message):
+        policy.act(obs, info["snapshot"])
+    # a sidecar interface.json beside the model takes precedence over args.json
+    (run / "interface.json").write_text(json.dumps(env.unwrapped.interface.record()))
+    SB3Policy(run / "model.zip").act(obs, info["snapshot"])
+
+
+@pytest.mark.parametrize("scenario", ["metro", "continental"])
+def test_committed_agents_load_and_match_their_onnx_export(scenario):
+    """models/<scenario>: migrated to slots-2 (agents/migrate.py); SB3 and ONNX agree."""
+    from agents.onnx_policy import ONNXPolicy
+
+    policy = SB3Policy(ROOT / "models" / scenario / "best_model.zip")
+    onnx = ONNXPolicy(ROOT / "models" / scenario / "onnx")
+    env = gym.make(f"gridenv/{scenario.capitalize()}-v1", config={"horizon_s": 20})
+    assert policy.interface_record["content_hash"] == env.unwrapped.interface.content_hash
+    obs, info = env.reset(seed=11)
+    for _ in range(150):
+        a = policy.act(obs, info["snapshot"])
+        assert a.tolist() == onnx.act(obs, info["snapshot"]).tolist()
+        obs, _, _, trunc, info = env.step(a)
+        if trunc:
+            break

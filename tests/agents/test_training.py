@@ -147,7 +147,7 @@ def test_resume_continues_from_last_checkpoint(tiny_run, tiny_hp, tmp_path):
         saved = pickle.load(f)
 
     # The loader train.py uses restores exactly the saved statistics.
-    venv = T.make_vec_env("gridenv/Metro-v0", 2, 0, 0.99, {}, {"horizon_s": 8},
+    venv = T.make_vec_env("gridenv/Metro-v1", 2, 0, 0.99, {}, {"horizon_s": 8},
                           vecnormalize_path=ckpt.vecnormalize)
     np.testing.assert_array_equal(venv.obs_rms.mean, saved.obs_rms.mean)
     np.testing.assert_array_equal(venv.obs_rms.var, saved.obs_rms.var)
@@ -202,7 +202,7 @@ def test_site_scoring_policy_run_acts_through_sb3policy(tmp_path, algo):
     expected = MaskableSiteScoringPolicy if algo == "maskable_ppo" else SiteScoringPolicy
     assert type(policy.model.policy) is expected
     assert policy.model.policy.mlp_extractor.site_mlp[0].out_features == 16
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 5}).unwrapped
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 5}).unwrapped
     obs, _ = env.reset(seed=0)
     for _ in range(50):
         action = policy.act(obs, env.snapshot)
@@ -269,12 +269,12 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
         "default:\n  n_steps: 512\n  gamma: 0.995\n  net_arch: [64, 64]\n"
         "  normalize: {obs: true, reward: true}\n  env_config: {}\n"
         "metro:\n  n_steps: 128\n  net_arch: [16]\n  normalize: {reward: false}\n"
-        "gridenv/Outage-v0:\n  gamma: 0.9\n  env_config: {horizon_s: 30}\n"
+        "gridenv/Outage-v1:\n  gamma: 0.9\n  env_config: {horizon_s: 30}\n"
     )
     metro = T.load_hyperparams(hp, "metro")
     assert metro == {"n_steps": 128, "gamma": 0.995, "net_arch": [16],
                      "normalize": {"obs": True, "reward": False}, "env_config": {}}
-    assert T.load_hyperparams(hp, "gridenv/Metro-v0") == metro  # by id, found under its name
+    assert T.load_hyperparams(hp, "gridenv/Metro-v1") == metro  # by id, found under its name
     outage = T.load_hyperparams(hp, "outage")  # by name, found under its id
     assert outage["gamma"] == 0.9 and outage["n_steps"] == 512 and outage["env_config"] == {"horizon_s": 30}
     assert T.load_hyperparams(hp, "bursty")["gamma"] == 0.995  # no entry: the default
@@ -291,7 +291,7 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
     ("default:\n  gamma: .nan\n", "default.gamma: Input should be a finite number"),
     ("default:\n  n_envs: 0\n", "default.n_envs: Input should be greater than 0"),
     ("default:\n  n_steps: 64\n  n_steps: 128\n", "hp.yaml line 3: duplicate key 'n_steps' .first at line 2"),
-    ("default: {}\nmetro: {}\ngridenv/Metro-v0: {}\n", "both 'metro' and 'gridenv/Metro-v0'"),
+    ("default: {}\nmetro: {}\ngridenv/Metro-v1: {}\n", "both 'metro' and 'gridenv/Metro-v1'"),
 ])
 def test_bad_hyperparam_files(tmp_path, text, match):
     hp = tmp_path / "hp.yaml"
@@ -386,7 +386,7 @@ def test_a_run_whose_evaluation_sheds_warns(tmp_path, tiny_hp, capsys, monkeypat
 
 # ----------------------------------------------------------------------------- wrappers
 def test_episode_metrics_reach_monitor_info():
-    env = T.make_env("gridenv/Metro-v0", {"horizon_s": 3})()
+    env = T.make_env("gridenv/Metro-v1", {"horizon_s": 3})()
     env.reset(seed=0)
     shed = np.array([env.unwrapped.max_sites, 0])
     while True:
@@ -400,7 +400,7 @@ def test_episode_metrics_reach_monitor_info():
 
 
 def test_fixed_seed_cycle_repeats_arrivals():
-    env = T.FixedSeedCycle(gym.make("gridenv/Metro-v0", config={"horizon_s": 3}), [7, 8])
+    env = T.FixedSeedCycle(gym.make("gridenv/Metro-v1", config={"horizon_s": 3}), [7, 8])
 
     def first_prompts():
         out = []

@@ -103,7 +103,7 @@ def test_azure_trace_replayed_end_to_end(azure_dir: Path, name: str, slo_class: 
     trace = load_azure_csv(path)
     scale = 4.0  # replay 4x faster: the trace's hour in a quarter of the simulated time
     horizon = trace.duration_s / scale + 1.0
-    env = gym.make("gridenv/Metro-v0", config={
+    env = gym.make("gridenv/Metro-v1", config={
         "horizon_s": horizon,
         "workload": {"arrivals": "trace", "trace": {"path": str(path), "rate_scale": scale,
                                                     "slo_class": slo_class}},

@@ -40,27 +40,42 @@ def rollout(env: GridEnv, seed: int, n_steps: int | None = None):
 
 def test_every_scenario_is_registered() -> None:
     expected = {"Metro", "Continental", "Outage", "Bursty", "Centralized", "DistributedEdge"}
-    assert {f"gridenv/{n}-v0" for n in expected} <= set(gridenv.ENV_IDS)
+    assert {f"gridenv/{n}-v1" for n in expected} <= set(gridenv.ENV_IDS)
     assert set(gridenv.ENV_IDS) <= set(gym.registry)
 
 
 @pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
 def test_observation_size_is_the_documented_formula(env_id: str) -> None:
-    env = gym.make(env_id).unwrapped  # GridEnv docstring: 12 * max_sites + 10 + n_regions
-    assert env.observation_space.shape == (12 * env.max_sites + 10 + env.sim.topology.n_regions,)
+    env = gym.make(env_id).unwrapped
+    # GridEnv docstring, slots mode: 12 * max_sites + 7 + n_regions + n_models (scenario's own)
+    n_models = len({s.model for s in env.scenario.sites})
+    assert env.observation_space.shape == (12 * env.max_sites + 7 + env.sim.topology.n_regions + n_models,)
+    rel = gym.make(env_id, config={"observation": {"mode": "relative"}}).unwrapped
+    # relative mode: 16 * max_sites + 9, whatever the regions and models
+    assert rel.observation_space.shape == (16 * rel.max_sites + 9,)
 
 
+@pytest.mark.parametrize("mode", ["slots", "relative"])
 @pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
-def test_gymnasium_env_checker(env_id: str) -> None:
-    gym_check_env(gym.make(env_id, config=SHORT).unwrapped, skip_render_check=False)
+def test_gymnasium_env_checker(env_id: str, mode: str) -> None:
+    config = dict(SHORT, observation={"mode": mode})
+    gym_check_env(gym.make(env_id, config=config).unwrapped, skip_render_check=False)
 
 
+@pytest.mark.parametrize("mode", ["slots", "relative"])
 @pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
-def test_sb3_env_checker(env_id: str) -> None:
-    sb3_check_env(gym.make(env_id, config=SHORT).unwrapped, warn=True)
+def test_sb3_env_checker(env_id: str, mode: str) -> None:
+    config = dict(SHORT, observation={"mode": mode})
+    sb3_check_env(gym.make(env_id, config=config).unwrapped, warn=True)
 
 
-@pytest.mark.parametrize("env_id", ["gridenv/Metro-v0", "gridenv/Outage-v0", "gridenv/Continental-v0"])
+def test_v0_ids_fail_with_a_pointer_to_v1() -> None:
+    """The observation changed in v1 (model one-hot over the scenario's models): v0 is gone."""
+    with pytest.raises(gym.error.DeprecatedEnv, match="Metro-v1"):
+        gym.make("gridenv/Metro-v0")
+
+
+@pytest.mark.parametrize("env_id", ["gridenv/Metro-v1", "gridenv/Outage-v1", "gridenv/Continental-v1"])
 def test_same_seed_same_episode(env_id: str) -> None:
     a = rollout(gym.make(env_id, config={"horizon_s": 60.0}), seed=7)
     b = rollout(gym.make(env_id, config={"horizon_s": 60.0}), seed=7)
@@ -72,7 +87,7 @@ def test_same_seed_same_episode(env_id: str) -> None:
 
 
 def test_pickle_round_trip_mid_episode() -> None:
-    env = gym.make("gridenv/Outage-v0", config={"horizon_s": 60.0}).unwrapped
+    env = gym.make("gridenv/Outage-v1", config={"horizon_s": 60.0}).unwrapped
     obs, info = env.reset(seed=3)
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -97,7 +112,7 @@ def _make_in_subprocess(env_id: str, queue) -> None:
     queue.put((env_id, obs.shape))
 
 
-@pytest.mark.parametrize("env_id", ["gridenv:Metro-v0", "gridenv:gridenv/Metro-v0"])
+@pytest.mark.parametrize("env_id", ["gridenv:Metro-v1", "gridenv:gridenv/Metro-v1"])
 def test_module_colon_id_imports_gridenv_in_a_fresh_interpreter(env_id: str) -> None:
     code = (
         "import sys, gymnasium\n"
@@ -108,10 +123,10 @@ def test_module_colon_id_imports_gridenv_in_a_fresh_interpreter(env_id: str) -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.strip()) == gym.make("gridenv/Metro-v0").observation_space.shape[0]
+    assert int(out.stdout.strip()) == gym.make("gridenv/Metro-v1").observation_space.shape[0]
 
 
-@pytest.mark.parametrize("env_id", ["gridenv/Metro-v0", "gridenv:Outage-v0"])
+@pytest.mark.parametrize("env_id", ["gridenv/Metro-v1", "gridenv:Outage-v1"])
 def test_registration_in_spawned_subprocess(env_id: str) -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -120,12 +135,12 @@ def test_registration_in_spawned_subprocess(env_id: str) -> None:
     proc.join(120)
     assert proc.exitcode == 0
     got_id, shape = queue.get(timeout=5)
-    assert got_id == env_id and shape == gym.make("gridenv/Metro-v0").observation_space.shape
+    assert got_id == env_id and shape == gym.make("gridenv/Metro-v1").observation_space.shape
 
 
 def test_action_mask_marks_infeasible_sites() -> None:
     # Continental has 70B sites and residency: masks must follow the request.
-    env = gym.make("gridenv/Continental-v0", config={"horizon_s": 30.0}).unwrapped
+    env = gym.make("gridenv/Continental-v1", config={"horizon_s": 30.0}).unwrapped
     obs, info = env.reset(seed=0)
     rng = np.random.default_rng(0)
     seen_residency = seen_70b = False
@@ -149,22 +164,23 @@ def test_action_mask_marks_infeasible_sites() -> None:
 
 
 def test_site_down_is_masked() -> None:
-    env = gym.make("gridenv/Outage-v0", config={"faults": {"random": None}}).unwrapped
+    env = gym.make("gridenv/Outage-v1", config={"faults": {"random": None}}).unwrapped
     obs, info = env.reset(seed=0)
     core = env.sim.topology.site_names.index("core")
+    up = [f["name"] for f in env.interface.feature_spec()].index(f"site[{core}].up")
     checked = 0
     while not env.sim.done:
         if 100.0 <= env.sim.now < 160.0:  # the scheduled core outage
-            assert not info["action_mask"][core] and obs[core * 12 + 1] == 0.0
+            assert not info["action_mask"][core] and obs[up] == 0.0
             checked += 1
         elif env.sim.now < 100.0:
-            assert obs[core * 12 + 1] == 1.0
+            assert obs[up] == 1.0
         obs, _, _, _, info = env.step(np.array([env.max_sites, 0]))
     assert checked > 100
 
 
 def test_invalid_action_falls_back_to_shed() -> None:
-    env = gym.make("gridenv/Outage-v0", config={"faults": {"random": None}}).unwrapped
+    env = gym.make("gridenv/Outage-v1", config={"faults": {"random": None}}).unwrapped
     obs, info = env.reset(seed=0)
     core = env.sim.topology.site_names.index("core")
     while env.sim.now < 110.0:
@@ -176,7 +192,7 @@ def test_invalid_action_falls_back_to_shed() -> None:
 
 
 def test_invalid_action_raises_when_configured() -> None:
-    env = gym.make("gridenv/Outage-v0", config={"faults": {"random": None},
+    env = gym.make("gridenv/Outage-v1", config={"faults": {"random": None},
                                                 "actions": {"invalid_action": "raise"}}).unwrapped
     env.reset(seed=0)
     core = env.sim.topology.site_names.index("core")
@@ -191,20 +207,20 @@ def test_invalid_action_raises_when_configured() -> None:
 
 
 def test_padding_slots_are_present_zero_and_masked() -> None:
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 10.0, "actions": {"max_sites": 8}}).unwrapped
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 10.0, "actions": {"max_sites": 8}}).unwrapped
     obs, info = env.reset(seed=0)
     assert env.action_space.nvec.tolist() == [9, 3]
     assert obs.shape == env.observation_space.shape
-    n = env.sim.n_sites
-    assert np.all(obs[n * 12: 8 * 12] == 0.0)  # padding: presence flag and all features zero
-    assert np.all(obs[0: n * 12: 12] == 1.0)
+    n, F = env.sim.n_sites, env.interface.n_site_features
+    assert np.all(obs[n * F: 8 * F] == 0.0)  # padding: presence flag and all features zero
+    assert np.all(obs[0: n * F: F] == 1.0)
     assert not info["action_mask"][n:8].any() and info["action_mask"][8]
     obs, _, _, _, info = env.step(np.array([n, 0]))  # a padding slot: shed as invalid
     assert info["invalid_action"]
 
 
 def test_reward_is_sum_of_reported_terms_and_truncation_only() -> None:
-    env = gym.make("gridenv/Metro-v0", config={"horizon_s": 30.0})
+    env = gym.make("gridenv/Metro-v1", config={"horizon_s": 30.0})
     traj = rollout(env, seed=1)
     total_value = 0.0
     for obs, reward, terminated, truncated, info in traj[1:]:
@@ -219,15 +235,17 @@ def test_reward_is_sum_of_reported_terms_and_truncation_only() -> None:
     assert m["good"] > 0
 
 
-def test_observation_stays_in_bounds_and_matches_snapshot_encoder() -> None:
-    from gridenv.core.snapshot import encode
+@pytest.mark.parametrize("mode", ["slots", "relative"])
+def test_observation_stays_in_bounds_and_matches_snapshot_encoder(mode: str) -> None:
+    from gridenv.core.interface import make_interface
 
-    env = gym.make("gridenv/Continental-v0", config={"horizon_s": 30.0}).unwrapped
+    env = gym.make("gridenv/Continental-v1", config={"horizon_s": 30.0, "observation": {"mode": mode}}).unwrapped
     obs, info = env.reset(seed=2)
     rng = np.random.default_rng(2)
     for _ in range(300):
         assert env.observation_space.contains(obs)
-        np.testing.assert_array_equal(obs, encode(env.snapshot))
+        assert info["snapshot"] is env.snapshot
+        np.testing.assert_array_equal(obs, make_interface(info["snapshot"].statics, mode).encode(info["snapshot"]))
         obs, _, _, trunc, info = env.step(random_valid_action(env, info, rng))
         if trunc:
             break
@@ -235,7 +253,7 @@ def test_observation_stays_in_bounds_and_matches_snapshot_encoder() -> None:
 
 @pytest.mark.parametrize("mode", ["ansi", "rgb_array"])
 def test_render_modes(mode: str) -> None:
-    env = gym.make("gridenv/Metro-v0", config=SHORT, render_mode=mode)
+    env = gym.make("gridenv/Metro-v1", config=SHORT, render_mode=mode)
     env.reset(seed=0)
     env.step(np.array([0, 1]))
     frame = env.render()

@@ -19,13 +19,14 @@ import gymnasium as gym  # noqa: E402
 import gridenv  # noqa: E402,F401
 from gridenv.core.snapshot import encode  # noqa: E402
 from gridenv.router.runtime import (  # noqa: E402
+    FORMAT_VERSION,
     PolicyFileError,
     RouterPolicy,
     SnapshotError,
     snapshot_to_json,
 )
 
-METRO = "gridenv/Metro-v0"
+METRO = "gridenv/Metro-v1"
 SITES = ["edge-north", "edge-south", "edge-east", "edge-west", "core"]
 
 
@@ -107,11 +108,11 @@ def test_episode_parity_with_sb3(run_dir, policy):
     vn = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make(METRO)]))
     vn.training = False
     env = gym.make(METRO, config={"horizon_s": 30})
-    obs, _ = env.reset(seed=11)
+    obs, info = env.reset(seed=11)
     done, n, sheds, rewards = False, 0, 0, 0.0
     while not done:
-        snap = env.unwrapped.snapshot
-        ref, _ = model.predict(vn.normalize_obs(obs), action_masks=env.unwrapped.action_masks(),
+        snap = info["snapshot"]
+        ref, _ = model.predict(vn.normalize_obs(obs), action_masks=info["action_mask"],
                                deterministic=True)
         d = policy.decide_snapshot(snap)
         assert d["action"] == np.asarray(ref).tolist(), f"decision {n}"
@@ -123,7 +124,7 @@ def test_episode_parity_with_sb3(run_dir, policy):
         del j["request"]["ttft_slo_s"], j["request"]["tpot_slo_s"]
         np.testing.assert_array_equal(encode(policy.snapshot_from_json(json.loads(json.dumps(j)))), obs)
         sheds += d["shed"]
-        obs, r, _, done, _ = env.step(np.array(d["action"]))
+        obs, r, _, done, info = env.step(np.array(d["action"]))
         rewards += r
         n += 1
     assert n > 300
@@ -202,14 +203,30 @@ def test_tampered_onnx_refused(policy_dir, tmp_path):
 def test_wrong_feature_spec_refused(policy_dir, tmp_path):
     d = _copy(policy_dir, tmp_path)
     _edit(d, lambda m: m["observation"]["features"][5].update(name="site[0].kv_util_v2"))
-    with pytest.raises(PolicyFileError, match=r"feature spec differs at \[5\]"):
+    with pytest.raises(PolicyFileError, match=r"observation.features is not the feature spec of its interface"):
         RouterPolicy.load(d)
-    d2 = tmp_path / "q"
-    d2.mkdir()
-    d2 = _copy(policy_dir, d2)
-    _edit(d2, lambda m: m["observation"]["features"].pop())
-    with pytest.raises(PolicyFileError, match="feature spec has 73 features, this gridenv encodes 74"):
-        RouterPolicy.load(d2)
+
+
+def _rename_site_feature(m: dict) -> None:
+    m["interface"]["interface"]["site_features"][5]["name"] = "kv_util_v2"
+
+
+def _drop_model_vocab_entry(m: dict) -> None:
+    m["interface"]["interface"]["vocabularies"]["model"].append("llama-2-70b")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_rename_site_feature, r"site feature 'kv_util' added .*site feature 'kv_util_v2' removed|"
+                           r"site feature 'kv_util_v2' removed .*site feature 'kv_util' added"),
+    (_drop_model_vocab_entry, r"vocabulary 'model': entries \['llama-2-70b'\] only in recorded"),
+    (lambda m: m["interface"]["interface"].update(version="slots-1"), r"version: recorded 'slots-1', current 'slots-2'"),
+])
+def test_policy_recorded_under_another_interface_is_refused(policy_dir, tmp_path, edit, message):
+    """A policy.json whose interface record differs from this gridenv's names the difference."""
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, edit)
+    with pytest.raises(PolicyFileError, match=message):
+        RouterPolicy.load(d)
 
 
 def _drop_last_site(m: dict) -> None:
@@ -231,14 +248,20 @@ def test_wrong_number_of_sites_refused(policy_dir, tmp_path, case):
         msg = "action.site_slots"
     elif case == "max_sites":  # more slots than the graph has: the spec no longer matches
         _edit(d, lambda m: (m["statics"].update(max_sites=6), m["action"].update(max_sites=6, shed_index=6)))
-        msg = "feature spec has 74 features, this gridenv encodes 86"
+        msg = r"action max_sites: recorded 5, current 6.*obs_size: recorded \d+, current \d+"
     elif case == "statics_ragged":
         _edit(d, lambda m: m["statics"].update(site_names=SITES[:4]))
         msg = "statics.site_region has 5 entries for 4 sites"
     else:  # a self-consistent policy.json for 4 sites: only the graph's contract hash catches it
         def four(m):
+            from gridenv.core.interface import make_interface
+            from gridenv.core.snapshot import SiteStatics
+
             _drop_last_site(m)
             m["action"].update(n_sites=4, site_slots=SITES[:4])
+            iface = make_interface(SiteStatics.from_dict(m["statics"]), "slots")
+            m["interface"] = iface.record()
+            m["observation"]["features"] = iface.feature_spec()
         _edit(d, four)
         msg = "policy.json was edited after export"
     with pytest.raises(PolicyFileError, match=msg):
@@ -250,7 +273,7 @@ def test_other_refusals(policy_dir, tmp_path):
     _edit(d, lambda m: m.update(format_version=99))
     with pytest.raises(PolicyFileError, match="format_version 99"):
         RouterPolicy.load(d)
-    _edit(d, lambda m: m.update(format_version=1))
+    _edit(d, lambda m: m.update(format_version=FORMAT_VERSION))
     RouterPolicy.load(d)  # restored
     _edit(d, lambda m: m["request_defaults"]["slo_s"]["chat"].update(ttft_s=9.0))
     with pytest.raises(PolicyFileError, match="edited after export"):
@@ -296,3 +319,19 @@ def test_runtime_does_not_import_torch(policy_dir):
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     assert not loaded["torch"] and not loaded["stable_baselines3"] and not loaded["sb3_contrib"], loaded
+
+
+def test_policy_json_is_written_and_read_through_one_schema(policy_dir, tmp_path):
+    from gridenv.router.policy_file import PolicyFile
+
+    text = (policy_dir / "policy.json").read_text()
+    model = PolicyFile.model_validate_json(text)
+    assert model.model_dump(mode="json") == json.loads(text)  # the writer's own output round-trips
+    assert "interface" in PolicyFile.model_json_schema()["properties"]
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, lambda m: m["observation"].update(size="72"))
+    with pytest.raises(PolicyFileError, match=r"^policy.json: observation.size: Input should be a valid integer"):
+        RouterPolicy.load(d)
+    _edit(d, lambda m: (m["observation"].update(size=72), m.update(extra_section={})))
+    with pytest.raises(PolicyFileError, match=r"^policy.json: extra_section: Extra inputs are not permitted"):
+        RouterPolicy.load(d)

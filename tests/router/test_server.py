@@ -19,7 +19,7 @@ import gymnasium as gym  # noqa: E402
 import gridenv  # noqa: E402,F401
 from gridenv.router.server import MAX_BODY_BYTES, start_in_thread  # noqa: E402
 
-METRO = "gridenv/Metro-v0"
+METRO = "gridenv/Metro-v1"
 SITES = ["edge-north", "edge-south", "edge-east", "edge-west", "core"]
 
 
