@@ -34,6 +34,8 @@ SCHEMAS: dict[str, SchemaEntry] = {
                                "evaluate.py's leaderboard: ranking, per-scenario results, episodes"),
     "run-args": SchemaEntry("agents.schemas:RunRecord", "runs/<run>/args.json",
                             "a training run's arguments, merged hyperparameters and commands"),
+    "policy": SchemaEntry("gridenv.router.policy_file:PolicyFile", "<exported>/policy.json",
+                          "an exported policy: interface record, observation, action, sites, SLOs"),
 }
 
 
