@@ -153,6 +153,10 @@ class HyperparamEntry(BaseModel):
         None, description="deep-merged into the scenario for the training envs only")
     eval_episodes: Optional[PositiveInt] = None
     eval_seeds_start: Optional[NonNegInt] = None
+    # vectorized envs (agents/vec_env.py): dummy (SB3 DummyVecEnv), native (in-process
+    # GridVectorEnv), subproc (vec_workers processes) or hybrid
+    vec_backend: Optional[Literal["dummy", "native", "subproc", "hybrid"]] = None
+    vec_workers: Optional[PositiveInt] = None
     # PPO / MaskablePPO constructor arguments
     n_steps: Optional[PositiveInt] = None
     batch_size: Optional[PositiveInt] = None
