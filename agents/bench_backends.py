@@ -1,4 +1,4 @@
-"""Wall time of a heuristic benchmark suite on each backend (agents/backends.py).
+"""Wall time of a heuristic benchmark suite on each backend (agents/tasks.py).
 
     python -m agents.bench_backends                    # standard suite: 1 process, local x2, ray x2
     python -m agents.bench_backends --suite smoke      # a quick look
@@ -42,9 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--ray-address", default=None, help="Ray cluster (auto, ray://host:10001) for `ray`")
     p.add_argument("--suites-file", default=None, help="suites YAML (default: configs/suites.yaml)")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
 
-    from agents.backends import BackendUnavailable, ray_session, run_episodes
-    from agents.evaluation import REFERENCE_POLICY, EpisodeSpec, get_suite, parse_policies
+    from agents.evaluation import REFERENCE_POLICY, EpisodeSpec, get_suite, parse_policies, run_episodes
+    from agents.tasks import BackendUnavailable, ray_session
     from agents.heuristics import heuristic_names
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
         p.error(str(e))
     if not any(x.spec == REFERENCE_POLICY for x in policies):
         policies.append(parse_policies(REFERENCE_POLICY)[0])
-    episodes = [EpisodeSpec(x.label, x.spec, sc, seed, suite.overrides)
+    episodes = [EpisodeSpec(x.label, x.spec, sc, seed, suite.overrides, suite.scenario_files.get(sc))
                 for x in policies for sc in suite.scenarios for seed in suite.seeds]
     print(f"suite {suite.name}: {len(policies)} policies x {len(suite.scenarios)} scenarios x "
           f"{len(suite.seeds)} seeds = {len(episodes)} episodes; {os.cpu_count()} CPUs here", flush=True)
@@ -73,13 +75,13 @@ def main(argv=None) -> int:
                     startup = time.perf_counter() - t0
                     cpus = int(ray.cluster_resources().get("CPU", 0))
                     t0 = time.perf_counter()
-                    records = run_episodes(episodes, "ray", args.workers, args.ray_address)
+                    records = run_episodes(episodes, args.workers, backend="ray", ray_address=args.ray_address)
                     wall = time.perf_counter() - t0
                 label = f"ray ({cpus} CPUs{', ' + args.ray_address if args.ray_address else ''})"
             else:
                 n = 1 if mode == "single" else args.workers
                 t0 = time.perf_counter()
-                records = run_episodes(episodes, "local", n)
+                records = run_episodes(episodes, n)
                 wall = time.perf_counter() - t0
                 label = "single process" if mode == "single" else f"local ({n} workers)"
         except BackendUnavailable as e:

@@ -5,8 +5,13 @@ overrides. :func:`evaluate` runs every policy on every (scenario, seed) pair: th
 every policy, hence the same arrival sequences (common random numbers). Each episode is
 independent (fresh env, ``env.reset(seed=seed)``, ``policy.reset(seed)``), so the numbers do not
 depend on how episodes are spread over worker processes, nor on the backend that runs them
-(:mod:`agents.backends`: ``local`` processes or ``ray`` tasks; a failed episode is retried, then
-reported by name).
+(:mod:`agents.tasks`: ``local`` processes or ``ray`` tasks; an episode whose worker died is
+retried, one that raises is reported by name at once, since it would raise again).
+
+A policy runs only on the scenarios whose interface it fits (a trained policy records the
+observation size and action layout it was trained on; :func:`interface_mismatch`); the others
+are listed in ``skipped`` with the reason. Episodes that fail are listed in ``failures``; the
+leaderboard of the episodes that finished is still built (``complete: false``).
 
 Statistics (see :mod:`agents.stats`):
 
@@ -23,36 +28,9 @@ Statistics (see :mod:`agents.stats`):
   shedding, which does not pay there) has no normalized score (``used_in_score: false``) and
   is left out of the IQM.
 
-Leaderboard JSON schema (``leaderboard.json``; ``null`` stands for a missing value or NaN)::
-
-    {
-      "schema_version": 1,                         # int
-      "created_utc": "2025-01-01T00:00:00Z",       # str
-      "gridenv_version": "0.1.0",                  # str
-      "suite": {"name": str, "description": str, "scenarios": [str], "seeds": [int],
-                "overrides": {...}},
-      "bootstrap": {"resamples": int, "confidence": float, "seed": int,
-                    "method": "percentile", "aggregate": "IQM, stratified bootstrap"},
-      "normalization": {<scenario>: {"random_reward": float, "best_heuristic": str,
-                                     "best_heuristic_reward": float, "used_in_score": bool}},
-      "policies": [                                # ranked, best IQM first
-        {"rank": int, "name": str, "spec": str, "kind": "heuristic" | "file",
-         "iqm_normalized_score": float|null, "iqm_ci95": [float, float]|null,
-         "mean_normalized_score": float|null, "mean_reward": float, "episodes": int}
-      ],
-      "results": [                                 # one row per policy x scenario
-        {"policy": str, "scenario": str, "episodes": int,
-         "reward_mean": float, "reward_ci95": [float, float],
-         "normalized_score_mean": float|null,
-         <each of RESULT_METRICS>: float|null}
-      ],
-      "episodes": [                                # one row per episode
-        {"policy": str, "scenario": str, "seed": int, "reward": float, "decisions": int,
-         "wall_s": float, "reward_terms": {"goodput_value_usd": float,
-         "energy_cost_usd": float, "gpu_cost_usd": float}, "metrics": {str: float|int|null}}
-      ],
-      "crn_consistent": bool                       # every policy saw the same arrivals per seed
-    }
+The leaderboard JSON (``leaderboard.json``) follows :class:`agents.schemas.LeaderboardFile`
+(``python -m gridenv schemas leaderboard`` prints its JSON Schema); ``null`` stands for a
+missing value or NaN.
 
 This module imports neither torch nor matplotlib; policies given as files load their back end
 in the worker processes only.
@@ -70,19 +48,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from agents import schemas
 from agents.heuristics import HEURISTICS
 from agents.registry import load_policy
 from agents.stats import DEFAULT_RESAMPLES, bootstrap_ci, stratified_bootstrap_iqm
+from agents.tasks import DEFAULT_RETRIES, Failure, TaskFailures, run_tasks
+from gridenv.envs.registration import resolve_scenario
 
 __all__ = [
-    "Suite", "EpisodeSpec", "PolicyEntry", "load_suites", "get_suite", "resolve_scenario",
-    "parse_policies", "run_episode", "run_episodes", "aggregate", "evaluate",
+    "Suite", "EpisodeSpec", "PolicyEntry", "load_suites", "get_suite", "parse_policies",
+    "run_episode", "run_episodes", "episode_name", "aggregate", "evaluate", "interface_mismatch",
     "RESULT_METRICS", "SCHEMA_VERSION", "DEFAULT_SUITES_PATH", "REFERENCE_POLICY",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SUITES_PATH = Path(__file__).resolve().parents[1] / "configs" / "suites.yaml"
 #: The policy every run includes, the 0 of the normalized score.
 REFERENCE_POLICY = "random"
@@ -114,64 +94,36 @@ RESULT_METRICS: dict[str, str] = {
 # ---------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class Suite:
-    """A benchmark: scenarios x seeds, with config overrides applied to every scenario."""
+    """A benchmark: scenarios x seeds, with config overrides applied to every scenario.
+
+    ``scenarios`` are scenario names; ``scenario_files`` maps the name of a scenario given as a
+    YAML path to that path (built-in scenarios are not in it).
+    """
 
     name: str
     description: str
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
     overrides: dict = field(default_factory=dict)
+    scenario_files: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["scenarios"], d["seeds"] = list(self.scenarios), list(self.seeds)
         return d
 
-
-def _seed_list(raw, where: str) -> tuple[int, ...]:
-    if isinstance(raw, dict) and set(raw) == {"start", "count"}:
-        return tuple(range(int(raw["start"]), int(raw["start"]) + int(raw["count"])))
-    if isinstance(raw, list) and raw and all(isinstance(s, int) and s >= 0 for s in raw):
-        return tuple(raw)
-    raise ValueError(f"{where}: seeds must be a list of non-negative ints or {{start, count}}")
-
-
-def resolve_scenario(name_or_id: str) -> str:
-    """A scenario name from a name (``metro``) or a registered id (``gridenv/Metro-v1``)."""
-    from gridenv.core.scenario import scenario_names
-    from gridenv.envs.registration import env_id
-
-    names = scenario_names()
-    if name_or_id in names:
-        return name_or_id
-    for n in names:
-        if env_id(n) == name_or_id or env_id(n).removeprefix("gridenv/") == name_or_id:
-            return n
-    raise ValueError(f"unknown scenario {name_or_id!r}; known: {', '.join(names)}")
+    def source(self, scenario: str) -> str:
+        """What ``GridEnv(scenario=...)`` loads for `scenario`: its name or its YAML path."""
+        return self.scenario_files.get(scenario, scenario)
 
 
 def load_suites(path: str | os.PathLike | None = None) -> dict[str, Suite]:
-    """All suites of a suites YAML file (default ``configs/suites.yaml``)."""
+    """All suites of a suites YAML file (default ``configs/suites.yaml``), as written
+    (:class:`agents.schemas.SuitesFile`; scenarios are resolved by :func:`get_suite`)."""
     path = Path(path) if path else DEFAULT_SUITES_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"suites file {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must map suite names to suites")
-    suites = {}
-    for name, d in raw.items():
-        where = f"{path}: suite {name!r}"
-        if not isinstance(d, dict) or not d.get("scenarios") or "seeds" not in d:
-            raise ValueError(f"{where}: needs 'scenarios' and 'seeds'")
-        unknown = set(d) - {"description", "scenarios", "seeds", "overrides"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        suites[name] = Suite(
-            name=name, description=str(d.get("description", "")),
-            scenarios=tuple(str(s) for s in d["scenarios"]),
-            seeds=_seed_list(d["seeds"], where), overrides=dict(d.get("overrides") or {}),
-        )
-    return suites
+    data = schemas.load(schemas.SuitesFile, path).root
+    return {name: Suite(name, s.description, tuple(s.scenarios), tuple(s.seed_list()), dict(s.overrides))
+            for name, s in data.items()}
 
 
 def get_suite(
@@ -180,17 +132,23 @@ def get_suite(
     scenarios: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
 ) -> Suite:
-    """Suite `name`, its scenarios validated, optionally restricted to other scenarios/seeds."""
+    """Suite `name`, its scenarios resolved and validated, optionally restricted to other
+    scenarios (names, env ids or YAML paths) and seeds."""
     from gridenv.core.scenario import load_scenario
 
     suites = load_suites(path)
     if name not in suites:
         raise ValueError(f"unknown suite {name!r}; known suites: {', '.join(suites)}")
     s = suites[name]
-    names = tuple(resolve_scenario(x) for x in (scenarios or s.scenarios))
-    for n in names:  # fail early (and clearly) on overrides the schema rejects
-        load_scenario(n, s.overrides)
-    return Suite(s.name, s.description, names, tuple(seeds) if seeds else s.seeds, s.overrides)
+    refs = [resolve_scenario(x) for x in (scenarios or s.scenarios)]
+    names = tuple(r.name for r in refs)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"scenario {dup[0]!r} is given twice")
+    files = {r.name: r.source for r in refs if r.is_file}
+    for r in refs:  # fail early (and clearly) on overrides the schema rejects
+        load_scenario(r.source, s.overrides)
+    return Suite(s.name, s.description, names, tuple(seeds) if seeds else s.seeds, s.overrides, files)
 
 
 # ---------------------------------------------------------------------------- policies
@@ -228,6 +186,8 @@ def parse_policies(text: str | Sequence[str]) -> list[PolicyEntry]:
 
 def _file_label(spec: str) -> str:
     p = Path(spec)
+    if p.is_dir() or not p.suffix:  # a run directory or an exported policy directory
+        return p.name or str(p)
     return f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
 
 
@@ -238,9 +198,10 @@ class EpisodeSpec:
 
     policy: str  # label
     spec: str
-    scenario: str
+    scenario: str  # name
     seed: int
     overrides: dict = field(default_factory=dict, hash=False)
+    source: str | None = None  # the scenario's YAML path, if it is a file (default: the name)
 
 
 _POLICY_CACHE: dict[str, object] = {}
@@ -262,15 +223,19 @@ def _clean(v):
     return v
 
 
-def run_episode(ep: EpisodeSpec) -> dict:
-    """Run one episode to truncation; the per-episode record of the leaderboard JSON."""
+def _make_env(source: str, overrides: dict):
     import gymnasium as gym
 
     import gridenv  # noqa: F401  (registers the ids, also in spawned workers)
-    from gridenv.envs.registration import env_id
+    from gridenv.envs.registration import register_scenario
 
+    return gym.make(register_scenario(source), config=dict(overrides))
+
+
+def run_episode(ep: EpisodeSpec) -> dict:
+    """Run one episode to truncation; the per-episode record of the leaderboard JSON."""
     policy = _policy(ep.spec)
-    env = gym.make(env_id(ep.scenario), config=dict(ep.overrides))
+    env = _make_env(ep.source or ep.scenario, ep.overrides)
     t0 = time.perf_counter()
     obs, info = env.reset(seed=ep.seed)
     policy.reset(ep.seed)
@@ -299,9 +264,51 @@ def run_episode(ep: EpisodeSpec) -> dict:
     }
 
 
+def interface_mismatch(policy, source: str, overrides: dict | None = None) -> str | None:
+    """Why `policy` cannot act on the scenario (None if it can).
+
+    A trained policy records the interface it was trained for (observation size and layout,
+    site slots, batch levels); a heuristic reads the snapshot and fits every scenario. The sizes
+    are compared first, then the policy's own check (its recorded interface against the
+    environment's) on the first decision of an episode.
+    """
+    obs_shape = getattr(policy, "obs_shape", None)
+    router = getattr(policy, "router", None)
+    if obs_shape is None and router is not None:
+        obs_shape = (int(router.obs_size),)
+    sizes = {"max_sites": getattr(policy, "max_sites", None), "n_levels": getattr(policy, "n_levels", None)}
+    if obs_shape is None and sizes["max_sites"] is None:
+        return None
+    env = _make_env(source, overrides or {})
+    try:
+        shape = tuple(env.observation_space.shape)
+        nvec = [int(x) for x in env.action_space.nvec]
+        if obs_shape is not None and tuple(obs_shape) != shape:
+            return f"observation of {shape[0]} elements, the policy takes {tuple(obs_shape)[0]}"
+        if sizes["max_sites"] is not None and sizes["max_sites"] != nvec[0] - 1:
+            return f"{nvec[0] - 1} site slots, the policy has {sizes['max_sites']}"
+        if sizes["n_levels"] is not None and sizes["n_levels"] != nvec[1]:
+            return f"{nvec[1]} batch levels, the policy has {sizes['n_levels']}"
+        obs, info = env.reset(seed=0)
+        snap = info.get("snapshot")  # the router-visible snapshot travels in info
+        if snap is not None:
+            try:  # the policy's own interface check (recorded interface vs this environment's)
+                policy.act(obs, snap)
+            except ValueError as err:
+                return f"interface the policy was not made for ({err})"
+    finally:
+        env.close()
+    return None
+
+
 #: ``progress(done, total, record, status)``: after every finished episode (``record`` is None
-#: if it failed for good) and every retry; ``status`` is an :class:`agents.backends.Status`.
+#: if it failed for good) and every retry; ``status`` is an :class:`agents.tasks.Status`.
 ProgressFn = Callable[[int, int, "dict | None", object], None]
+
+
+def episode_name(ep: EpisodeSpec) -> str:
+    """How failures and progress name an episode: policy, scenario, seed."""
+    return f"policy {ep.policy!r} on {ep.scenario} seed {ep.seed}"
 
 
 def run_episodes(
@@ -310,15 +317,16 @@ def run_episodes(
     progress: ProgressFn | None = None,
     backend: str = "local",
     ray_address: str | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> list[dict]:
-    """Run episodes on `backend` (``workers`` > 1: spawned processes); results in input order.
+    """Run episodes on `backend` (``workers`` > 1: spawned processes); records in input order.
 
-    See :mod:`agents.backends`; raises :class:`agents.backends.TaskFailures` (a RuntimeError
-    naming each failed episode) if some episode failed on every attempt.
+    Raises :class:`agents.tasks.TaskFailures` (a RuntimeError naming each failed episode,
+    with the records that finished) if some episode failed.
     """
-    from agents.backends import run_episodes as _run
-
-    return _run(episodes, backend, workers, ray_address, progress)
+    episodes = list(episodes)
+    return run_tasks(run_episode, episodes, [episode_name(ep) for ep in episodes], backend, workers,
+                     ray_address, progress, retries, what="episode")
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -335,27 +343,35 @@ def aggregate(
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = 0.95,
     seed: int = 0,
+    failures: Sequence[dict] = (),
+    skipped: Sequence[dict] = (),
 ) -> dict:
-    """The leaderboard dict (schema in the module docstring) from per-episode records."""
+    """The leaderboard dict (:class:`agents.schemas.LeaderboardFile`) from per-episode records.
+
+    Cells (policy x scenario) without records, because the policy was skipped there or all
+    its episodes failed, have no result row; a policy's aggregate covers the episodes it has.
+    """
     by_ps: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         by_ps.setdefault((r["policy"], r["scenario"]), []).append(r)
     for eps in by_ps.values():
         eps.sort(key=lambda r: r["seed"])
     labels = [p.label for p in policies]
-    heuristics = [p.label for p in policies if p.kind == "heuristic"]
+
+    def mean_reward(label, sc):
+        eps = by_ps.get((label, sc))
+        return float(np.mean([r["reward"] for r in eps])) if eps else None
 
     # Reference rewards per scenario for the normalized score.
-    def mean_reward(label, sc):
-        return float(np.mean([r["reward"] for r in by_ps[(label, sc)]]))
-
     ref_label = next((p.label for p in policies if p.spec == REFERENCE_POLICY), None)
     normalization = {}
     for sc in suite.scenarios:
-        if ref_label is None or not heuristics:
+        heuristics = [p.label for p in policies if p.kind == "heuristic" and (p.label, sc) in by_ps]
+        r_rand = mean_reward(ref_label, sc) if ref_label else None
+        if r_rand is None or not heuristics:
             continue
         best = max(heuristics, key=lambda h: mean_reward(h, sc))
-        r_rand, r_best = mean_reward(ref_label, sc), mean_reward(best, sc)
+        r_best = mean_reward(best, sc)
         normalization[sc] = {
             "random_reward": r_rand,
             "best_heuristic": best,
@@ -365,9 +381,7 @@ def aggregate(
 
     def normalized(r: dict) -> float | None:
         ref = normalization.get(r["scenario"])
-        if ref is None:
-            return None
-        if not ref["used_in_score"]:
+        if ref is None or not ref["used_in_score"]:
             return None
         span = ref["best_heuristic_reward"] - ref["random_reward"]
         return (r["reward"] - ref["random_reward"]) / span
@@ -375,7 +389,9 @@ def aggregate(
     results = []
     for label in labels:
         for sc in suite.scenarios:
-            eps = by_ps[(label, sc)]
+            eps = by_ps.get((label, sc))
+            if not eps:
+                continue
             rewards = [r["reward"] for r in eps]
             lo, hi = bootstrap_ci(rewards, resamples, confidence, seed)
             row = {
@@ -389,26 +405,22 @@ def aggregate(
 
     ranking = []
     for p in policies:
-        per_task = [
-            [x if (x := normalized(r)) is not None else np.nan for r in by_ps[(p.label, sc)]]
-            for sc in suite.scenarios
-        ]
+        mine = [by_ps.get((p.label, sc), []) for sc in suite.scenarios]
+        per_task = [[x if (x := normalized(r)) is not None else np.nan for r in eps] for eps in mine]
         point, lo, hi = stratified_bootstrap_iqm(per_task, resamples, confidence, seed)
         flat = [x for t in per_task for x in t]
+        rewards = [r["reward"] for eps in mine for r in eps]
         ranking.append({
             "name": p.label, "spec": p.spec, "kind": p.kind,
             "iqm_normalized_score": _clean(point),
             "iqm_ci95": [lo, hi] if math.isfinite(point) else None,
             "mean_normalized_score": _mean(flat),
-            "mean_reward": float(np.mean([r["reward"] for sc in suite.scenarios
-                                          for r in by_ps[(p.label, sc)]])),
-            "episodes": sum(len(by_ps[(p.label, sc)]) for sc in suite.scenarios),
+            "mean_reward": float(np.mean(rewards)) if rewards else None,
+            "episodes": len(rewards),
         })
-    ranking.sort(key=lambda d: (d["iqm_normalized_score"] is None,
-                                -(d["iqm_normalized_score"] or 0.0), -d["mean_reward"]))
-    for i, d in enumerate(ranking, 1):
-        d["rank"] = i
-    ranking = [{"rank": d.pop("rank"), **d} for d in ranking]
+    ranking.sort(key=lambda d: (d["iqm_normalized_score"] is None, -(d["iqm_normalized_score"] or 0.0),
+                                d["mean_reward"] is None, -(d["mean_reward"] or 0.0)))
+    ranking = [{"rank": i, **d} for i, d in enumerate(ranking, 1)]
 
     arrivals: dict[tuple[str, int], set] = {}
     for r in records:
@@ -430,6 +442,9 @@ def aggregate(
         "episodes": sorted(records, key=lambda r: (labels.index(r["policy"]),
                                                    suite.scenarios.index(r["scenario"]), r["seed"])),
         "crn_consistent": all(len(v) == 1 for v in arrivals.values()),
+        "complete": not failures,
+        "failures": list(failures),
+        "skipped": list(skipped),
     }
 
 
@@ -442,27 +457,50 @@ def evaluate(
     add_reference: bool = True,
     backend: str = "local",
     ray_address: str | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> dict:
     """Run `policies` on `suite` and return the leaderboard dict.
 
-    `backend` (``local`` or ``ray``), `workers` and `ray_address`: see :mod:`agents.backends`.
-
+    `backend` (``local`` or ``ray``), `workers` and `ray_address`: see :mod:`agents.tasks`.
     With `add_reference`, ``random`` is added when missing (the normalized score needs it).
-    Policy specs are loaded once here first, so a bad spec fails before any episode runs.
+    Policy specs are loaded once here first, so a bad spec fails before any episode runs; a
+    policy runs only on the scenarios it fits (:func:`interface_mismatch`; the others are in
+    ``skipped``). Failed episodes are in ``failures`` (``complete`` is false); the statistics
+    cover the episodes that finished. Raises ValueError if no policy fits any scenario.
     """
     policies = list(policies)
     if add_reference and not any(p.spec == REFERENCE_POLICY for p in policies):
         if any(p.label == REFERENCE_POLICY for p in policies):
             raise ValueError(f"the label {REFERENCE_POLICY!r} is reserved for the random heuristic")
         policies.append(PolicyEntry(REFERENCE_POLICY, REFERENCE_POLICY))
+    skipped = []
+    runs: list[tuple[PolicyEntry, str]] = []
     for p in policies:
-        load_policy(p.spec)
+        policy = load_policy(p.spec)
+        for sc in suite.scenarios:
+            why = interface_mismatch(policy, suite.source(sc), suite.overrides)
+            if why is None:
+                runs.append((p, sc))
+            else:
+                skipped.append({"policy": p.label, "scenario": sc,
+                                "reason": f"interface does not fit: {sc} has an {why}"})
+    if not any(p.kind == "file" for p, _ in runs) and any(p.kind == "file" for p in policies):
+        names = ", ".join(p.label for p in policies if p.kind == "file")
+        raise ValueError(f"{names}: fits none of the scenarios {', '.join(suite.scenarios)} "
+                         f"({skipped[0]['reason']})")
     episodes = [
-        EpisodeSpec(p.label, p.spec, sc, seed, suite.overrides)
-        for p in policies for sc in suite.scenarios for seed in suite.seeds
+        EpisodeSpec(p.label, p.spec, sc, seed, suite.overrides, suite.scenario_files.get(sc))
+        for p, sc in runs for seed in suite.seeds
     ]
-    records = run_episodes(episodes, workers, progress, backend, ray_address)
-    return aggregate(records, policies, suite, resamples=resamples)
+    failures: list[Failure] = []
+    try:
+        records = run_episodes(episodes, workers, progress, backend, ray_address, retries)
+    except TaskFailures as e:
+        records, failures = [r for r in e.results if r is not None], e.failures
+    failed = [{"policy": episodes[f.index].policy, "scenario": episodes[f.index].scenario,
+               "seed": episodes[f.index].seed, "error": f.error, "attempts": f.attempts}
+              for f in failures]
+    return aggregate(records, policies, suite, resamples=resamples, failures=failed, skipped=skipped)
 
 
 def print_progress(done: int, total: int, rec: dict | None, status=None) -> None:

@@ -56,7 +56,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import sys
 import time
 import zipfile
@@ -69,7 +68,6 @@ __all__ = ["ExportError", "export_policy", "resolve_model", "main", "MASKED_LOGI
 #: The logit given to masked choices (sb3-contrib MaskableCategorical's HUGE_NEG).
 MASKED_LOGIT = -1e8
 DEFAULT_OPSET = 17
-_CKPT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
 
 
 class ExportError(ValueError):
@@ -78,25 +76,16 @@ class ExportError(ValueError):
 
 # ---------------------------------------------------------------------------- inputs
 def resolve_model(path: str | Path) -> tuple[Path, Path]:
-    """(model .zip, VecNormalize .pkl) for a run directory or a model file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ExportError(f"{p}: no such file or directory")
-    if p.is_dir():
-        best, final = p / "best_model" / "best_model.zip", p / "model.zip"
-        if best.is_file():
-            p = best
-        elif final.is_file():
-            p = final
-        else:
-            raise ExportError(f"{p}: not a run directory (neither best_model/best_model.zip nor model.zip)")
-    m = _CKPT.match(p.name)
-    vn = p.with_name(f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl") if m else None
-    if vn is None or not vn.is_file():
-        vn = p.with_name("vecnormalize.pkl")
-    if not vn.is_file():
-        raise ExportError(f"{p}: VecNormalize statistics not found (expected {vn})")
-    return p, vn
+    """(model .zip, VecNormalize .pkl) for a run directory or a model file (agents.runs)."""
+    from agents.runs import resolve_model as resolve
+
+    try:
+        files = resolve(path)
+    except FileNotFoundError as err:
+        raise ExportError(str(err)) from None
+    if not files.vecnormalize.is_file():
+        raise ExportError(f"{files.model}: VecNormalize statistics not found (expected {files.vecnormalize})")
+    return files.model, files.vecnormalize
 
 
 def _detect_algo(path: Path) -> str:

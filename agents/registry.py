@@ -3,9 +3,10 @@
 ``load_policy(spec)`` accepts:
 
 * a heuristic name (``jsq``, ``slo-greedy``, ... see :data:`agents.heuristics.HEURISTICS`);
-* a path to a Stable-Baselines3 model ``.zip`` -> ``agents.sb3_policy.SB3Policy(path)`` (it
-  finds the VecNormalize statistics saved beside the model);
-* a path to an exported ONNX policy, a ``.onnx`` file or a directory
+* a path to a Stable-Baselines3 model ``.zip`` or to a training run directory
+  (:func:`agents.runs.resolve_model`: its best model, else its final model)
+  -> ``agents.sb3_policy.SB3Policy`` (it finds the VecNormalize statistics saved beside the model);
+* a path to an exported ONNX policy, a ``.onnx`` file or a directory holding ``policy.onnx``
   -> ``agents.onnx_policy.ONNXPolicy(path)``;
 * a custom :class:`~agents.policy.Policy` subclass built with no arguments, as
   ``package.module:ClassName`` (an importable module) or ``path/to/file.py:ClassName`` (a file
@@ -33,8 +34,8 @@ __all__ = ["load_policy", "is_heuristic", "describe_specs"]
 
 def describe_specs() -> str:
     """What a policy spec may be (for error messages and --help)."""
-    return (f"a heuristic ({', '.join(HEURISTICS)}), a path to an SB3 model .zip, "
-            "a path to an ONNX policy (.onnx file or directory), "
+    return (f"a heuristic ({', '.join(HEURISTICS)}), a training run directory or SB3 model .zip, "
+            "an exported ONNX policy (directory or .onnx file), "
             "or a Policy class as package.module:Class or path/to/file.py:Class")
 
 
@@ -73,10 +74,15 @@ def load_policy(spec: str) -> Policy:
         raise FileNotFoundError(
             f"policy {spec!r}: no such file or directory (known heuristics: {', '.join(HEURISTICS)})"
         )
-    if path.suffix == ".zip":
-        return _backend("agents.sb3_policy", "SB3Policy", spec)(str(path))
-    if path.suffix == ".onnx" or path.is_dir():
+    from agents.runs import is_run_dir, resolve_model
+
+    if path.suffix == ".zip" or is_run_dir(path):
+        return _backend("agents.sb3_policy", "SB3Policy", spec)(str(resolve_model(path).model))
+    if path.suffix == ".onnx" or (path.is_dir() and (path / "policy.onnx").is_file()):
         return _backend("agents.onnx_policy", "ONNXPolicy", spec)(str(path))
+    if path.is_dir():
+        raise ValueError(f"policy {spec!r}: a directory with neither a trained model (a run directory) "
+                         "nor policy.onnx (an exported policy)")
     raise ValueError(f"policy {spec!r}: unrecognized file type; expected {describe_specs()}")
 
 

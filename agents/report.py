@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from agents.evaluation import RESULT_METRICS
+from agents.schemas import LeaderboardFile, load
 
 __all__ = [
-    "write_leaderboard", "leaderboard_markdown", "plot_rewards", "plot_cost_vs_slo",
+    "write_leaderboard", "read_leaderboard", "leaderboard_markdown", "plot_rewards", "plot_cost_vs_slo",
     "plot_normalized_scores", "plot_learning_curves", "claims_report", "CLAIMS",
 ]
 
@@ -67,6 +68,14 @@ def leaderboard_markdown(lb: dict) -> str:
         iqm = _f(p["iqm_normalized_score"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
         lines.append(f"| {p['rank']} | {p['name']} | {iqm} | {_f(p['mean_normalized_score'])} "
                      f"| {_f(p['mean_reward'])} | {p['episodes']} |")
+    if lb.get("skipped"):
+        lines += ["", "Not run (the policy's interface does not fit the scenario):", ""]
+        lines += [f"- {s['policy']} on {s['scenario']}: {s['reason']}" for s in lb["skipped"]]
+    if lb.get("failures"):
+        lines += ["", f"**Incomplete: {len(lb['failures'])} episode(s) failed** and are not in the "
+                  "statistics:", ""]
+        lines += [f"- {f['policy']} on {f['scenario']} seed {f['seed']}: {f['error']} "
+                  f"({f['attempts']} attempt{'s' * (f['attempts'] > 1)})" for f in lb["failures"]]
     header = ("| policy | reward $ [95% CI] | norm. score | goodput tok/s | SLO att. "
               "| TTFT p50 / p99 ms | TPOT p50 / p99 ms | RTT ms | shed | energy kWh | cost $ "
               "| $/Mtok | tok/J | CO2 kg |")
@@ -114,13 +123,22 @@ def write_leaderboard(lb: dict, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.json", out / "leaderboard.csv", out / "leaderboard.md"]
-    paths[0].write_text(json.dumps(lb, indent=1, allow_nan=False) + "\n")
+    data = LeaderboardFile.model_validate(lb).model_dump(mode="json")  # the schema, on write too
+    paths[0].write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     _write_csv(lb, paths[1])
     paths[2].write_text(leaderboard_markdown(lb))
     paths.append(plot_rewards(lb, out / "reward_by_scenario.png"))
     paths.append(plot_cost_vs_slo(lb, out / "cost_vs_slo.png"))
     paths.append(plot_normalized_scores(lb, out / "normalized_score_iqm.png"))
     return paths
+
+
+def read_leaderboard(path: str | os.PathLike) -> dict:
+    """A ``leaderboard.json`` (or the directory holding it), validated against its schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "leaderboard.json"
+    return load(LeaderboardFile, path).model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- plots
@@ -159,11 +177,12 @@ def plot_rewards(lb: dict, path: Path) -> Path:
                              squeeze=False)
     for ax, sc in zip(axes.flat, scen):
         rows = {r["policy"]: r for r in lb["results"] if r["scenario"] == sc}
-        means = [rows[p]["reward_mean"] for p in order]
-        err = [[m - rows[p]["reward_ci95"][0] for p, m in zip(order, means)],
-               [rows[p]["reward_ci95"][1] - m for p, m in zip(order, means)]]
-        ax.barh(range(len(order)), means, xerr=err, color="tab:blue", alpha=0.8, capsize=3)
-        ax.set_yticks(range(len(order)), order)
+        here = [p for p in order if p in rows]  # a skipped or failed policy has no bar
+        means = [rows[p]["reward_mean"] for p in here]
+        err = [[m - rows[p]["reward_ci95"][0] for p, m in zip(here, means)],
+               [rows[p]["reward_ci95"][1] - m for p, m in zip(here, means)]]
+        ax.barh(range(len(here)), means, xerr=err, color="tab:blue", alpha=0.8, capsize=3)
+        ax.set_yticks(range(len(here)), here)
         ax.invert_yaxis()
         ax.set_title(sc)
         ax.set_xlabel("episode reward ($), 95% CI")
@@ -181,8 +200,8 @@ def plot_cost_vs_slo(lb: dict, path: Path) -> Path:
     names = [p["name"] for p in lb["policies"]]
     for ax, sc in zip(axes.flat, scen):
         for i, name in enumerate(names):
-            r = next(r for r in lb["results"] if r["scenario"] == sc and r["policy"] == name)
-            if r["routing_cost_usd"] is None or r["slo_attainment"] is None:
+            r = next((r for r in lb["results"] if r["scenario"] == sc and r["policy"] == name), None)
+            if r is None or r["routing_cost_usd"] is None or r["slo_attainment"] is None:
                 continue
             ax.scatter(r["routing_cost_usd"], r["slo_attainment"], color=cmap(i % 10), label=name)
             ax.annotate(name, (r["routing_cost_usd"], r["slo_attainment"]), fontsize=7,
@@ -294,8 +313,11 @@ def claims_report(lb: dict, policies: list[str] | None = None, central: str = "c
              "goodput_tokens_per_usd": f"+{CLAIMS['efficiency_gain_pct']:.0f}%",
              "goodput_tokens_per_kwh": f"+{CLAIMS['efficiency_gain_pct']:.0f}%"}
     for pol in policies or [p["name"] for p in lb["policies"]]:
-        c = next(r for r in lb["results"] if r["policy"] == pol and r["scenario"] == central)
-        e = next(r for r in lb["results"] if r["policy"] == pol and r["scenario"] == edge)
+        c = next((r for r in lb["results"] if r["policy"] == pol and r["scenario"] == central), None)
+        e = next((r for r in lb["results"] if r["policy"] == pol and r["scenario"] == edge), None)
+        if c is None or e is None:
+            text += ["", f"policy {pol}: no results on both scenarios"]
+            continue
         text += ["", f"policy {pol}:",
                  f"  {'':<24}{central:>14}{edge:>18}{'change':>10}   brief"]
         d = {}

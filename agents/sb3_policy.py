@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
@@ -48,7 +47,8 @@ __all__ = ["SB3Policy", "detect_algo", "find_vecnormalize", "read_interface_reco
 #: Sidecar file holding a model's interface record (beside the model .zip).
 INTERFACE_JSON = "interface.json"
 
-_CKPT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
+# The run-directory layout and checkpoint names are defined once, in agents.runs.
+from agents.runs import find_vecnormalize, resolve_model, run_dir_of  # noqa: E402
 
 
 def detect_algo(path: str | Path) -> str:
@@ -85,23 +85,12 @@ def detect_algo(path: str | Path) -> str:
     raise ValueError(f"{path}: unsupported policy class from module {module!r} (expected MaskablePPO or PPO)")
 
 
-def find_vecnormalize(model_path: str | Path) -> Path:
-    """Where the VecNormalize statistics of `model_path` are expected (the file may not exist)."""
-    p = Path(model_path)
-    m = _CKPT.match(p.name)
-    if m:  # CheckpointCallback naming
-        ckpt = p.with_name(f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl")
-        if ckpt.exists():
-            return ckpt
-    return p.with_name("vecnormalize.pkl")
-
-
 def read_interface_record(model_path: str | Path) -> tuple[dict | None, Path | None]:
     """(interface record, file it came from) of a model: ``interface.json`` beside it, else the
     run directory's ``args.json`` key ``interface``; (None, None) when neither has one."""
     p = Path(model_path)
     candidates = [p.with_name(INTERFACE_JSON)]
-    run = p.parent.parent if p.parent.name in ("best_model", "checkpoints") else p.parent
+    run = run_dir_of(p)
     candidates += [run / INTERFACE_JSON, run / "args.json"]
     for c in candidates:
         if not c.is_file():
@@ -182,8 +171,7 @@ class SB3Policy(Policy):
                  name: str | None = None, device: str = "cpu") -> None:
         path = Path(path)
         if path.is_dir():
-            best, final = path / "best_model" / "best_model.zip", path / "model.zip"
-            path = best if best.is_file() else final
+            path = resolve_model(path).model
         if not path.is_file():
             raise FileNotFoundError(f"SB3 model not found: {path}")
         self.path = path

@@ -1,11 +1,14 @@
-"""Helpers for ``train.py``: hyperparameter files, env factories, checkpoints and callbacks.
+"""Training one (Maskable)PPO run: :func:`train` (``train.py`` parses its arguments and calls it).
 
-Everything here is plain Stable-Baselines3 / sb3-contrib plumbing; ``train.py`` reads top to
-bottom and calls into this module for the parts that are not specific to one run.
+Everything here is plain Stable-Baselines3 / sb3-contrib plumbing:
 
-* :func:`load_hyperparams` reads an rl-zoo3-style YAML (``default:`` + per-scenario entries).
+* :func:`train` trains (or resumes) one run into its run directory (:mod:`agents.runs`) and
+  ranks it against the heuristics (:func:`leaderboard`), warning when the policy collapsed to
+  shedding (:func:`collapse_warning`).
+* :func:`load_hyperparams` reads an rl-zoo3-style YAML (``default:`` + per-scenario entries,
+  :class:`agents.schemas.HyperparamsFile`).
 * :func:`make_vec_env` builds ``VecNormalize(DummyVecEnv([Monitor(EpisodeMetricsInfo(env))]))``,
-  or with ``vec_backend: native|subproc`` ``VecNormalize(GridVecEnv(...))`` (agents/vec_env.py).
+  or with ``vec_backend: native|subproc|hybrid`` ``VecNormalize(GridVecEnv(...))`` (agents/vec_env.py).
 * :class:`EpisodeMetricsInfo` copies chosen end-of-episode metrics from
   ``info["episode_metrics"]`` into top-level info keys, so ``Monitor(info_keywords=...)`` puts
   them in ``info["episode"]`` (and ``monitor.csv``).
@@ -20,22 +23,29 @@ bottom and calls into this module for the parts that are not specific to one run
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
-from dataclasses import dataclass
+import os
+import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
-import yaml
+from pydantic import ValidationError
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import gridenv  # noqa: F401  (registers the gridenv/* ids)
-from gridenv.core.scenario import deep_merge
+from agents import schemas
+from agents.arguments import TrainArgs
+from agents.runs import CHECKPOINT_PREFIX, Checkpoint, checkpoint_paths, latest_checkpoint, resolve_model
+from gridenv.core.scenario import deep_merge, scenario_names
 from gridenv.envs.registration import env_id as scenario_env_id
+from gridenv.envs.registration import resolve_scenario
 
 __all__ = [
     "ALGOS",
@@ -43,8 +53,12 @@ __all__ = [
     "HYPERPARAM_KEYS",
     "ConfigError",
     "HyperparamError",
+    "train",
+    "leaderboard",
+    "collapse_warning",
+    "find_hyperparams",
     "load_hyperparams",
-    "resolve_scenario",
+    "check_entry",
     "EpisodeMetricsInfo",
     "FixedSeedCycle",
     "make_env",
@@ -71,48 +85,13 @@ EPISODE_METRICS = (
     "cost_usd",
     "ttft_p99_s",
     "shed",
+    "arrived",
     "invalid_actions",
 )
 
-#: Keys a hyperparameter entry may hold. Anything else is a typo: :class:`HyperparamError`.
-HYPERPARAM_KEYS = {
-    # run settings
-    "n_envs": int,
-    # training envs: "dummy" (SB3 DummyVecEnv of Monitor-wrapped GridEnvs), "native" (one
-    # in-process GridVectorEnv), "subproc" (vec_workers processes) or "hybrid" (vec_workers
-    # shards, the first in the training process), agents/vec_env.py
-    "vec_backend": str,
-    "vec_workers": int,
-    "total_timesteps": int,
-    "normalize": dict,  # {obs: bool, reward: bool, clip_obs: float, clip_reward: float}
-    "env_config": dict,  # deep-merged into the scenario YAML for the *training* envs only
-    "eval_episodes": int,
-    "eval_seeds_start": int,
-    # PPO / MaskablePPO constructor arguments
-    "n_steps": int,
-    "batch_size": int,
-    "n_epochs": int,
-    "learning_rate": (float, int, str),  # a number, or "lin_<x>" for a linear decay from x
-    "gamma": float,
-    "gae_lambda": float,
-    "ent_coef": float,
-    "vf_coef": float,
-    "clip_range": (float, str),
-    "max_grad_norm": float,
-    "target_kl": (float, type(None)),
-    "normalize_advantage": bool,
-    # policy: "mlp" (SB3's MlpPolicy, net_arch) or "site_scoring" (agents/site_policy.py: one
-    # network shared by all sites scores each of them; site_hidden, critic_hidden)
-    "policy": str,
-    "site_hidden": list,
-    "critic_hidden": list,
-    # policy_kwargs
-    "net_arch": (list, dict),
-    "activation_fn": str,  # "tanh" | "relu"
-    "ortho_init": bool,
-}
-
-_NORMALIZE_KEYS = {"obs", "reward", "clip_obs", "clip_reward"}
+#: Keys a hyperparameter entry may hold (:class:`agents.schemas.HyperparamEntry`).
+HYPERPARAM_KEYS = schemas.HYPERPARAM_KEYS
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
@@ -124,48 +103,20 @@ class HyperparamError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- hyperparameters
-def resolve_scenario(name: str) -> tuple[str, str]:
-    """``metro`` or ``gridenv/Metro-v1`` -> (``metro``, ``gridenv/Metro-v1``); ValueError if unknown."""
-    from gridenv.core.scenario import scenario_names
-
-    names = scenario_names()
-    by_id = {scenario_env_id(n): n for n in names}
-    if name in names:
-        return name, scenario_env_id(name)
-    if name in by_id:
-        return by_id[name], name
-    raise ConfigError(
-        f"unknown scenario {name!r}: choose one of {', '.join(names)} "
-        f"(or an env id: {', '.join(by_id)})"
-    )
+def check_entry(entry: Any, where: str) -> dict:
+    """`entry` validated as a hyperparameter entry; HyperparamError naming `where` and the key."""
+    try:
+        return schemas.HyperparamEntry.model_validate(entry or {}).as_dict()
+    except ValidationError as err:
+        raise HyperparamError(schemas.format_validation_error(err, where)) from None
 
 
-def _check_entry(entry: Any, where: str) -> dict:
-    if entry is None:
-        return {}
-    if not isinstance(entry, dict):
-        raise HyperparamError(f"{where}: expected a mapping of hyperparameters, got {type(entry).__name__}")
-    for key, value in entry.items():
-        if key not in HYPERPARAM_KEYS:
-            raise HyperparamError(
-                f"{where}: unknown hyperparameter {key!r} (allowed: {', '.join(sorted(HYPERPARAM_KEYS))})"
-            )
-        types = HYPERPARAM_KEYS[key]
-        if isinstance(value, bool) and types in (int, float):
-            raise HyperparamError(f"{where}: {key} must be a number, got {value!r}")
-        if types is float and isinstance(value, int):
-            continue
-        if not isinstance(value, types):
-            raise HyperparamError(f"{where}: {key} has the wrong type ({type(value).__name__}): {value!r}")
-        if key == "normalize":
-            bad = set(value) - _NORMALIZE_KEYS
-            if bad:
-                raise HyperparamError(
-                    f"{where}: unknown normalize key(s) {sorted(bad)} (allowed: {sorted(_NORMALIZE_KEYS)})"
-                )
-        if isinstance(value, str) and key in ("learning_rate", "clip_range") and not re.fullmatch(r"lin_[0-9.eE+-]+", value):
-            raise HyperparamError(f"{where}: {key} must be a number or 'lin_<number>', got {value!r}")
-    return entry
+def find_hyperparams(path: str | os.PathLike) -> Path:
+    """A hyperparameter file: as given (relative to the working directory), else in the checkout."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        return ROOT / p  # the default works from any working directory
+    return p
 
 
 def load_hyperparams(path: str | Path, scenario: str) -> dict:
@@ -173,33 +124,30 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
 
     A per-scenario entry is keyed by the scenario name (``metro``) or its env id
     (``gridenv/Metro-v1``), not both. Nested mappings (``normalize``, ``env_config``) merge key by
-    key; everything else (e.g. ``net_arch``) is replaced. Every entry of the file is validated,
-    so a typo in another scenario's entry is reported too.
+    key; everything else (e.g. ``net_arch``) is replaced. Every entry of the file is validated
+    (:class:`agents.schemas.HyperparamsFile`), so a typo in another scenario's entry is
+    reported too.
     """
     path = Path(path)
     if not path.is_file():
         raise HyperparamError(f"hyperparameter file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise HyperparamError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict) or "default" not in data:
-        raise HyperparamError(f"{path}: expected a mapping with a 'default:' entry")
-    from gridenv.core.scenario import scenario_names
-
-    known = set(scenario_names()) | {scenario_env_id(n) for n in scenario_names()} | {"default"}
-    for key, entry in data.items():
+        hp = schemas.load(schemas.HyperparamsFile, path)
+    except ValueError as err:
+        raise HyperparamError(str(err)) from None
+    ref = resolve_scenario(scenario)
+    names = set(scenario_names()) | {ref.name}
+    known = names | {scenario_env_id(n) for n in names} | {"default"}
+    for key in hp.root:
         if key not in known:
             raise HyperparamError(
                 f"{path}: unknown entry {key!r}: entries are 'default', scenario names "
-                f"({', '.join(scenario_names())}) or env ids"
+                f"({', '.join(sorted(names))}) or env ids"
             )
-        _check_entry(entry, f"{path} [{key}]")
-    name, eid = resolve_scenario(scenario)
-    if name in data and eid in data:
+    name, eid = ref.name, ref.env_id
+    if name in hp.root and eid in hp.root:
         raise HyperparamError(f"{path}: both {name!r} and {eid!r} entries: keep one")
-    merged = deep_merge(data["default"] or {}, data.get(name) or data.get(eid) or {})
-    return merged
+    return deep_merge(hp.entry("default"), hp.entry(name) if name in hp.root else hp.entry(eid))
 
 
 def linear_schedule(initial: float) -> Callable[[float], float]:
@@ -415,6 +363,7 @@ def make_eval_callback(algo: str, eval_env: VecNormalize, **kwargs) -> EvalCallb
         def __init__(self, *args, **kw):
             super().__init__(*args, **kw)
             self._episode_metrics: list[dict] = []
+            self.last_episode_metrics: list[dict] = []
 
         def _on_step(self) -> bool:
             evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
@@ -423,6 +372,7 @@ def make_eval_callback(algo: str, eval_env: VecNormalize, **kwargs) -> EvalCallb
                 self._episode_metrics = []
             cont = super()._on_step()
             if evaluating and self._episode_metrics:
+                self.last_episode_metrics = list(self._episode_metrics)
                 for key in EPISODE_METRICS:
                     vals = [m[key] for m in self._episode_metrics if key in m and np.isfinite(m[key])]
                     if vals:
@@ -468,30 +418,271 @@ def restore_eval_state(eval_callback: EvalCallback, run_dir: str | Path) -> None
 
 
 # ----------------------------------------------------------------------------- checkpoints
-@dataclass(frozen=True)
-class Checkpoint:
-    model: Path
-    vecnormalize: Path
-    timesteps: int
+# Checkpoint and latest_checkpoint are defined in agents.runs (imported above).
 
 
-_CKPT = re.compile(r"^(?P<prefix>.+)_(?P<steps>\d+)_steps\.zip$")
+# ----------------------------------------------------------------------------- one run
+_RUN_FILES = ("args.json", "model.zip", "vecnormalize.pkl", "train_summary.json")
+_RUN_DIRS = ("checkpoints", "best_model", "tb", "monitor", "eval", "leaderboard")
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Checkpoint | None:
-    """The newest ``<prefix>_<N>_steps.zip`` with its ``<prefix>_vecnormalize_<N>_steps.pkl``.
+def _read_record(run_dir: Path) -> schemas.RunRecord | None:
+    path = run_dir / "args.json"
+    return schemas.load(schemas.RunRecord, path) if path.is_file() else None
 
-    Checkpoints without their statistics file are skipped (they cannot be resumed exactly).
+
+def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> dict:
+    """Train (or resume) one run; returns paths and figures. Raises ConfigError on bad arguments.
+
+    `explicit` names the fields given on the command line (with ``--resume`` they win over the
+    run's saved arguments); `command` is recorded in ``args.json``.
     """
-    d = Path(checkpoint_dir)
-    if not d.is_dir():
+    import torch
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    # 1. Arguments: scenario, run dir, and on --resume the arguments the run was started with.
+    ref = resolve_scenario(args.scenario)
+    run_dir = Path(args.run_dir or f"runs/{ref.name}_{args.algo}_s{args.seed}")
+    ckpt = None
+    if args.resume:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is None:
+            raise ConfigError(f"--resume: no checkpoint with its vecnormalize file in {run_dir / 'checkpoints'}")
+        record = _read_record(run_dir)
+        saved = record.args if record else {}
+        if "scenario" in explicit and "scenario" in saved and resolve_scenario(saved["scenario"]).name != ref.name:
+            raise ConfigError(f"--resume: the run in {run_dir} was trained on scenario {saved['scenario']!r}")
+        if "algo" in explicit and "algo" in saved and saved["algo"] != args.algo:
+            raise ConfigError(f"--resume: the run in {run_dir} was trained with algo {saved['algo']!r}")
+        # Explicit flags win; everything else comes from the run's saved arguments.
+        args = TrainArgs(**{**{k: v for k, v in saved.items() if k in TrainArgs.__dataclass_fields__},
+                            **{k: getattr(args, k) for k in explicit}, "resume": True})
+        ref = resolve_scenario(args.scenario)
+    elif (run_dir / "args.json").exists() or (run_dir / "checkpoints").exists():
+        if not args.overwrite:
+            raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                              "--overwrite to replace it, or another --run-dir")
+        import shutil
+
+        for sub in _RUN_DIRS:
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for name in _RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    hp_path = find_hyperparams(args.hyperparams)
+    hp = load_hyperparams(hp_path, ref.source)
+    if args.env_config:
+        try:
+            extra = json.loads(args.env_config)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--env-config is not valid JSON: {err}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError("--env-config must be a JSON object, e.g. '{\"horizon_s\": 60}'")
+        hp["env_config"] = deep_merge(hp.get("env_config") or {}, extra)
+    saved_hp = dict(hp)
+    # Run-level entries of the file; what is left are the algorithm's constructor arguments.
+    n_envs = args.n_envs or hp.pop("n_envs", 4)
+    eval_episodes = args.eval_episodes or hp.pop("eval_episodes", 2)
+    eval_seeds = [hp.pop("eval_seeds_start", 5_000) + i for i in range(eval_episodes)]
+    env_config = hp.pop("env_config", None) or None
+    normalize = hp.pop("normalize", {})
+    vec_backend = hp.pop("vec_backend", None) or "dummy"
+    vec_workers = hp.pop("vec_workers", None) or 2
+    for key in ("n_envs", "eval_episodes", "total_timesteps"):  # given on the command line instead
+        hp.pop(key, None)
+    if env_config:  # fail here, with the flag named, rather than inside the first env
+        from gridenv.core.scenario import load_scenario
+
+        load_scenario(ref.source, env_config)
+    torch.set_num_threads(args.torch_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = print if args.verbose else (lambda *a, **k: None)
+
+    # 2. Envs: VecNormalize(DummyVecEnv([Monitor(EpisodeMetricsInfo(gym.make(id)))] * n_envs)).
+    #    Reward normalization uses PPO's gamma; on --resume the statistics come from the checkpoint.
+    gamma = hp.get("gamma", 0.99)
+    venv = make_vec_env(ref.env_id, n_envs, args.seed, gamma, normalize, env_config,
+                        monitor_dir=run_dir / "monitor", append_monitor=ckpt is not None,
+                        vecnormalize_path=ckpt.vecnormalize if ckpt else None,
+                        backend=vec_backend, n_workers=vec_workers)
+
+    # 3. The model: new, or the checkpoint's (with its timestep count and optimizer state).
+    Algo = MaskablePPO if args.algo == "maskable_ppo" else PPO
+    if ckpt:
+        model = Algo.load(ckpt.model, env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
+        log(f"resumed {ckpt.model} at {model.num_timesteps} timesteps")
+    else:
+        policy_kwargs = {
+            "net_arch": hp.pop("net_arch", [64, 64]),
+            "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[hp.pop("activation_fn", "tanh")],
+            "ortho_init": hp.pop("ortho_init", True),
+        }
+        policy_name = hp.pop("policy", "mlp")
+        site_hidden, critic_hidden = hp.pop("site_hidden", [64, 64]), hp.pop("critic_hidden", [128, 128])
+        if policy_name == "site_scoring":  # agents/site_policy.py: one network scores every site
+            from agents.site_policy import MaskableSiteScoringPolicy, SiteScoringPolicy
+
+            policy = MaskableSiteScoringPolicy if args.algo == "maskable_ppo" else SiteScoringPolicy
+            policy_kwargs.pop("net_arch")
+            policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden,
+                                 n_site_features=venv.get_attr("interface")[0].n_site_features)
+        else:
+            policy = "MlpPolicy"
+        for key in ("learning_rate", "clip_range"):
+            if isinstance(hp.get(key), str):  # "lin_3e-4"
+                hp[key] = linear_schedule(float(hp[key][4:]))
+        model = Algo(policy, venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
+                     tensorboard_log=str(run_dir / "tb"), policy_kwargs=policy_kwargs, **hp)
+    remaining = args.total_timesteps - model.num_timesteps
+
+    # 4. Record what was run (agents.schemas.RunRecord).
+    previous = _read_record(run_dir) if args.resume else None
+    record = schemas.RunRecord(
+        args=dataclasses.asdict(args), scenario=ref.name, env_id=ref.env_id,
+        scenario_file=ref.source if ref.is_file else None, n_envs=n_envs,
+        hyperparams=saved_hp | {"env_config": env_config or {}}, eval_seeds=eval_seeds,
+        interface=venv.get_attr("interface")[0].record(),  # checked by SB3Policy / export
+        commands=[*(previous.commands if previous else []),
+                  command or shlex.join(["python", "train.py", *sys.argv[1:]])])
+    (run_dir / "args.json").write_text(record.model_dump_json(indent=2))
+
+    # 5. Callbacks: checkpoints (+ VecNormalize), per-episode metrics to TensorBoard, and an
+    #    evaluation on fixed seeds that saves the best model with its VecNormalize statistics.
+    callbacks = [
+        CheckpointCallback(save_freq=max(args.checkpoint_freq // n_envs, 1), save_path=str(run_dir / "checkpoints"),
+                           name_prefix=CHECKPOINT_PREFIX, save_vecnormalize=True),
+        EpisodeMetricsCallback(),
+    ]
+    eval_cb = None
+    if args.eval_freq > 0:
+        eval_env = make_vec_env(ref.env_id, 1, args.seed, gamma, normalize, env_config,
+                                monitor_dir=run_dir / "monitor", append_monitor=ckpt is not None,
+                                eval_seeds=eval_seeds)
+        eval_cb = make_eval_callback(
+            args.algo, eval_env, n_eval_episodes=eval_episodes, eval_freq=max(args.eval_freq // n_envs, 1),
+            best_model_save_path=str(run_dir / "best_model"), log_path=str(run_dir / "eval"), deterministic=True,
+            callback_on_new_best=SaveVecNormalizeCallback(run_dir / "best_model"), verbose=args.verbose,
+        )
+        if ckpt:  # keep the best model unless the resumed run beats it, and the evaluation history
+            restore_eval_state(eval_cb, run_dir)
+        callbacks.append(eval_cb)
+
+    # 6. Train.
+    t0 = time.perf_counter()
+    steps0 = model.num_timesteps
+    if remaining > 0:
+        log(f"training {args.algo} on {ref.env_id} for {remaining} steps with {n_envs} envs -> {run_dir}")
+        model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=args.algo,
+                    reset_num_timesteps=ckpt is None, progress_bar=args.progress_bar)
+    else:
+        log(f"{run_dir} already at {model.num_timesteps} >= --total-timesteps {args.total_timesteps}: nothing to train")
+    seconds = time.perf_counter() - t0
+    steps_per_s = (model.num_timesteps - steps0) / seconds if model.num_timesteps > steps0 else None
+    log(f"{model.num_timesteps - steps0} steps in {seconds:.0f} s"
+        + (f" ({steps_per_s:.0f} steps/s, incl. evaluations)" if steps_per_s else ""))
+
+    # 7. Save the final model and its VecNormalize statistics, also as the last checkpoint (so
+    #    --resume continues from exactly here).
+    model.save(run_dir / "model.zip")
+    venv.save(str(run_dir / "vecnormalize.pkl"))
+    last, last_pkl = checkpoint_paths(run_dir / "checkpoints", model.num_timesteps)
+    if not last.exists():
+        last.parent.mkdir(parents=True, exist_ok=True)
+        model.save(last)
+        venv.save(str(last_pkl))
+    venv.close()
+    result = {"run_dir": run_dir, "model": run_dir / "model.zip", "vecnormalize": run_dir / "vecnormalize.pkl",
+              "timesteps": int(model.num_timesteps), "train_seconds": seconds, "steps_per_s": steps_per_s,
+              "resumed_from": ckpt, "leaderboard": None, "warnings": []}
+
+    # 8. The trained agent against the heuristics, on the scenario as published (full horizon),
+    #    and a plain warning if the policy learned to shed (the usual failure of short runs).
+    lb = None
+    if not args.no_eval_leaderboard:
+        result["leaderboard"], lb = leaderboard(run_dir, ref.source, args.leaderboard_seeds,
+                                                args.leaderboard_suite, log)
+    last_eval = getattr(eval_cb, "last_episode_metrics", None) if eval_cb is not None else None
+    warning = collapse_warning(run_dir.name, lb, last_eval)
+    if warning:
+        print(f"train.py: warning: {warning}", file=sys.stderr)
+        result["warnings"].append(warning)
+    summary = {**result, "resumed_from": str(ckpt.model) if ckpt else None}
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items()}
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+#: A policy that sheds more than this fraction of the requests has collapsed to shedding.
+COLLAPSE_SHED_FRAC = 0.5
+
+
+def collapse_warning(name: str, lb: dict | None, eval_metrics: list[dict] | None = None) -> str | None:
+    """A one-line warning if the trained policy collapsed, else None.
+
+    From the leaderboard (the run's row on its scenario): it sheds more than
+    :data:`COLLAPSE_SHED_FRAC` of the requests, or earns less than the ``random`` heuristic.
+    Without a leaderboard, from the last in-training evaluation's shed fraction.
+    """
+    hint = ("train longer (--total-timesteps), or check the reward scale and --env-config; "
+            "the model is saved either way")
+    if lb is not None:
+        rows = {r["policy"]: r for r in lb["results"]}
+        mine, rnd = rows.get(name), rows.get("random")
+        if mine is None:
+            return None
+        shed = mine.get("shed_frac")
+        if shed is not None and shed > COLLAPSE_SHED_FRAC:
+            return (f"the policy of {name} collapsed to shedding: it sheds {shed:.0%} of the requests "
+                    f"on the leaderboard; {hint}")
+        if rnd is not None and mine["reward_mean"] < rnd["reward_mean"]:
+            return (f"the policy of {name} earns less than the random heuristic on the leaderboard "
+                    f"({mine['reward_mean']:.3f} vs {rnd['reward_mean']:.3f} $ per episode); {hint}")
         return None
-    found = []
-    for p in d.iterdir():
-        m = _CKPT.match(p.name)
-        if not m:
-            continue
-        pkl = d / f"{m['prefix']}_vecnormalize_{m['steps']}_steps.pkl"
-        if pkl.is_file():
-            found.append(Checkpoint(p, pkl, int(m["steps"])))
-    return max(found, key=lambda c: c.timesteps) if found else None
+    if eval_metrics:
+        shed = sum(m.get("shed", 0.0) for m in eval_metrics)
+        arrived = sum(m.get("arrived", 0.0) for m in eval_metrics)
+        if arrived > 0 and shed / arrived > COLLAPSE_SHED_FRAC:
+            return (f"the policy of {name} collapsed to shedding: it shed {shed / arrived:.0%} of the "
+                    f"requests in its last evaluation; {hint}")
+    return None
+
+
+def leaderboard(run_dir: Path, scenario: str, n_seeds: int, suite: str = "standard",
+                log=print, workers: int | None = None) -> tuple[Path | None, dict | None]:
+    """The trained agent against every heuristic on `n_seeds` held-out seeds of `scenario`.
+
+    Uses the first `n_seeds` seeds of `suite` (``standard``: the scenario at its full horizon,
+    seeds 10000, 10001, ...: never used in training or model selection) and writes
+    run_dir/leaderboard/ (leaderboard.json/.csv/.md, plots, learning curves from run_dir/tb).
+    The agent is the run directory's model (:func:`agents.runs.resolve_model`: the best model
+    of the in-training evaluation when there is one). Returns (leaderboard.json path, the
+    leaderboard), or (None, None) on failure: training results are kept either way.
+    """
+    from agents import report
+    from agents.evaluation import evaluate, get_suite, parse_policies
+    from agents.heuristics import heuristic_names
+
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / "leaderboard"
+    workers = workers or min(2, os.cpu_count() or 1)
+    try:
+        s = get_suite(suite, scenarios=[scenario])
+        s = dataclasses.replace(s, seeds=s.seeds[:n_seeds])
+        log(f"leaderboard: {run_dir.name} vs heuristics on {s.scenarios[0]}, seeds "
+            f"{list(s.seeds)} -> {out}")
+        t0 = time.perf_counter()
+        lb = evaluate(s, parse_policies([*heuristic_names(), f"{run_dir.name}={resolve_model(run_dir).run_dir}"]),
+                      workers=workers)
+        report.write_leaderboard(lb, out)
+        if (run_dir / "tb").is_dir():
+            report.plot_learning_curves(run_dir / "tb", out / "learning_curves.png")
+    except Exception as err:  # noqa: BLE001 - the trained model is kept whatever happens here
+        print(f"train.py: leaderboard failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None, None
+    print(report.leaderboard_markdown(lb).split("\n## ")[0].rstrip())
+    for f in lb["failures"]:
+        print(f"train.py: leaderboard episode failed: {f['policy']} on {f['scenario']} seed {f['seed']}: "
+              f"{f['error']}", file=sys.stderr)
+    log(f"leaderboard in {time.perf_counter() - t0:.0f} s: {out}")
+    return out / "leaderboard.json", lb

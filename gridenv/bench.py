@@ -32,28 +32,19 @@ from pathlib import Path
 __all__ = ["bench_scenario", "main"]
 
 
-def _is_yaml(target: str) -> bool:
-    return Path(target).suffix in (".yaml", ".yml")
-
-
-def _make_env(target: str):
-    """``gym.make`` of an env id, or of a scenario YAML path (same wrappers as a registered id)."""
-    import gymnasium as gym
-
-    import gridenv
-
-    if _is_yaml(target):
-        return gym.make(gridenv.ENV_IDS[0], scenario=target)  # the id only supplies the wrappers
-    return gym.make(target)
-
-
 def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
-    """Run in the current process; returns the figures for one scenario (env id or YAML path)."""
+    """Run in the current process; returns the figures for one scenario (a name, id or YAML path)."""
+    import gymnasium as gym
     import numpy as np
+
+    import gridenv  # noqa: F401
+    from gridenv.envs.registration import register_scenario
+
+    env_id = register_scenario(env_id)
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    env = _make_env(env_id)
+    env = gym.make(env_id)
     n_sites_plus_shed = env.unwrapped.max_sites + 1
     n_levels = env.unwrapped.n_levels
     rng = np.random.default_rng(12345)
@@ -145,39 +136,24 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def resolve_targets(spec: str | None) -> list[str]:
-    """Env ids / scenario names / YAML paths -> env ids and YAML paths; ValueError names the bad one."""
+def resolve_targets(spec: str | None) -> list:
+    """Scenario names / env ids / YAML paths -> ScenarioRefs (the one resolver); ValueError names the bad one."""
     import gridenv
-    from gridenv.core.scenario import ScenarioError, load_scenario, scenario_names
-    from gridenv.envs.registration import env_id
+    from gridenv.envs.registration import resolve_scenario
 
     if spec is None:
-        return list(gridenv.ENV_IDS)
+        return [resolve_scenario(i) for i in gridenv.ENV_IDS]
     items = [s.strip() for s in spec.split(",")]
     if not any(items):
         raise ValueError(f"--scenarios: expected comma-separated scenarios, got {spec!r}")
-    names = scenario_names()
-    by_bare = {i.split("/", 1)[1]: i for i in gridenv.ENV_IDS}
     out = []
     for item in items:
         if not item:
             raise ValueError(f"--scenarios: empty name in {spec!r}")
-        if _is_yaml(item):
-            try:
-                load_scenario(item)  # a bad file is a usage error here, not a child failure
-            except ScenarioError as e:
-                raise ValueError(f"--scenarios {item}: {e}") from None
-            out.append(item)
-        elif item in gridenv.ENV_IDS:
-            out.append(item)
-        elif item.removeprefix("gridenv:") in by_bare or item.removeprefix("gridenv:") in gridenv.ENV_IDS:
-            bare = item.removeprefix("gridenv:")
-            out.append(by_bare.get(bare, bare))
-        elif item in names:
-            out.append(env_id(item))
-        else:
-            raise ValueError(f"unknown scenario id {item!r}; known: names {names}, ids {gridenv.ENV_IDS}, "
-                             "or a scenario .yaml path")
+        try:
+            out.append(resolve_scenario(item))
+        except ValueError as e:  # ScenarioError included: a bad file is a usage error here
+            raise ValueError(f"--scenarios {item}: {e}") from None
     return out
 
 
@@ -200,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     results, failures = [], []
-    for target in targets:
-        res, err = _run_child(ctx, target, args.min_seconds, timeout_s)
+    for ref in targets:
+        target = ref.env_id
+        res, err = _run_child(ctx, ref.source, args.min_seconds, timeout_s)
         if err is not None:
             failures.append(target)
             print(f"python -m gridenv.bench: scenario {target} failed: {err}", file=sys.stderr, flush=True)

@@ -14,11 +14,13 @@ same shape as pydantic's error locations, so a validation error can be traced to
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["StrictYAMLError", "load_yaml", "line_of"]
+__all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "line_of"]
 
 #: Key path -> 1-based line of the key (for sequence items: the item's first line).
 LineMap = dict[tuple, int]
@@ -26,6 +28,10 @@ LineMap = dict[tuple, int]
 
 class StrictYAMLError(ValueError):
     """Malformed YAML or a duplicate key; the message names the source and the line."""
+
+
+#: The name agents.schemas catches (the same error).
+YAMLFileError = StrictYAMLError
 
 
 def _scalar_key(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -88,3 +94,11 @@ def line_of(lines: LineMap, path: tuple) -> int | None:
             return lines[path]
         path = path[:-1]
     return None
+
+
+def load_yaml_file(path: str | os.PathLike) -> Any:
+    """The data of a YAML file, strictly (:func:`load_yaml`); FileNotFoundError if it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return load_yaml(path.read_text(), str(path))[0]

@@ -1,13 +1,31 @@
-"""One registered, versioned Gymnasium id per scenario YAML in ``configs/scenarios/``."""
+"""Scenario lookup and Gymnasium ids: one registered, versioned id per scenario.
+
+Every tool names a scenario the same way (:func:`resolve_scenario`): a built-in scenario's name
+(``metro``, a file of ``configs/scenarios/``), its env id (``gridenv/Metro-v1``, or
+``Metro-v1``), or the path of a scenario YAML file (``path/to/my.yaml``), whose id comes from
+the ``name:`` in the file (``name: my-grid`` -> ``gridenv/MyGrid-v1``) and is registered on
+first use::
+
+    import gymnasium as gym
+    from gridenv.envs.registration import register_scenario
+
+    env = gym.make(register_scenario("path/to/my.yaml"))
+"""
 
 from __future__ import annotations
 
-__all__ = ["env_id", "register_envs", "ENV_VERSION", "RANDOM_GRID_ID"]
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["env_id", "register_envs", "register_scenario", "resolve_scenario", "ScenarioRef",
+           "ENV_VERSION", "ENTRY_POINT", "RANDOM_GRID_ID"]
 
 #: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
 #: History). v1: observation interface slots-2 (gridenv.core.interface). Old ids are not
 #: registered, so gym.make("gridenv/Metro-v0") raises gymnasium's DeprecatedEnv naming -v1.
 ENV_VERSION = 1
+ENTRY_POINT = "gridenv.envs.grid_env:GridEnv"
 
 
 #: A new generated grid every reset (gridenv.envs.random_grid_env.RandomGridEnv).
@@ -20,25 +38,106 @@ def env_id(scenario_name: str) -> str:
     return f"gridenv/{camel}-v{ENV_VERSION}"
 
 
+@dataclass(frozen=True)
+class ScenarioRef:
+    """A resolved scenario: its name, its env id, and what ``GridEnv(scenario=...)`` loads."""
+
+    name: str  #: ``metro``, or the ``name:`` of a YAML file
+    env_id: str  #: ``gridenv/Metro-v1``
+    source: str  #: the built-in name, or the YAML file's absolute path
+    is_file: bool  #: given as a YAML path (not a built-in scenario)
+
+
+def _is_yaml_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml"))
+
+
+def resolve_scenario(spec: str | os.PathLike) -> ScenarioRef:
+    """A scenario name, env id or YAML path -> :class:`ScenarioRef` (registering a file's id).
+
+    Raises :class:`gridenv.core.scenario.ScenarioError` (a ValueError) for an unknown name or
+    id, a missing or invalid file, or a file whose name is already taken by another scenario.
+    """
+    from gridenv.core.scenario import ScenarioError, scenario_names
+
+    text = os.fspath(spec).strip()
+    if _is_yaml_path(text):
+        return _register_file(Path(text))
+    names = scenario_names()
+    if text in names:
+        return ScenarioRef(text, env_id(text), text, False)
+    for n in names:
+        if text in (env_id(n), env_id(n).removeprefix("gridenv/")):
+            return ScenarioRef(n, env_id(n), n, False)
+    for ref in _FILES.values():  # a scenario file registered earlier, named or by id
+        if text in (ref.name, ref.env_id, ref.env_id.removeprefix("gridenv/")):
+            return ref
+    raise ScenarioError(
+        f"unknown scenario {text!r}: give a name ({', '.join(names)}), an env id "
+        f"({env_id(names[0])}, ...) or the path of a scenario YAML file")
+
+
+#: Scenario files registered in this process, by absolute path.
+_FILES: dict[str, ScenarioRef] = {}
+
+
+def _register_file(path: Path) -> ScenarioRef:
+    from gridenv.core.scenario import ScenarioError, load_scenario, scenario_dir, scenario_names
+
+    path = path.expanduser().resolve()
+    if str(path) in _FILES:
+        return _FILES[str(path)]
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {path} not found")
+    name = load_scenario(path).name  # validates the whole file (errors name file and field)
+    builtin = scenario_dir().resolve() / f"{name}.yaml"
+    if name in scenario_names() and builtin == path:
+        return ScenarioRef(name, env_id(name), name, False)
+    if name in scenario_names():
+        raise ScenarioError(f"{path}: name {name!r} is the built-in scenario {builtin}; "
+                            "give your scenario another name")
+    for other, ref in _FILES.items():
+        if ref.name == name:
+            raise ScenarioError(f"{path}: name {name!r} is already used by {other}")
+    ref = ScenarioRef(name, env_id(name), str(path), True)
+    _FILES[str(path)] = ref
+    _register(ref.env_id, ref.source)
+    return ref
+
+
+def _register(eid: str, source: str) -> None:
+    try:
+        import gymnasium as gym
+    except ImportError:  # pragma: no cover - the core works without gymnasium
+        return
+    # The namespaced id, and a bare alias so that the module:id form
+    # gym.make("gridenv:Metro-v1") works in a fresh interpreter (it imports gridenv, then
+    # looks the part after the colon up); "gridenv:gridenv/Metro-v1" works as well.
+    for rid in (eid, eid.split("/", 1)[1]):
+        if rid not in gym.registry:
+            # gym.make_vec(id, num_envs) builds the native GridVectorEnv (gridenv/envs/vector.py);
+            # vectorization_mode="sync"/"async" still wraps GridEnv copies.
+            gym.register(id=rid, entry_point=ENTRY_POINT, kwargs={"scenario": source},
+                         vector_entry_point="gridenv.envs.vector:GridVectorEnv")
+
+
+def register_scenario(spec: str | os.PathLike) -> str:
+    """The env id of a scenario name, id or YAML file, registered with Gymnasium if needed."""
+    ref = resolve_scenario(spec)
+    _register(ref.env_id, ref.source)
+    return ref.env_id
+
+
 def register_envs() -> list[str]:
+    """Register every built-in scenario; their ids."""
     import gymnasium as gym
 
     from gridenv.core.scenario import scenario_names
 
     ids = []
     for name in scenario_names():
-        eid = env_id(name)
-        # The namespaced id, and a bare alias so that the module:id form
-        # gym.make("gridenv:Metro-v1") works in a fresh interpreter (it imports gridenv, then
-        # looks the part after the colon up); "gridenv:gridenv/Metro-v1" works as well.
-        # gym.make_vec(id, num_envs) builds the native GridVectorEnv (gridenv/envs/vector.py);
-        # vectorization_mode="sync"/"async" still wraps GridEnv copies.
-        for rid in (eid, eid.split("/", 1)[1]):
-            if rid not in gym.registry:
-                gym.register(id=rid, entry_point="gridenv.envs.grid_env:GridEnv",
-                             vector_entry_point="gridenv.envs.vector:GridVectorEnv",
-                             kwargs={"scenario": name})
-        ids.append(eid)
+        _register(env_id(name), name)
+        ids.append(env_id(name))
     # A new generated grid every reset (gridenv.envs.random_grid_env): registered, but not one
     # of the scenario ids returned here (it has no YAML file and no fixed grid).
     for alias in (RANDOM_GRID_ID, RANDOM_GRID_ID.split("/", 1)[1]):

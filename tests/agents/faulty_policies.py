@@ -62,3 +62,17 @@ class CrashAlwaysPolicy(Policy):
 
     def act(self, obs, snapshot):  # pragma: no cover - never reached
         raise AssertionError
+
+
+class FlakyPolicy(JoinShortestQueue):
+    """jsq, but the first episode of each seed loses its connection (a transient error)."""
+
+    name = "flaky"
+
+    def reset(self, seed=None):
+        marker = Path(os.environ.get(CRASH_DIR_VAR, ".")) / f"flaky-{seed}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise ConnectionError(f"deliberate lost connection on seed {seed}")
+        super().reset(seed)

@@ -32,10 +32,11 @@ default:
 
 
 def _train_main():
-    spec = importlib.util.spec_from_file_location("train_script_p", ROOT / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    """What train.py does for one run (nothing imports the script itself)."""
+    from agents.arguments import TrainArgs, parse
+    from agents.training import train
+
+    return lambda argv: train(*parse(TrainArgs, argv, prog="train.py"))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""train.py and agents/training.py: a tiny run end to end, resume, hyperparameter files, bad args.
+"""agents/training.py and train.py: a tiny run end to end, resume, hyperparameter files, bad args.
 
 The training runs use a 8-second horizon, 2 envs and a tiny network so the whole file takes a
 few seconds; they check the plumbing (files, statistics, logs), not learning.
@@ -6,10 +6,12 @@ few seconds; they check the plumbing (files, statistics, logs), not learning.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,14 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("goodput_tokens_per_s", "slo_attainment", "usd_per_mtok", "energy_kwh")
 
 
-def _load_train():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+class train:  # noqa: N801 - what train.py does, in process (nothing imports the script)
+    @staticmethod
+    def main(argv: list[str]):
+        from agents.arguments import TrainArgs, parse, run_main
 
+        args, explicit = parse(TrainArgs, argv, prog="train.py")
+        command = shlex.join(["python", "train.py", *argv])
 
-train = _load_train()
+        def main():
+            if args.seeds or args.sweep or args.backend != "local":
+                from agents.campaign import train_runs
+
+                return train_runs(args, explicit, command)
+            return T.train(args, explicit, command)
+
+        return run_main("train.py", args.debug, main)
 
 TINY_YAML = """
 default:
@@ -224,12 +234,12 @@ def test_bad_yaml_key_is_a_clear_error(capsys, tmp_path):
     hp = tmp_path / "hp.yaml"
     hp.write_text("default:\n  n_steps: 64\nmetro:\n  learning_rat: 0.001\n")
     err = _cli_error(capsys, ["--hyperparams", str(hp), "--run-dir", str(tmp_path / "r")])
-    assert "unknown hyperparameter 'learning_rat'" in err and "[metro]" in err
+    assert "hp.yaml: metro: unknown hyperparameter 'learning_rat'" in err
 
 
 def test_unknown_algo_and_bad_env_config(capsys, tmp_path):
     err = _cli_error(capsys, ["--algo", "dqn"])
-    assert "invalid choice: 'dqn'" in err
+    assert "--algo" in err and "dqn" in err
     err = _cli_error(capsys, ["--env-config", "{horizon", "--run-dir", str(tmp_path / "r")])
     assert "--env-config is not valid JSON" in err
 
@@ -274,9 +284,13 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
     ("default:\n  n_steps: [1\n", "invalid YAML"),
     ("metro:\n  n_steps: 64\n", "'default:' entry"),
     ("default:\n  n_steps: 64\natlantis: {}\n", "unknown entry 'atlantis'"),
-    ("default:\n  normalize: {obs: true, rewards: true}\n", "unknown normalize key"),
-    ("default:\n  n_steps: many\n", "n_steps has the wrong type"),
-    ("default:\n  learning_rate: fast\n", "learning_rate must be a number or 'lin_<number>'"),
+    ("default:\n  normalize: {obs: true, rewards: true}\n", "default.normalize.rewards: unknown key"),
+    ("default:\n  n_steps: many\n", "default.n_steps: Input should be a valid integer .got 'many'"),
+    ("default:\n  learning_rate: fast\n", "default.learning_rate: must be a positive number or 'lin_<number>', got 'fast'"),
+    ("default:\n  n_steps: true\n", "default.n_steps: Input should be a valid integer .got True"),
+    ("default:\n  gamma: .nan\n", "default.gamma: Input should be a finite number"),
+    ("default:\n  n_envs: 0\n", "default.n_envs: Input should be greater than 0"),
+    ("default:\n  n_steps: 64\n  n_steps: 128\n", "hp.yaml line 3: duplicate key 'n_steps' .first at line 2"),
     ("default: {}\nmetro: {}\ngridenv/Metro-v1: {}\n", "both 'metro' and 'gridenv/Metro-v1'"),
 ])
 def test_bad_hyperparam_files(tmp_path, text, match):
@@ -297,16 +311,77 @@ def test_shipped_ppo_yaml_is_valid_for_every_scenario():
 
 
 def test_args_parsing_and_help():
-    args, explicit = train.parse_args([])
-    assert args == train.Args() and explicit == set()
+    from agents.arguments import TrainArgs, parse
+
+    args, explicit = parse(TrainArgs, [], prog="train.py")
+    assert args == TrainArgs() and explicit == set()
     assert args.scenario == "metro" and args.algo == "maskable_ppo" and args.total_timesteps > 100_000
-    args, explicit = train.parse_args(["--total-timesteps", "10", "--no-progress-bar", "--resume", "--n-envs", "3"])
+    args, explicit = parse(TrainArgs, ["--total-timesteps", "10", "--no-progress-bar", "--resume",
+                                       "--n-envs=3"], prog="train.py")
     assert (args.total_timesteps, args.progress_bar, args.resume, args.n_envs) == (10, False, True, 3)
     assert explicit == {"total_timesteps", "progress_bar", "resume", "n_envs"}
-    help_text = train.build_parser().format_help()
-    docs = train._field_docs(train.Args)
-    assert set(docs) == set(train.Args.__dataclass_fields__)  # a docstring per field
-    assert "--no-eval-leaderboard" in help_text and "--hyperparams" in help_text
+    help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60).stdout
+    for f in TrainArgs.__dataclass_fields__:  # every field is a flag with its docstring as help
+        flag = "--" + ("no-" if f == "progress_bar" else "") + f.replace("_", "-")
+        assert flag in help_text, flag
+    assert "skip the final evaluation" in help_text and "(default: None)" not in help_text
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--total-timesteps", "0"], "--total-timesteps must be at least 1, got 0"),
+    (["--n-envs", "-2"], "--n-envs must be at least 1, got -2"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--eval-freq", "-5"], "--eval-freq must be at least 0"),
+    (["--checkpoint-freq", "0"], "--checkpoint-freq must be at least 1"),
+    (["--workers", "0", "--seeds", "0,1"], "--workers must be at least 1"),
+    (["--seeds", "0,0"], "--seeds: expected distinct comma-separated non-negative integers"),
+    (["--seeds", "1,-1"], "--seeds: expected distinct"),
+    (["--verbose", "7"], "--verbose must be 0, 1 or 2"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
+    (["--total-timesteps", "many"], "--total-timesteps"),
+])
+def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
+    """The script itself, as a user runs it: exit 2, the flag named, no traceback, nothing written."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv, "--run-dir", str(tmp_path / "r")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert flag in proc.stderr and "Traceback" not in proc.stderr
+    if not flag.endswith("timesteps"):  # our own checks: one line
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    argv = [sys.executable, str(ROOT / "train.py"), "--scenario", "atlantis", "--run-dir", str(tmp_path / "r")]
+    plain = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "unknown scenario 'atlantis'" in plain.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_collapse_warning():
+    lb = {"results": [{"policy": "run", "reward_mean": 1.0, "shed_frac": 0.9},
+                      {"policy": "random", "reward_mean": 2.0, "shed_frac": 0.0}]}
+    assert "collapsed to shedding: it sheds 90%" in T.collapse_warning("run", lb)
+    lb["results"][0]["shed_frac"] = 0.1
+    assert "earns less than the random heuristic" in T.collapse_warning("run", lb)
+    lb["results"][0]["reward_mean"] = 3.0
+    assert T.collapse_warning("run", lb) is None
+    assert "shed 75%" in T.collapse_warning("run", None, [{"shed": 3, "arrived": 4}])
+    assert T.collapse_warning("run", None, [{"shed": 1, "arrived": 4}]) is None
+
+
+def test_a_run_whose_evaluation_sheds_warns(tmp_path, tiny_hp, capsys, monkeypatch):
+    """The warning reaches the user and train_summary.json (threshold lowered so any run trips it)."""
+    monkeypatch.setattr(T, "COLLAPSE_SHED_FRAC", -1.0)
+    run_dir = tmp_path / "r"
+    result = train.main(tiny_args(run_dir, tiny_hp, "--total-timesteps", "128", "--eval-freq", "128"))
+    err = capsys.readouterr().err
+    [w] = result["warnings"]
+    assert "collapsed to shedding" in w and "--total-timesteps" in w
+    assert f"train.py: warning: {w}" in err
+    assert json.loads((run_dir / "train_summary.json").read_text())["warnings"] == [w]
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -350,7 +425,7 @@ def test_leaderboard_ranks_the_trained_agent_with_the_heuristics(tiny_run, tmp_p
     src, _ = tiny_run
     run_dir = tmp_path / src.name
     shutil.copytree(src, run_dir)
-    path = train.leaderboard(run_dir, "metro", 1, suite="smoke", log=lambda *a: None)
+    path, lb = T.leaderboard(run_dir, "metro", 1, suite="smoke", log=lambda *a: None)
     assert path is not None and path.is_file()
     lb = json.loads(path.read_text())
     names = {p["name"] for p in lb["policies"]}
@@ -358,3 +433,28 @@ def test_leaderboard_ranks_the_trained_agent_with_the_heuristics(tiny_run, tmp_p
     assert lb["suite"]["scenarios"] == ["metro"] and lb["suite"]["seeds"] == [10000]
     mine = [e for e in lb["episodes"] if e["policy"] == run_dir.name]
     assert len(mine) == 1 and mine[0]["metrics"]["invalid_actions"] == 0
+
+
+def test_train_on_a_scenario_yaml_path(tmp_path, tiny_hp):
+    """`train.py --scenario path/to/my.yaml`: the id comes from the file, recorded in args.json, and the
+    run directory is then a policy for evaluate.py on that scenario file."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "scenarios" / "metro.yaml").read_text())
+    raw["name"] = "my-grid"
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "runs" / "mine"
+    result = train.main(tiny_args(run_dir, tiny_hp, "--scenario", str(path), "--total-timesteps", "128",
+                                  "--eval-freq", "0"))
+    assert result["timesteps"] == 128
+    record = json.loads((run_dir / "args.json").read_text())
+    from gridenv.envs.registration import env_id
+
+    assert (record["scenario"], record["env_id"]) == ("my-grid", env_id("my-grid"))
+    assert record["scenario_file"] == str(path.resolve())
+    from agents.evaluation import Suite, evaluate, parse_policies
+
+    suite = Suite("t", "t", ("my-grid",), (1,), {"horizon_s": 5}, {"my-grid": str(path.resolve())})
+    lb = evaluate(suite, parse_policies(f"mine={run_dir}"), resamples=20)
+    assert {e["policy"] for e in lb["episodes"]} == {"mine", "random"} and not lb["skipped"]
