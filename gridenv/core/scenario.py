@@ -185,6 +185,13 @@ class LengthDist(_Strict):
             raise ValueError(f"min ({self.min}) > max ({self.max})")
         return self
 
+    def sample(self, rng, n: int):
+        """`n` token counts (int64) drawn from `rng` (a numpy Generator)."""
+        import numpy as np
+
+        x = np.exp(np.log(self.median) + self.sigma * rng.standard_normal(n))
+        return np.clip(np.rint(x), self.min, self.max).astype(np.int64)
+
 
 class PrefixSharing(_Strict):
     """How the requests of a class share prompt prefixes (what a prefix cache can reuse).

@@ -52,8 +52,6 @@ def _group_cumsum(x: np.ndarray, group_start: np.ndarray) -> np.ndarray:
 def apply_sharing(scenario, rng, class_names, t, origin, cls_local, prompt, output):
     """(t, origin, cls_local, prompt, output, chains, chain_blocks) with sharing applied,
     sorted by time (stable)."""
-    from gridenv.core.workload import _lengths
-
     w = scenario.workload
     bs = scenario.engine.block_size_tokens
     n = len(t)
@@ -88,8 +86,8 @@ def apply_sharing(scenario, rng, class_names, t, origin, cls_local, prompt, outp
         gaps = rng.exponential(spec.think_time_s, size=total)
         gaps[first] = 0.0
         times = t[starts][conv] + _group_cumsum(gaps, first)
-        new_text = _lengths(rng, w.classes[cname].prompt_tokens, total)
-        answer = _lengths(rng, w.classes[cname].output_tokens, total)
+        new_text = w.classes[cname].prompt_tokens.sample(rng, total)
+        answer = w.classes[cname].output_tokens.sample(rng, total)
         p = _group_cumsum(new_text, first) + _group_cumsum(answer, first) - answer
         nb = (p + answer) // bs
         conv_chains = [range(ns + (int(c) << _GROUP_SHIFT), ns + (int(c) << _GROUP_SHIFT) + int(b))

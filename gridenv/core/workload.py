@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, SLO_CLASSES, LengthDist, Scenario, ScenarioError
+from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, SLO_CLASSES, Scenario, ScenarioError
 from gridenv.core.topology import MODEL_NAMES, Topology
 
 __all__ = ["Arrivals", "generate_arrivals", "diurnal_factor", "trace_replay", "MIN_LOOP_PERIOD_S"]
@@ -111,11 +111,6 @@ def _candidate_times(scenario: Scenario, rng: np.random.Generator, rate: float) 
     return out[out < horizon]
 
 
-def _lengths(rng: np.random.Generator, dist: LengthDist, n: int) -> np.ndarray:
-    x = np.exp(np.log(dist.median) + dist.sigma * rng.standard_normal(n))
-    return np.clip(np.rint(x), dist.min, dist.max).astype(np.int64)
-
-
 @functools.lru_cache(maxsize=8)
 def load_trace_cached(path: str, fmt: str | None):
     from gridenv.core.traces import load_trace
@@ -191,8 +186,8 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
         output = np.empty(n, dtype=np.int64)
         for ci, cname in enumerate(class_names):
             idx = np.flatnonzero(cls_local == ci)
-            prompt[idx] = _lengths(rng, w.classes[cname].prompt_tokens, len(idx))
-            output[idx] = _lengths(rng, w.classes[cname].output_tokens, len(idx))
+            prompt[idx] = w.classes[cname].prompt_tokens.sample(rng, len(idx))
+            output[idx] = w.classes[cname].output_tokens.sample(rng, len(idx))
         if any(c.prefix is not None for c in w.classes.values()):
             from gridenv.core.sharing import apply_sharing
 
