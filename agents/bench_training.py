@@ -111,13 +111,21 @@ def run_variant(name: str, spec: dict, scenario: str, steps: int, seed: int, tor
 
     from agents import training as T
 
-    name_, env_id = T.resolve_scenario(scenario)
+    ref = T.resolve_scenario(scenario)
+    name_, env_id = ref.name, ref.env_id
     hp_path = Path(spec.get("hyperparams", "configs/ppo.yaml"))
     if not hp_path.is_absolute() and not hp_path.exists():
         hp_path = ROOT / hp_path
     hp = T.load_hyperparams(hp_path, name_)
     overrides = {k: v for k, v in spec.items() if k not in _RUN_KEYS}
-    T._check_entry(overrides, f"variant {name}")
+    from pydantic import ValidationError
+
+    from agents.schemas import HyperparamEntry, format_validation_error
+
+    try:  # the same schema as the hyperparameter files
+        overrides = HyperparamEntry.model_validate(overrides).as_dict()
+    except ValidationError as err:
+        raise T.HyperparamError(format_validation_error(err, f"variant {name}")) from None
     hp.update(overrides)
     threads = int(spec.get("torch_threads", torch_threads))
     torch.set_num_threads(threads)

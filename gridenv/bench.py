@@ -18,16 +18,15 @@ until ``--min-seconds`` of wall time have passed; the policy's own cost is inclu
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import resource
 import sys
 import time
-from pathlib import Path
+
+from gridenv.cli import OneLineParser, positive_seconds
 
 __all__ = ["bench_scenario", "main"]
 
@@ -119,23 +118,6 @@ def _run_child(ctx, target: str, min_seconds: float, timeout_s: float) -> tuple[
         queue.close()
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (exit status 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
-
-
 def resolve_targets(spec: str | None) -> list:
     """Scenario names / env ids / YAML paths -> ScenarioRefs (the one resolver); ValueError names the bad one."""
     import gridenv
@@ -158,13 +140,13 @@ def resolve_targets(spec: str | None) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m gridenv.bench", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="python -m gridenv.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--scenarios", default=None,
                         help="comma-separated env ids, scenario names or YAML paths (default: all registered)")
-    parser.add_argument("--min-seconds", type=_positive_seconds, default=3.0,
+    parser.add_argument("--min-seconds", type=positive_seconds, default=3.0,
                         help="wall seconds per scenario (default 3)")
-    parser.add_argument("--timeout-s", type=_positive_seconds, default=None,
+    parser.add_argument("--timeout-s", type=positive_seconds, default=None,
                         help="give up on a scenario's child process after this many wall seconds "
                              "(default: 120 + 10 x --min-seconds)")
     args = parser.parse_args(argv)
@@ -177,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     results, failures = [], []
     for ref in targets:
-        target = ref.env_id
+        target = f"{ref.source} ({ref.env_id})" if ref.is_file else ref.env_id
         res, err = _run_child(ctx, ref.source, args.min_seconds, timeout_s)
         if err is not None:
             failures.append(target)
             print(f"python -m gridenv.bench: scenario {target} failed: {err}", file=sys.stderr, flush=True)
             continue
-        res["scenario"] = target
+        res["scenario"] = ref.env_id
         results.append(res)
         if not args.json:
             print(f"{target:<28} {res['decisions_per_s']:>12,.0f} decisions/s "

@@ -56,5 +56,5 @@ def test_a_failing_child_is_reported_not_waited_for(tmp_path) -> None:
     assert out.returncode == 1, out.stderr
     from gridenv.envs.registration import env_id
 
-    assert (f"scenario {env_id('metro')} failed: ScenarioError: scenario file /nonexistent/gone.yaml not found"
-            in out.stderr)
+    assert (f"scenario /nonexistent/gone.yaml ({env_id('metro')}) failed: ScenarioError: "
+            "scenario file /nonexistent/gone.yaml not found" in out.stderr)

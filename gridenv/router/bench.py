@@ -216,7 +216,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The bench's flags (shared by ``python -m gridenv.router bench`` and this module)."""
-    from gridenv.router.__main__ import nonnegative_int, positive_int
+    from gridenv.cli import nonnegative_int, positive_int
 
     ap.add_argument("--policy", required=True, metavar="DIR", help="exported policy directory")
     ap.add_argument("--inproc-requests", type=positive_int, default=20000,
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gridenv.router.__main__ import OneLineParser
+    from gridenv.cli import OneLineParser
 
     ap = OneLineParser(prog="python -m gridenv.router.bench", description=__doc__.split("\n\n")[0])
     add_arguments(ap)

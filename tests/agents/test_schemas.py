@@ -73,7 +73,7 @@ def test_leaderboard_round_trip(tmp_path):
     ("smoke:\n  scenarios: [metro]\n  seeds: [1, 1]\n", "seeds must be distinct"),
     ("smoke:\n  scenarios: []\n  seeds: [1]\n", "smoke.scenarios: List should have at least 1 item"),
     ("smoke:\n  scenarios: [metro]\n  seeds: [1]\nsmoke:\n  scenarios: [metro]\n  seeds: [2]\n",
-     "line 4: duplicate key 'smoke' .first at line 1"),
+     "line 4: duplicate key 'smoke' .first given on line 1"),
 ])
 def test_bad_suites_files_name_file_and_key(text, message, tmp_path):
     f = tmp_path / "suites.yaml"

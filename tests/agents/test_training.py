@@ -281,7 +281,7 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("default:\n  n_steps: [1\n", "invalid YAML"),
+    ("default:\n  n_steps: [1\n", "not valid YAML"),
     ("metro:\n  n_steps: 64\n", "'default:' entry"),
     ("default:\n  n_steps: 64\natlantis: {}\n", "unknown entry 'atlantis'"),
     ("default:\n  normalize: {obs: true, rewards: true}\n", "default.normalize.rewards: unknown key"),
@@ -290,7 +290,7 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
     ("default:\n  n_steps: true\n", "default.n_steps: Input should be a valid integer .got True"),
     ("default:\n  gamma: .nan\n", "default.gamma: Input should be a finite number"),
     ("default:\n  n_envs: 0\n", "default.n_envs: Input should be greater than 0"),
-    ("default:\n  n_steps: 64\n  n_steps: 128\n", "hp.yaml line 3: duplicate key 'n_steps' .first at line 2"),
+    ("default:\n  n_steps: 64\n  n_steps: 128\n", "hp.yaml line 3: duplicate key 'default.n_steps' .first given on line 2"),
     ("default: {}\nmetro: {}\ngridenv/Metro-v1: {}\n", "both 'metro' and 'gridenv/Metro-v1'"),
 ])
 def test_bad_hyperparam_files(tmp_path, text, match):
