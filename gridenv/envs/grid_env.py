@@ -133,8 +133,14 @@ class GridEnv(gym.Env):
     * v1: the observation is declared by ``gridenv.core.interface`` (interface ``slots-2``): the
       model one-hot spans the scenario's own models, not the whole catalog (Metro 74 -> 72
       elements, Continental 109 -> 108); the ``relative`` observation mode; ``info["snapshot"]``.
-      Dynamics and rewards unchanged. ``-v0`` ids raise ``gymnasium.error.DeprecatedEnv``
-      pointing to ``-v1``; models trained on v0 migrate exactly with ``python -m agents.migrate``.
+      Dynamics changed too (all in the same release): engine v2 (``vllm-v1`` scheduler with
+      chunked prefill, paged KV allocated on demand with recompute preemption, prefix caching,
+      context-length limits masked, client timeouts per SLO class), the ``vllm-0.6`` software
+      stack fitted under load (``python -m gridenv.fidelity``), RTTs exactly the scenario's
+      matrix, overlapping degraded-link windows that multiply, strict scenario validation.
+      ``-v0`` ids raise ``gymnasium.error.DeprecatedEnv`` pointing to ``-v1``; models trained on
+      v0 migrate their observation exactly with ``python -m agents.migrate`` (their dynamics are
+      v0's: retrain for v1).
     * v0: initial release (interface ``slots-1``).
     """
 
