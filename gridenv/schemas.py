@@ -36,6 +36,14 @@ SCHEMAS: dict[str, SchemaEntry] = {
                             "a training run's arguments, merged hyperparameters and commands"),
     "policy": SchemaEntry("gridenv.router.policy_file:PolicyFile", "<exported>/policy.json",
                           "an exported policy: interface record, observation, action, sites, SLOs"),
+    "route-request": SchemaEntry("gridenv.router.schemas:RouteRequest", "POST /v1/route and /v1/score bodies",
+                                 "what the router service is asked: the request and each endpoint's signals"),
+    "route-decision": SchemaEntry("gridenv.router.schemas:RouteDecision", "/v1/route answers",
+                                  "the router's decision: endpoint or shed, batch level, scores"),
+    "score-answer": SchemaEntry("gridenv.router.schemas:ScoreAnswer", "/v1/score answers",
+                                "a score in [0, 1] per endpoint (llm-d scorer style)"),
+    "error-answer": SchemaEntry("gridenv.router.schemas:ErrorAnswer", "4xx answers of the router service",
+                                "what was wrong with a request body, field by field"),
 }
 
 
