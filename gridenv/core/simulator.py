@@ -486,7 +486,7 @@ class GridSimulator:
         if busy_s <= 0.0 and energy_j <= 0.0:
             return
         power_factor, usd_per_gpu_s, tp, utc_offset_h, prices, carbon = self._book_consts[site]
-        h = int((self._start_hour + t * self._hours_per_s + utc_offset_h) % 24.0) % 24
+        h = int(local_hour(self._start_hour + t * self._hours_per_s, utc_offset_h)) % 24
         site_j = energy_j * power_factor
         kwh = site_j / J_PER_KWH
         e_usd = kwh * prices[h]
@@ -537,7 +537,7 @@ class GridSimulator:
         n = min(n, 20000)
         edges = np.linspace(0.0, t_end, n + 1)
         mids, dt = 0.5 * (edges[:-1] + edges[1:]), np.diff(edges)
-        hours = (self._start_hour + mids * self._hours_per_s) % 24.0
+        hours = self.hour_utc(mids)
         for s, spec in enumerate(self.topology.sites):
             idx = local_hour(hours, spec.utc_offset_h).astype(np.int64) % 24
             power_w = spec.idle_w * spec.site_power_factor

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridenv.core.interface import local_hour as interface_local_hour
 from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, SLO_CLASSES, Scenario, ScenarioError
 from gridenv.core.topology import MODEL_NAMES, Topology
 
@@ -74,7 +75,7 @@ def diurnal_factor(scenario: Scenario, utc_offset_h: np.ndarray, t_s: np.ndarray
 def local_hour(scenario: Scenario, utc_offset_h, t_s):
     """Local hour of day at simulated time t_s for a UTC offset (scalar or array)."""
     d = scenario.workload.diurnal
-    return (d.start_hour_utc + utc_offset_h + 24.0 * np.asarray(t_s) / d.period_s) % 24.0
+    return interface_local_hour(d.start_hour_utc + 24.0 * np.asarray(t_s) / d.period_s, utc_offset_h)
 
 
 def _candidate_times(scenario: Scenario, rng: np.random.Generator, rate: float) -> np.ndarray:
