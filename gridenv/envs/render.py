@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gridenv.core.interface import SLO_CLASSES
+from gridenv.core.topology import MODEL_NAMES
+
 __all__ = ["ansi", "rgb_array"]
 
 
@@ -28,7 +31,7 @@ def ansi(env) -> str:
     m = sim.metrics
     lines = [
         f"t={sim.now:8.2f}s  arrived={m.arrived} completed={m.completed} good={m.good} "
-        f"shed={m.shed} failed={m.failed}",
+        f"shed={m.shed} failed={m.failed} timed_out={getattr(m, 'timed_out', 0)}",
         f"{'site':<14}{'kind':<6}{'up':<4}{'wait':>6}{'run':>6}{'kv%':>6}{'batch':>6}{'ttft~ms':>9}",
     ]
     for r in _rows(env):
@@ -39,7 +42,8 @@ def ansi(env) -> str:
     if sim.pending is not None:
         p = sim.pending
         lines.append(f"request: origin={sim.topology.region_names[p.origin]} prompt={p.prompt_tokens} "
-                     f"slo_class={p.slo_class} residency={p.residency}")
+                     f"slo_class={SLO_CLASSES[p.slo_class]} model={MODEL_NAMES[p.model]} "
+                     f"residency={p.residency}")
     return "\n".join(lines) + "\n"
 
 
@@ -55,9 +59,14 @@ def rgb_array(env) -> np.ndarray:
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["waiting"] for r in rows], width=0.4, label="waiting")
     ax.bar(x + 0.2, [r["running"] for r in rows], width=0.4, label="running")
+    top = max([1] + [max(r["waiting"], r["running"]) for r in rows])
     for i, r in enumerate(rows):
         if not r["up"]:
             ax.axvspan(i - 0.5, i + 0.5, color="red", alpha=0.15)
+        # What a router reads besides the queues: KV use, batch cap, up or down.
+        label = f"KV {100 * r['kv']:.0f}%\nbatch {r['batch']}" + ("" if r["up"] else "\nDOWN")
+        ax.text(i, top * 1.02, label, ha="center", va="bottom", fontsize=6)
+    ax.set_ylim(0, top * 1.35)
     ax.set_xticks(x, [r["site"] for r in rows], rotation=20, fontsize=7)
     ax.set_ylabel("requests")
     ax.set_title(f"t = {env.sim.now:.1f} s   good {env.sim.metrics.good} / completed {env.sim.metrics.completed}")
