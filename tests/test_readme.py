@@ -61,6 +61,7 @@ COMMANDS: dict[str, tuple] = {
     "python evaluate.py --suite smoke --out /tmp/lb": ("run", 600),
     "python evaluate.py --suite standard --policies ppo-metro=models/metro,jsq,llm-d": ("parse", "evaluate.py"),
     "python evaluate.py --report claims": ("parse", "evaluate.py"),
+    "python evaluate.py --suite generalization --policies jsq,slo-greedy,cost-greedy": ("parse", "evaluate.py"),
     f"H={H}": ("twin", "(shell variable of the next two lines)"),
     "python evaluate.py --suite standard --scenarios metro --policies $H,ppo-metro=models/metro/best_model.zip": ("parse", "evaluate.py"),
     "python evaluate.py --suite standard --scenarios continental --policies $H,ppo-continental=models/continental/best_model.zip": ("parse", "evaluate.py"),

@@ -101,3 +101,13 @@ def test_heldout_files_are_what_the_generator_writes():
         expected = random_scenario(seed, spec)
         expected["name"] = f"heldout-{seed}"
         assert written == expected
+
+
+def test_generalization_suite_is_the_heldout_files():
+    """evaluate.py --suite generalization runs exactly the held-out grids, nothing trained on."""
+    from agents.evaluation import load_suites
+
+    suite = load_suites()["generalization"]
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs/generalization").glob("*.yaml"))
+    assert sorted(suite.scenarios) == files
+    assert min(suite.seeds) >= 10000  # evaluation seeds, disjoint from training's
