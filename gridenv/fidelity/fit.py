@@ -48,7 +48,10 @@ def _stack(x: np.ndarray) -> dict:
 
 def fit_stack(path=BENCHMARKS_PATH) -> tuple[dict, float]:
     """(fitted ReplicaPerf keyword arguments, final cost) on the fit rows of ``path``."""
-    from scipy.optimize import least_squares  # dev-time dependency (the [test] extra)
+    try:
+        from scipy.optimize import least_squares  # the [fit] extra (also in [test])
+    except ImportError:
+        raise ImportError("python -m gridenv.fidelity.fit needs scipy: pip install -e '.[fit]'") from None
 
     bench = load_benchmarks(path)
     rows = [r for r in bench.rows if r.use == "fit"]
