@@ -190,6 +190,24 @@ def plot_rewards(lb: dict, path: Path) -> Path:
     return _save_panels(plt, fig, axes, len(scen), path)
 
 
+def dodge_labels(xs, ys, xr: float, yr: float, min_gap_frac: float = 0.055) -> list[float]:
+    """Label heights for points (xs, ys): a label starts at its point's height and is pushed up
+    until it is at least ``min_gap_frac * yr`` above every label of a point closer than 25% of
+    the x range (so labels of clustered points do not overlap)."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed: list[tuple[float, float]] = []  # (x, label y)
+    out = [0.0] * len(ys)
+    for i in order:
+        ly = ys[i]
+        near = sorted(py for px, py in placed if abs(px - xs[i]) < 0.25 * xr)
+        for py in near:  # ascending: push past every near label in the way
+            if ly - py < min_gap_frac * yr:
+                ly = py + min_gap_frac * yr
+        placed.append((xs[i], ly))
+        out[i] = ly
+    return out
+
+
 def plot_cost_vs_slo(lb: dict, path: Path) -> Path:
     """Routing cost vs SLO attainment, one point per policy, one panel per scenario."""
     plt = _plt()
@@ -199,13 +217,23 @@ def plot_cost_vs_slo(lb: dict, path: Path) -> Path:
     cmap = plt.get_cmap("tab10")
     names = [p["name"] for p in lb["policies"]]
     for ax, sc in zip(axes.flat, scen):
+        pts = []
         for i, name in enumerate(names):
             r = next((r for r in lb["results"] if r["scenario"] == sc and r["policy"] == name), None)
             if r is None or r["routing_cost_usd"] is None or r["slo_attainment"] is None:
                 continue
             ax.scatter(r["routing_cost_usd"], r["slo_attainment"], color=cmap(i % 10), label=name)
-            ax.annotate(name, (r["routing_cost_usd"], r["slo_attainment"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            pts.append((name, r["routing_cost_usd"], r["slo_attainment"]))
+        if pts:
+            xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+            xr, yr = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+            for (name, x, y), ly in zip(pts, dodge_labels(xs, ys, xr, yr)):
+                moved = ly != y  # a leader line ties a pushed label to its point
+                ax.annotate(name, (x, y), xytext=(x + (0.07 if moved else 0.02) * xr, ly),
+                            fontsize=7, va="center", color=cmap(names.index(name) % 10) if moved else "black",
+                            arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4"} if moved else None)
+            ax.set_xlim(min(xs) - 0.05 * xr, max(xs) + 0.3 * xr)  # room for the labels
+            ax.set_ylim(min(ys) - 0.08 * yr, max(ys) + 0.15 * yr)
         ax.set_title(sc)
         ax.set_xlabel("routing cost $ (dynamic energy + busy GPU)")
         ax.set_ylabel("SLO attainment")
