@@ -94,7 +94,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-def _in_catalog(name: str, catalog: dict, what: str) -> str:
+def in_catalog(name: str, catalog: dict, what: str) -> str:
     """`name` if it is a key of `catalog`, else a ValueError listing the known names."""
     if name not in catalog:
         raise ValueError(f"unknown {what} {name!r}; known: {sorted(catalog)}")
@@ -138,12 +138,12 @@ class Site(_Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, v: str) -> str:
-        return _in_catalog(v, GPUS, "GPU")
+        return in_catalog(v, GPUS, "GPU")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        return _in_catalog(v, MODELS, "model")
+        return in_catalog(v, MODELS, "model")
 
     @field_validator("energy_price_usd_per_kwh", "carbon_g_per_kwh")
     @classmethod
@@ -298,7 +298,7 @@ class Workload(_Strict):
     def _known_models(cls, v: dict[str, float]) -> dict[str, float]:
         for name, share in v.items():
             try:
-                _in_catalog(name, MODELS, "model")
+                in_catalog(name, MODELS, "model")
             except ValueError as e:
                 raise _FieldError((name,), str(e)) from None
             if share < 0:
@@ -408,7 +408,7 @@ class Engine(_Strict):
     def _known_scheduler(cls, v: str) -> str:
         from gridenv.core.schedulers import SCHEDULERS
 
-        return _in_catalog(v, SCHEDULERS, "scheduler")
+        return in_catalog(v, SCHEDULERS, "scheduler")
 
 
 class Observation(_Strict):
@@ -498,7 +498,7 @@ class Scenario(_Strict):
     def _known_stack(cls, v: str) -> str:
         from gridenv.core.perf import SOFTWARE_STACKS
 
-        return _in_catalog(v, SOFTWARE_STACKS, "software_stack")
+        return in_catalog(v, SOFTWARE_STACKS, "software_stack")
 
     @property
     def n_sites(self) -> int:

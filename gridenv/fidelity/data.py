@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gridenv.core.catalog import GPUS, MODELS
+from gridenv.core.scenario import in_catalog
 
 __all__ = [
     "BENCHMARKS_PATH", "Source", "Workload", "ServerFlags", "RowWorkload", "Measured",
@@ -135,9 +136,7 @@ class BenchmarkRow(_Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, v: str) -> str:
-        if v not in GPUS:
-            raise ValueError(f"unknown gpu {v!r}; known: {sorted(GPUS)}")
-        return v
+        return in_catalog(v, GPUS, "gpu")
 
     @field_validator("not_comparable")
     @classmethod
@@ -150,9 +149,7 @@ class BenchmarkRow(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; known: {sorted(MODELS)}")
-        return v
+        return in_catalog(v, MODELS, "model")
 
 
 class BenchmarkFile(_Strict):

@@ -23,6 +23,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
+from gridenv.router.bench import _stop  # noqa: E402  (the bench starts and stops the same service)
 from gridenv.router.schemas import RouteDecision, RouteRequest, ScoreAnswer  # noqa: E402
 from gridenv.router.server import MAX_BODY_BYTES, start_in_thread  # noqa: E402
 
@@ -450,14 +451,6 @@ def _start_cli_server(policy: Path, *extra: str) -> tuple[subprocess.Popen, int]
     raise AssertionError(f"server did not start: {proc.stderr.read()[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.skipif(not (METRO_MODEL / "policy.onnx").is_file(), reason="models/metro/onnx not present")
