@@ -110,3 +110,14 @@ def test_bad_spec_is_refused_with_the_field_named(bad):
 def test_bad_seed_is_refused(seed):
     with pytest.raises(ValueError, match="seed"):
         random_scenario(seed, SPEC)
+
+
+@pytest.mark.parametrize("seeds", ["x,1", "-3", ",", "1.5"])
+def test_writer_cli_refuses_bad_seeds_in_one_line(seeds, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gridenv.core.random_grid", "--seeds", seeds,
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--seeds" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
