@@ -103,10 +103,14 @@ GPUS: dict[str, GPUSpec] = {
 
 #: Context lengths from the model cards: Llama 3 (meta-llama/Meta-Llama-3-8B and -70B on Hugging
 #: Face, "Context length 8k"; config.json max_position_embeddings 8192) and Llama 2
-#: (meta-llama/Llama-2-70b-hf, "Content Length 4k"; max_position_embeddings 4096). Llama 3.1
-#: would be 128k (131,072) tokens.
+#: (meta-llama/Llama-2-70b-hf, "Content Length 4k"; max_position_embeddings 4096). Llama 3.1 8B
+#: (meta-llama/Llama-3.1-8B, "Context length 128k"; config.json max_position_embeddings 131072)
+#: has Llama-3-8B's architecture (32 layers, hidden 4096, 32 query / 8 KV heads of 128, 8.03B
+#: parameters): the same costs per token, a 16x longer window (long-context scenarios: coding
+#: agents, RAG, long conversations).
 MODELS: dict[str, ModelSpec] = {
     "llama-3-8b": ModelSpec("llama-3-8b", 32, 4096, 32, 8, 128, 8.03e9, 8192),
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 8.03e9, 131072),
     "llama-3-70b": ModelSpec("llama-3-70b", 80, 8192, 64, 8, 128, 70.6e9, 8192),
     "llama-2-70b": ModelSpec("llama-2-70b", 80, 8192, 64, 8, 128, 69e9, 4096),
 }
