@@ -203,15 +203,27 @@ class PrefixSharing(_Strict):
     average (geometric); turn k's prompt is turn k-1's prompt, its answer and new user text (the
     class's ``prompt_tokens``), and arrives an exponential think time (mean ``think_time_s``)
     after turn k-1 arrived (arrivals are drawn up front: they do not depend on the policy).
-    ``zipf_s`` skews the popularity of applications or documents (0: uniform).
+    With ``context_tokens`` > 0 every conversation starts with one of ``count`` shared contexts
+    of that many tokens (a coding agent's repository context, a long system prompt), drawn
+    per conversation. ``zipf_s`` skews the popularity of applications, documents or contexts
+    (0: uniform).
     """
 
     kind: Literal["system_prompt", "documents", "multi_turn"]
-    count: int = Field(8, ge=1, description="applications (system_prompt) or documents")
+    count: int = Field(8, ge=1, description="applications (system_prompt), documents, or shared contexts (multi_turn)")
     tokens: int = Field(1024, ge=1, description="shared prefix length, tokens")
-    zipf_s: float = Field(0.0, ge=0, description="popularity skew of applications/documents")
+    zipf_s: float = Field(0.0, ge=0, description="popularity skew of applications/documents/contexts")
     turns_mean: float = Field(4.0, ge=1, description="multi_turn: mean turns per conversation")
     think_time_s: float = Field(30.0, gt=0, description="multi_turn: mean time between turns")
+    context_tokens: int = Field(
+        0, ge=0, description="multi_turn: shared context heading every conversation, tokens (0: none)")
+
+    @model_validator(mode="after")
+    def _context_only_multi_turn(self) -> "PrefixSharing":
+        if self.context_tokens and self.kind != "multi_turn":
+            raise _FieldError(("context_tokens",), f"context_tokens ({self.context_tokens}) is read by "
+                              f"kind 'multi_turn' only, not {self.kind!r}; use tokens for a shared prefix")
+        return self
 
 
 #: Client timeouts per class (s): the first token must arrive within the first figure (a

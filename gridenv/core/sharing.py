@@ -14,7 +14,10 @@ share that block's whole token prefix.
   ``1 / turns_mean`` (so the class keeps about its share of the request rate); a conversation
   has a geometric number of turns (mean ``turns_mean``), turn k arriving an exponential think
   time after turn k-1. Turn k's prompt is turn k-1's prompt + answer + new user text, and its
-  chain names the full blocks of its prompt + answer, so the next turn can hit both.
+  chain names the full blocks of its prompt + answer, so the next turn can hit both. With
+  ``context_tokens``, a conversation first draws one of ``count`` shared contexts (uniformly
+  or by Zipf popularity), which heads every turn's prompt: its full blocks have keys shared by
+  every conversation on that context, the blocks after them keys of the conversation alone.
 
 With a cache that never evicts, one replica serving a whole conversation hits, at turn k, every
 full block of turn k-1's prompt and answer (``implied_multi_turn_hits``).
@@ -27,12 +30,14 @@ import numpy as np
 __all__ = ["apply_sharing", "implied_multi_turn_hits", "KIND_CODES"]
 
 KIND_CODES = {"system_prompt": 1, "documents": 2, "multi_turn": 3}
+_CONTEXT_CODE = 4  # namespace of multi_turn's shared contexts
 _NS_SHIFT = 48  # namespace bits above the group id
 _GROUP_SHIFT = 24  # group (app / document / conversation) bits above the block index
 
 
 def _namespace(kind: str, class_index: int) -> int:
-    return (KIND_CODES[kind] * 8 + class_index) << _NS_SHIFT
+    code = _CONTEXT_CODE if kind == "context" else KIND_CODES[kind]
+    return (code * 8 + class_index) << _NS_SHIFT
 
 
 def _popularity(rng: np.random.Generator, count: int, zipf_s: float, size: int) -> np.ndarray:
@@ -89,9 +94,14 @@ def apply_sharing(scenario, rng, class_names, t, origin, cls_local, prompt, outp
         new_text = w.classes[cname].prompt_tokens.sample(rng, total)
         answer = w.classes[cname].output_tokens.sample(rng, total)
         p = _group_cumsum(new_text, first) + _group_cumsum(answer, first) - answer
-        nb = (p + answer) // bs
-        conv_chains = [range(ns + (int(c) << _GROUP_SHIFT), ns + (int(c) << _GROUP_SHIFT) + int(b))
-                       for c, b in zip(conv, nb)]
+        if spec.context_tokens:
+            p += spec.context_tokens
+            nb = (p + answer) // bs
+            conv_chains = _context_chains(rng, spec, ci, bs, conv, nb, first, n_turns, ns)
+        else:
+            nb = (p + answer) // bs
+            conv_chains = [range(ns + (int(c) << _GROUP_SHIFT), ns + (int(c) << _GROUP_SHIFT) + int(b))
+                           for c, b in zip(conv, nb)]
         keep = times < scenario.horizon_s
         extra.append((times[keep], origin[starts][conv][keep], np.full(int(keep.sum()), ci),
                       p[keep], answer[keep], [c for c, k in zip(conv_chains, keep) if k], nb[keep]))
@@ -109,6 +119,28 @@ def apply_sharing(scenario, rng, class_names, t, origin, cls_local, prompt, outp
         prompt, output, blocks = prompt[order], output[order], blocks[order]
         chains = [chains[i] for i in order]
     return t, origin, cls_local, prompt, output, chains, blocks
+
+
+def _context_chains(rng, spec, class_index, bs, conv, nb, first, n_turns, ns) -> list:
+    """Chains of conversations that start with a shared context: the context's full blocks,
+    then the conversation's own. One tuple per conversation (its last turn's chain); every turn
+    is a slice of it, so the block keys are stored once per conversation."""
+    ctx = _popularity(rng, spec.count, spec.zipf_s, len(first))
+    ctx_ns = _namespace("context", class_index)
+    n_ctx = spec.context_tokens // bs
+    ctx_keys = {}
+    chains = []
+    for c, (f, k) in enumerate(zip(first, n_turns)):
+        g = int(ctx[c])
+        head = ctx_keys.get(g)
+        if head is None:
+            base = ctx_ns + (g << _GROUP_SHIFT)
+            head = ctx_keys[g] = tuple(range(base, base + n_ctx))
+        last = int(nb[f + k - 1])
+        base = ns + (c << _GROUP_SHIFT)
+        full = head + tuple(range(base, base + last - n_ctx))
+        chains.extend(full[: int(b)] for b in nb[f: f + k])
+    return chains
 
 
 def implied_multi_turn_hits(prompt_tokens: np.ndarray, output_tokens: np.ndarray, bs: int) -> int:
