@@ -71,6 +71,10 @@ class ServerFlags(_Strict):
     max_num_batched_tokens: int = Field(ge=1)
     #: Decode steps per scheduling round (vLLM multi-step); tokens reach the client in chunks.
     num_scheduler_steps: int = Field(1, ge=1)
+    #: The engine steps in its own process (vLLM V1's engine core, 0.8+), so it starts on the
+    #: first requests of a burst while the API server is still taking the rest in; vLLM 0.6 ran
+    #: the engine loop in the API server's process and took a burst in whole first.
+    engine_core_process: bool = False
 
 
 class RowWorkload(_Strict):
@@ -84,6 +88,9 @@ class RowWorkload(_Strict):
     seed: int = 0
     #: This run's own output lengths (first n_requests), when they differ from the workload's.
     output_tokens: list[int] | None = None
+    #: The same server had just served these same prompts (an earlier run of the same suite)
+    #: with prefix caching on: their full KV blocks are in its prefix cache when this run starts.
+    prefix_cache_warm: bool = False
 
     @model_validator(mode="after")
     def _arrival_params(self) -> "RowWorkload":
@@ -123,6 +130,9 @@ class BenchmarkRow(_Strict):
     commit: str = Field(pattern=r"^[0-9a-f]{40}$")
     gpu: str
     gpu_memory_gb: float | None = Field(None, gt=0)
+    #: The GPU variant's memory bandwidth (datasheet), when it differs from the catalog GPU's
+    #: (A100-SXM4-40GB: 1,555 GB/s against the 80 GB part's 2,039).
+    gpu_memory_bandwidth_gbps: float | None = Field(None, gt=0)
     model: str
     model_note: str | None = None
     tp: int = Field(ge=1)

@@ -59,17 +59,27 @@ def replica_perf(row: BenchmarkRow, stack: dict) -> ReplicaPerf:
     gpu = GPUS[row.gpu]
     if row.gpu_memory_gb is not None:
         gpu = dataclasses.replace(gpu, memory_bytes=row.gpu_memory_gb * 1e9)
+    if row.gpu_memory_bandwidth_gbps is not None:
+        gpu = dataclasses.replace(gpu, mem_bw_bytes_per_s=row.gpu_memory_bandwidth_gbps * 1e9)
     return ReplicaPerf(gpu, MODELS[row.model], row.tp, **stack)
 
 
 def arrival_times(row: BenchmarkRow) -> np.ndarray:
-    """Send times (s) of an open-loop row: all at 0, or Poisson from the row's seed."""
+    """Send times (s) of an open-loop row: all at 0, or Poisson as benchmark_serving.py draws it.
+
+    benchmark_serving.py seeds NumPy's global generator with ``--seed`` and, after sending each
+    request, sleeps ``np.random.gamma(burstiness, 1 / (rate * burstiness))`` (burstiness 1:
+    exponential): the first request goes at 0 and the draws are the legacy ``RandomState``
+    stream. Drawn that way, the surajssd runs' last sends plus their measured latencies land
+    within 0.15 s of their measured durations (205.2 / 63.0 / 31.6 s at 1 / 4 / 16 req/s).
+    """
     n = row.workload.n_requests
     if row.workload.arrival == "burst":
         return np.zeros(n)
     if row.workload.arrival == "poisson":
-        rng = np.random.default_rng(row.workload.seed)
-        return np.cumsum(rng.exponential(1.0 / row.workload.rate_rps, n))
+        rs = np.random.RandomState(row.workload.seed)
+        gaps = [rs.gamma(1.0, 1.0 / row.workload.rate_rps) for _ in range(n - 1)]
+        return np.concatenate([[0.0], np.cumsum(gaps)])
     raise ValueError(f"row {row.id!r}: arrival {row.workload.arrival!r} is not open-loop")
 
 
@@ -88,9 +98,33 @@ def _replica(perf: ReplicaPerf, row: BenchmarkRow) -> Replica:
                    row.server.max_num_batched_tokens)
 
 
-def _request(i: int, t: float, prompt: int, output: int) -> Request:
+#: Prefix-cache keys of request i's prompt blocks are i * _KEY_STRIDE + block: distinct prompts
+#: (ShareGPT conversations, the completions endpoint: no shared template) share no block.
+_KEY_STRIDE = 1 << 20
+
+
+def _request(i: int, t: float, prompt: int, output: int, hashed: bool = False,
+             block_size: int = 16) -> Request:
     # An empty completion still costs a prefill and one (EOS) step.
-    return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf)
+    if not hashed:
+        return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf)
+    n_full = prompt // block_size
+    hashes = range(i * _KEY_STRIDE, i * _KEY_STRIDE + n_full)
+    return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf,
+                   hashes, 1, n_full)
+
+
+def warm_prefix_cache(rep: Replica, prompts: list[int]) -> int:
+    """Put every prompt's full blocks in the replica's prefix cache as evictable blocks, in
+    request order (as an earlier run of the same prompts leaves them); returns the number
+    kept (the least recently freed are evicted first when the pool is too small)."""
+    pool = rep.pool
+    bs = rep.bs
+    for i, p in enumerate(prompts):
+        for b in range(p // bs):
+            pool.donate(i * _KEY_STRIDE + b)
+    pool.reclaim()
+    return len(pool.evictable)
 
 
 def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> SimulatedRun:
@@ -101,6 +135,9 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
     prompts, outputs = bench.lengths(row)
     n = len(prompts)
     rep = _replica(perf, row)
+    hashed = row.workload.prefix_cache_warm
+    if hashed:
+        warm_prefix_cache(rep, prompts)
     max_batch = row.server.max_num_seqs
     c_admit = perf.c_admit_s
 
@@ -132,7 +169,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
             raise RuntimeError(f"row {row.id!r}: replay stalled with {n - n_done} requests left")
         if not busy or t_arr < rep.wake_s:
             t = max(t, t_arr)
-            if not busy:
+            if not busy and not row.server.engine_core_process:
                 # The engine loop shares the API server's thread: it starts an iteration only
                 # once the requests already sent have been taken in (a burst enters whole).
                 j = head
@@ -141,7 +178,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
                     j += 1
             while head < len(pending) and pending[head][0] <= t:
                 i = pending[head][1]
-                rep.waiting.append(_request(i, sends[i], prompts[i], outputs[i]))
+                rep.waiting.append(_request(i, sends[i], prompts[i], outputs[i], hashed, rep.bs))
                 head += 1
             if not busy:
                 busy = rep.start(t, max_batch)
