@@ -98,12 +98,13 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # * c_admit_s 2.8 ms: a 320-request burst reaches the engine only after ~0.7 s (H100) of
     #   API-server work; the engine simulator does not model the API server (the replay does).
     "vllm-0.6": {
-        "c_iter_s": 0.304e-3,
-        "c_per_seq_s": 23.05e-6,
-        "attn_per_seq_s": 8.14e-6,
-        "allreduce_latency_scale": 0.400,
-        "allreduce_bw_scale": 0.609,
-        "c_admit_s": 2.78e-3,
+        "c_iter_s": 0.217e-3,
+        "c_per_seq_s": 22.20e-6,
+        "attn_per_seq_s": 11.44e-6,
+        "allreduce_latency_scale": 0.367,
+        "allreduce_bw_scale": 0.584,
+        "allreduce_bw_tp_scaling": True,
+        "c_admit_s": 2.55e-3,
     },
     "splitwise-2023": {
         "c_iter_s": 10e-3,
@@ -157,6 +158,7 @@ class ReplicaPerf:
         allreduce_latency_scale: float = 1.0,
         allreduce_bw_scale: float = 1.0,
         allreduce_ring_tp_scaling: bool = False,
+        allreduce_bw_tp_scaling: bool = False,
         c_admit_s: float = 0.0,
         attn_per_seq_s: float = 0.0,
     ) -> None:
@@ -197,11 +199,18 @@ class ReplicaPerf:
             # and no ring scaling leave them exactly as they are.
             a_ar = gpu.allreduce_latency_s * allreduce_latency_scale
             b_ar = gpu.allreduce_bw_bytes_per_s * allreduce_bw_scale
+            ref = ALLREDUCE_REF_TP
             if allreduce_ring_tp_scaling:
                 # Ring all-reduce over p GPUs: 2(p-1) steps (latency) moving 2(p-1)/p of the
                 # buffer per GPU (bytes), relative to the catalog's reference TP.
-                ref = ALLREDUCE_REF_TP
                 a_ar *= (tp - 1) / (ref - 1)
+            if allreduce_ring_tp_scaling or allreduce_bw_tp_scaling:
+                # Bandwidth-optimal all-reduces (NCCL's ring, vLLM's two-shot custom
+                # all-reduce) move 2(p-1)/p of the buffer through each GPU's links at a
+                # per-link bus bandwidth that does not depend on p: the bytes term grows with TP
+                # (x0.67 at TP2, x1.17 at TP8 against TP4). allreduce_bw_tp_scaling alone keeps
+                # the latency flat, as vLLM's custom all-reduce (one kernel, one NVLink barrier)
+                # has it for the small decode messages.
                 b_ar /= ((tp - 1) / tp) / ((ref - 1) / ref)
             self.comm_base_s = 2.0 * model.n_layers * a_ar
             # Activations are all-reduced in 16-bit: hidden * 2 bytes per token per all-reduce.
