@@ -6,16 +6,23 @@ arrival process (all at once, Poisson at a fixed rate, or a closed loop at fixed
 and its per-request prompt and output lengths. No network: the benchmark client ran on the
 server.
 
-Two things of the measured runs are not in the engine and are applied here:
+What the measured runs had that the engine does not model is applied here:
 
 * the API server handles arriving requests one after another before the engine sees them
-  (HTTP, tokenization): ``ReplicaPerf.c_admit_s`` per request, and an idle engine starts its
-  next iteration only once the requests already sent are taken in (vLLM 0.6 ran both in one
-  process: the measured bursts show no first token until the whole burst was accepted). It
-  matters only in bursts;
+  (HTTP, tokenization): ``ReplicaPerf.c_admit_s`` per request. vLLM 0.6 ran the engine loop in
+  the API server's process, so an idle engine starts its next iteration only once the requests
+  already sent are taken in (the measured bursts show no first token until the whole burst was
+  accepted); vLLM V1's engine core is its own process (``engine_core_process``) and starts on
+  the first requests. It matters only in bursts;
+* a burst reaches the engine in an order the client does not set: metrics are averaged over
+  ``BURST_ORDERS`` random engine orders (``replay_row``);
 * multi-step scheduling (``num_scheduler_steps`` k > 1): tokens reach the client in chunks of
   k decode steps, so a request's last token arrives at the end of its last chunk (its TPOT is
-  ``ceil((n-1)/k) * k / (n-1)`` times the step time).
+  ``ceil((n-1)/k) * k / (n-1)`` times the step time);
+* the host: the stack's CPU-side terms scaled by the row's ``Host.cpu_scale``; a GPU variant's
+  memory (``gpu_memory_gb``) and bandwidth (``gpu_memory_bandwidth_gbps``);
+* a warm prefix cache (``prefix_cache_warm``: the same prompts served just before on the same
+  server): every prompt's full 16-token blocks are cached when the run starts.
 
 Metrics are computed as vLLM's ``benchmark_serving.py`` computes them: TTFT over every completed
 request (an empty completion is reported with TTFT 0), TPOT = (latency - TTFT) / (output - 1)
@@ -138,8 +145,8 @@ def warm_prefix_cache(rep: Replica, prompts: list[int]) -> int:
 
 
 #: A burst reaches the engine in an order the client does not set (the Lambda result files'
-#: TTFTs show it: in the 4 x A100 70B run the requests sent 191st-299th were prefilled first,
-#: then the first 190, then the rest). The replay takes that order as unknown and uniformly
+#: TTFTs show it: in the 4 x A100 70B run about a hundred requests from the middle of the send
+#: order were prefilled first, then the first ones, then the last ones). The replay takes that order as unknown and uniformly
 #: random: a burst's metrics are the mean over this many seeded random engine orders.
 BURST_ORDERS = 8
 
