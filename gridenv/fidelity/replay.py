@@ -227,7 +227,7 @@ def _replay_once(row: BenchmarkRow, perf: ReplicaPerf, prompts: list[int],
                     j += 1
             while head < len(pending) and pending[head][0] <= t:
                 i = pending[head][1]
-                rep.waiting.append(_request(i, sends[i], prompts[i], outputs[i], hashed, rep.bs))
+                rep.enqueue(_request(i, sends[i], prompts[i], outputs[i], hashed, rep.bs))
                 head += 1
             if not busy:
                 busy = rep.start(t, max_batch)
