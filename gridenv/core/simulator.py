@@ -82,6 +82,9 @@ class GridSimulator:
         self._start_hour = d.start_hour_utc
         self._hours_per_s = 24.0 / d.period_s
         self._rtt_ms = self.topology.rtt_ms
+        # Python-float copies for the per-request RTT (numpy scalars would make every time on
+        # the event timeline a numpy float: same values, several times slower arithmetic).
+        self._rtt_ms_rows = self.topology.rtt_ms.tolist()
         self._link_rtt_factor = [d.rtt_factor for d in scenario.faults.degraded_links]
         self._book_consts = [
             (s.site_power_factor, s.tp * s.gpu_usd_per_h / 3600.0, s.tp, s.utc_offset_h,
@@ -118,6 +121,8 @@ class GridSimulator:
         self.site_running = [0] * self.n_sites  # prefilling or decoding
         self.site_down = [0] * self.n_sites  # number of overlapping outages in force
         self.link_factor = np.ones((topo.n_regions, self.n_sites))  # product of open windows
+        self._link_factor_rows = self.link_factor.tolist()  # the same, as Python floats
+        self._snapshot_rtt: list = [None] * topo.n_regions  # per origin: rtt_ms * link_factor row
         self._link_windows: dict[tuple[int, int], set[int]] = {}  # (region, site) -> open windows
         self._events: list = []
         self._seq = 0
@@ -134,6 +139,7 @@ class GridSimulator:
 
         self.arrivals = generate_arrivals(sc, topo, rng)
         self._next_arrival = 0
+        self._t_next_arrival = float(self.arrivals.time_s[0]) if len(self.arrivals) else math.inf
         self._schedule_faults(rng)
         self._run_until_decision()
 
@@ -176,6 +182,8 @@ class GridSimulator:
         for w in sorted(open_windows):  # fixed order: the same product bit for bit
             factor *= self._link_rtt_factor[w]
         self.link_factor[key] = factor
+        self._link_factor_rows[key[0]][key[1]] = factor
+        self._snapshot_rtt[key[0]] = None
 
     # ------------------------------------------------------------------ decisions
     def decide(self, site: int, batch_level: int | None = None) -> None:
@@ -197,7 +205,7 @@ class GridSimulator:
             if batch_level is not None and batch_level != self.site_level[site]:
                 self._set_batch_level(site, batch_level)
             req.site = site
-            req.rtt_s = self._rtt_ms[req.origin, site] * self.link_factor[req.origin, site] * 1e-3
+            req.rtt_s = self._rtt_ms_rows[req.origin][site] * self._link_factor_rows[req.origin][site] * 1e-3
             self.site_waiting[site] += 1
             req.state = TRANSIT
             self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
@@ -220,7 +228,7 @@ class GridSimulator:
                     self._push(rep.wake_s, WAKE, rep, rep.version)
 
     def _next_decision_time(self) -> float:
-        t = self.arrivals.time_s[self._next_arrival] if self._next_arrival < len(self.arrivals) else math.inf
+        t = self._t_next_arrival  # math.inf when none is left
         while self._retry and self._retry[0][2].state == DONE:  # abandoned while awaiting re-routing
             heapq.heappop(self._retry)
         if self._retry and self._retry[0][0] < t:
@@ -304,13 +312,12 @@ class GridSimulator:
     def _pop_decision(self, t: float) -> Request:
         while self._retry and self._retry[0][2].state == DONE:
             heapq.heappop(self._retry)
-        if self._retry and self._retry[0][0] <= t and (
-            self._next_arrival >= len(self.arrivals) or self._retry[0][0] <= self.arrivals.time_s[self._next_arrival]
-        ):
+        if self._retry and self._retry[0][0] <= t and self._retry[0][0] <= self._t_next_arrival:
             return heapq.heappop(self._retry)[2]
         i = self._next_arrival
         self._next_arrival += 1
         a = self.arrivals
+        self._t_next_arrival = float(a.time_s[i + 1]) if i + 1 < len(a) else math.inf
         cls = int(a.slo_class[i])
         ttft_slo, tpot_slo = self._slos[cls]
         m = self.metrics
@@ -605,9 +612,11 @@ class GridSimulator:
                     if frac < 1.0:
                         used -= r.seg_allocs * (1.0 - frac)
             kv.append(used / cap)
+        rtt = self._snapshot_rtt[req.origin]
+        if rtt is None:  # recomputed only when a degraded-link window opens or closes
+            rtt = self._snapshot_rtt[req.origin] = self._rtt_ms[req.origin] * self.link_factor[req.origin]
         return make_snapshot(
             self.statics, view, hour,
-            self.site_waiting, self.site_running, kv,
-            self._rtt_ms[req.origin] * self.link_factor[req.origin],
+            self.site_waiting, self.site_running, kv, rtt,
             self._price_now, [d == 0 for d in self.site_down], self.site_level,
         )

@@ -192,10 +192,14 @@ def _statics_arrays(st: SiteStatics) -> dict:
         ctx = np.asarray(st.max_context_tokens or [np.inf] * st.n_sites, dtype=np.float64)
         cache["max_ctx"], cache["max_ctx_min"] = ctx, float(ctx.min())
         cache["model_ok"] = [cache["site_model"] == m for m in range(len(st.model_names))]
+        cache["waiting_limit"] = [np.where(ok, cache["max_waiting"], -np.inf) for ok in cache["model_ok"]]
         cache["in_region"] = [
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
         ]
         cache["prefill_memo"] = {}
+        n = st.n_sites
+        cache["c_zero"], cache["c_one"], cache["c_ms"] = np.zeros(n), np.ones(n), np.full(n, 1e-3)
+        cache["c_api_s"] = np.full(n, float(st.api_overhead_s))
         object.__setattr__(st, "_arrays", cache)
     return cache
 
@@ -234,8 +238,11 @@ def make_snapshot(
         (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level),
         dtype=np.float64,
     )
-    waiting, rtt_ms, up = sig[0], sig[3], sig[5] > 0.0
-    feasible = up & a["model_ok"][request.model] & (waiting < a["max_waiting"])
+    # (numpy's ufuncs take an array operand faster than a Python scalar: constants are rows)
+    waiting, rtt_ms, up = sig[0], sig[3], sig[5] > a["c_zero"]
+    # waiting < max_waiting where the site serves the request's model (-inf elsewhere), and up
+    feasible = waiting < a["waiting_limit"][request.model]
+    feasible &= up
     if request.prompt_tokens >= a["kv_cap_min"]:
         feasible &= request.prompt_tokens < a["kv_cap"]
     if request.prompt_tokens >= a["max_ctx_min"]:  # the prompt must leave room for an answer
@@ -243,10 +250,14 @@ def make_snapshot(
     if request.residency:
         feasible &= a["site_region"] == request.origin
     # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
-    # of similar length) spread over the site's replicas.
-    ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + prefill_time_s(
-        statics, request.prompt_tokens
-    ) * (1.0 + waiting / a["replicas"])
+    # of similar length) spread over the site's replicas:
+    # (rtt_ms * 1e-3 + api_overhead_s) + prefill * (1.0 + waiting / replicas), in place.
+    ttft = rtt_ms * a["c_ms"]
+    ttft += a["c_api_s"]
+    queue = waiting / a["replicas"]
+    queue += a["c_one"]
+    queue *= prefill_time_s(statics, request.prompt_tokens)
+    ttft += queue
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
         waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
