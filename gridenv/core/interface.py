@@ -428,6 +428,8 @@ class Interface:
         self._n_site_elems = n * F
         self._site_shape = (n, F)
         self._zero_obs = np.zeros(self.obs_size, dtype=np.float32)
+        self._mask_template = action_mask(st, np.zeros(n, dtype=bool))
+        self._n_sites = n
 
     def encode(self, snap, out: np.ndarray | None = None) -> np.ndarray:
         """The observation vector (float32) of a snapshot; `out` is reused when given."""
@@ -449,7 +451,11 @@ class Interface:
 
     def action_mask(self, snap) -> np.ndarray:
         """The flat action mask of a snapshot (see the ``action`` declaration)."""
-        return action_mask(snap.statics, snap.feasible)
+        if snap.statics is not self.statics:
+            return action_mask(snap.statics, snap.feasible)
+        m = self._mask_template.copy()  # padding false, shed and batch levels true
+        m[: self._n_sites] = snap.feasible
+        return m
 
 
 class _Origin:
