@@ -139,7 +139,12 @@ class GridSimulator:
 
         self.arrivals = generate_arrivals(sc, topo, rng)
         self._next_arrival = 0
-        self._t_next_arrival = float(self.arrivals.time_s[0]) if len(self.arrivals) else math.inf
+        a = self.arrivals
+        # The columns _pop_decision reads, as numpy arrays: .item(i) gives Python scalars.
+        self._arrival_cols = tuple(np.asarray(c) for c in (
+            a.time_s, a.origin, a.prompt_tokens, a.output_tokens, a.slo_class, a.model, a.residency))
+        self._n_arrivals = len(a)
+        self._t_next_arrival = self._arrival_cols[0].item(0) if self._n_arrivals else math.inf
         self._schedule_faults(rng)
         self._run_until_decision()
 
@@ -225,7 +230,8 @@ class GridSimulator:
             for rep in self.replicas[site]:
                 if rep.state == DECODE and rep.can_admit(new) and rep.cut_segment(self.now):
                     rep.version += 1
-                    self._push(rep.wake_s, WAKE, rep, rep.version)
+                    self._seq += 1
+                    heapq.heappush(self._events, (rep.wake_s, self._seq, WAKE, rep, rep.version))
 
     def _next_decision_time(self) -> float:
         t = self._t_next_arrival  # math.inf when none is left
@@ -317,12 +323,13 @@ class GridSimulator:
         i = self._next_arrival
         self._next_arrival += 1
         a = self.arrivals
-        self._t_next_arrival = float(a.time_s[i + 1]) if i + 1 < len(a) else math.inf
-        cls = int(a.slo_class[i])
+        time_s, origin, prompts, outputs, classes, models, residency = self._arrival_cols
+        self._t_next_arrival = time_s.item(i + 1) if i + 1 < self._n_arrivals else math.inf
+        cls = classes.item(i)
         ttft_slo, tpot_slo = self._slos[cls]
         m = self.metrics
         m.arrived += 1
-        prompt, output, model = int(a.prompt_tokens[i]), int(a.output_tokens[i]), int(a.model[i])
+        prompt, output, model = prompts.item(i), outputs.item(i), models.item(i)
         max_ctx = self._model_max_context.get(model, 0)
         if prompt >= max_ctx:
             m.over_context += 1  # masked everywhere: it can only be shed
@@ -331,12 +338,12 @@ class GridSimulator:
             m.output_truncated += 1
         first_s, e2e_s = self._timeouts[cls]
         if a.prefix_hashes is not None and a.prefix_blocks[i]:
-            return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
-                           bool(a.residency[i]), ttft_slo, tpot_slo, a.prefix_hashes[i],
+            return Request(i, time_s.item(i), origin.item(i), prompt, output, cls, model,
+                           residency.item(i), ttft_slo, tpot_slo, a.prefix_hashes[i],
                            a.hash_block_tokens // self.scenario.engine.block_size_tokens,
                            int(a.prefix_blocks[i]), first_s, e2e_s)
-        return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
-                       bool(a.residency[i]), ttft_slo, tpot_slo, timeout_s=first_s, e2e_timeout_s=e2e_s)
+        return Request(i, time_s.item(i), origin.item(i), prompt, output, cls, model,
+                       residency.item(i), ttft_slo, tpot_slo, timeout_s=first_s, e2e_timeout_s=e2e_s)
 
     # ------------------------------------------------------------------ events
     def _start(self, rep: Replica, t: float) -> None:
@@ -347,7 +354,8 @@ class GridSimulator:
             self.site_running[rep.site] += moved
         if busy:
             rep.version += 1
-            self._push(rep.wake_s, WAKE, rep, rep.version)
+            self._seq += 1
+            heapq.heappush(self._events, (rep.wake_s, self._seq, WAKE, rep, rep.version))
 
     def _on_wake(self, rep: Replica, t: float) -> None:
         self._book(rep.site, rep.seg_dur, rep.seg_energy, t)
@@ -493,7 +501,7 @@ class GridSimulator:
         if busy_s <= 0.0 and energy_j <= 0.0:
             return
         power_factor, usd_per_gpu_s, tp, utc_offset_h, prices, carbon = self._book_consts[site]
-        h = int(local_hour(self._start_hour + t * self._hours_per_s, utc_offset_h)) % 24
+        h = int((self._start_hour + t * self._hours_per_s + utc_offset_h) % 24.0) % 24  # local_hour, inlined
         site_j = energy_j * power_factor
         kwh = site_j / J_PER_KWH
         e_usd = kwh * prices[h]
