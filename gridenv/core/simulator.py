@@ -36,7 +36,7 @@ from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.scenario import SLO_CLASSES, Scenario
 from gridenv.core.schedulers import default_token_budget, scheduler
-from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, snapshot_from_lists
 from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
@@ -622,8 +622,9 @@ class GridSimulator:
             kv.append(used / cap)
         rtt = self._snapshot_rtt[req.origin]
         if rtt is None:  # recomputed only when a degraded-link window opens or closes
-            rtt = self._snapshot_rtt[req.origin] = self._rtt_ms[req.origin] * self.link_factor[req.origin]
-        return make_snapshot(
+            rtt = (self._rtt_ms[req.origin] * self.link_factor[req.origin]).tolist()
+            self._snapshot_rtt[req.origin] = rtt
+        return snapshot_from_lists(
             self.statics, view, hour,
             self.site_waiting, self.site_running, kv, rtt,
             self._price_now, [d == 0 for d in self.site_down], self.site_level,

@@ -22,7 +22,7 @@ from gridenv.core.interface import SLO_CLASSES, action_mask, make_interface
 
 __all__ = [
     "SiteStatics", "RequestView", "RouterSnapshot", "make_snapshot", "encode",
-    "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s",
+    "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s", "snapshot_from_lists",
 ]
 
 #: Sentinel site index meaning "shed the request" in decisions (the action uses max_sites).
@@ -197,9 +197,13 @@ def _statics_arrays(st: SiteStatics) -> dict:
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
         ]
         cache["prefill_memo"] = {}
-        n = st.n_sites
-        cache["c_zero"], cache["c_one"], cache["c_ms"] = np.zeros(n), np.ones(n), np.full(n, 1e-3)
-        cache["c_api_s"] = np.full(n, float(st.api_overhead_s))
+        # Plain-Python copies for snapshot_from_lists.
+        cache["prefill_list_memo"] = {}
+        cache["waiting_limit_list"] = [lim.tolist() for lim in cache["waiting_limit"]]
+        cache["kv_cap_list"] = cache["kv_cap"].tolist()
+        cache["max_ctx_list"] = cache["max_ctx"].tolist()
+        cache["replicas_list"] = cache["replicas"].tolist()
+        cache["c_zero2"] = np.zeros((2, st.n_sites))
         object.__setattr__(st, "_arrays", cache)
     return cache
 
@@ -231,39 +235,70 @@ def make_snapshot(
     hour_utc: float,
     waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
 ) -> RouterSnapshot:
-    """Build a snapshot and derive its feasibility mask and predicted TTFTs."""
-    a = _statics_arrays(statics)
-    # One conversion for all live signals (rows), then views: cheap on the hot path.
+    """Build a snapshot and derive its feasibility mask and predicted TTFTs.
+
+    The signals are array-likes of one number per site; they are read as float64 (one
+    conversion) and derived by :func:`snapshot_from_lists`."""
     sig = np.array(
         (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level),
         dtype=np.float64,
     )
-    # (numpy's ufuncs take an array operand faster than a Python scalar: constants are rows)
-    waiting, rtt_ms, up = sig[0], sig[3], sig[5] > a["c_zero"]
-    # waiting < max_waiting where the site serves the request's model (-inf elsewhere), and up
-    feasible = waiting < a["waiting_limit"][request.model]
-    feasible &= up
-    if request.prompt_tokens >= a["kv_cap_min"]:
-        feasible &= request.prompt_tokens < a["kv_cap"]
-    if request.prompt_tokens >= a["max_ctx_min"]:  # the prompt must leave room for an answer
-        feasible &= request.prompt_tokens < a["max_ctx"]
+    if sig.ndim != 2 or sig.shape[1] != statics.n_sites:
+        raise ValueError(f"snapshot signals: expected one value per site ({statics.n_sites} sites), "
+                         f"got rows of shape {sig.shape[1:]}")
+    return snapshot_from_lists(statics, request, hour_utc, *sig.tolist())
+
+
+def snapshot_from_lists(
+    statics: SiteStatics,
+    request: RequestView,
+    hour_utc: float,
+    waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+) -> RouterSnapshot:
+    """:func:`make_snapshot` for signals already given as lists of Python numbers, one per site
+    (the simulator's hot path; the caller checks the lengths).
+
+    The few per-site values are derived in plain Python (Python floats are IEEE doubles: the
+    same values as float64 arrays, bit for bit) and every array of the snapshot comes from one
+    numpy conversion: a snapshot costs a handful of numpy calls whatever the features."""
+    a = _statics_arrays(statics)
+    p = request.prompt_tokens
+    # Feasible: up, serves the request's model with room in its queue (waiting < max_waiting;
+    # the limit is -inf where the model is not served), the prompt fits the KV cache and the
+    # context window, and residency holds.
+    feasible = [u > 0.0 and w < lim for u, w, lim in zip(up, waiting, a["waiting_limit_list"][request.model])]
+    if p >= a["kv_cap_min"]:
+        feasible = [f and p < c for f, c in zip(feasible, a["kv_cap_list"])]
+    if p >= a["max_ctx_min"]:  # the prompt must leave room for an answer
+        feasible = [f and p < c for f, c in zip(feasible, a["max_ctx_list"])]
     if request.residency:
-        feasible &= a["site_region"] == request.origin
+        origin = request.origin
+        feasible = [f and r == origin for f, r in zip(feasible, statics.site_region)]
     # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
-    # of similar length) spread over the site's replicas:
-    # (rtt_ms * 1e-3 + api_overhead_s) + prefill * (1.0 + waiting / replicas), in place.
-    ttft = rtt_ms * a["c_ms"]
-    ttft += a["c_api_s"]
-    queue = waiting / a["replicas"]
-    queue += a["c_one"]
-    queue *= prefill_time_s(statics, request.prompt_tokens)
-    ttft += queue
+    # of similar length) spread over the site's replicas.
+    api = statics.api_overhead_s
+    ttft = [(r * 1e-3 + api) + t * (1.0 + w / q)
+            for r, t, w, q in zip(rtt_ms, _prefill_time_list(statics, a, p), waiting, a["replicas_list"])]
+    m = np.array((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level, up, feasible),
+                 dtype=np.float64)
+    flags = m[7:] > a["c_zero2"]  # up, feasible
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
-        waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
-        energy_price_usd_per_kwh=sig[4], up=up, batch_level=sig[6].astype(np.int64),
-        feasible=feasible, ttft_pred_s=ttft,
+        waiting=m[0], running=m[1], kv_util=m[2], rtt_ms=m[3],
+        energy_price_usd_per_kwh=m[4], up=flags[0], batch_level=m[6].astype(np.int64),
+        feasible=flags[1], ttft_pred_s=m[5],
     )
+
+
+def _prefill_time_list(st: SiteStatics, a: dict, prompt_tokens) -> list:
+    """:func:`prefill_time_s` as a list of Python floats (memoized the same way)."""
+    memo = a["prefill_list_memo"]
+    out = memo.get(prompt_tokens)
+    if out is None:
+        out = prefill_time_s(st, prompt_tokens).tolist()
+        if len(memo) < 65536:
+            memo[prompt_tokens] = out
+    return out
 
 
 def obs_size(statics: SiteStatics, mode: str = "slots") -> int:
