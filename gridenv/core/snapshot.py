@@ -199,6 +199,7 @@ def _statics_arrays(st: SiteStatics) -> dict:
         cache["prefill_memo"] = {}
         # Plain-Python copies for snapshot_from_lists.
         cache["prefill_list_memo"] = {}
+        cache["prefill_coeffs"] = list(zip(*(cache[k].tolist() for k in ("p_tok", "p_attn", "p_mem", "p_fixed", "p_lin"))))
         cache["waiting_limit_list"] = [lim.tolist() for lim in cache["waiting_limit"]]
         cache["kv_cap_list"] = cache["kv_cap"].tolist()
         cache["max_ctx_list"] = cache["max_ctx"].tolist()
@@ -294,8 +295,15 @@ def _prefill_time_list(st: SiteStatics, a: dict, prompt_tokens) -> list:
     """:func:`prefill_time_s` as a list of Python floats (memoized the same way)."""
     memo = a["prefill_list_memo"]
     out = memo.get(prompt_tokens)
-    if out is None:
-        out = prefill_time_s(st, prompt_tokens).tolist()
+    if out is None:  # prefill_time_s's operations, in the same order, on Python floats
+        L = float(prompt_tokens)
+        LL = L * L * 0.5
+        out = []
+        for tok, attn, mem, fixed, lin in a["prefill_coeffs"]:
+            t = tok * L + attn * LL
+            if not (t >= mem or t != t):  # np.maximum(t, mem): NaN propagates
+                t = mem
+            out.append(t + fixed + lin * L)
         if len(memo) < 65536:
             memo[prompt_tokens] = out
     return out
