@@ -396,14 +396,20 @@ class Interface:
         else:
             self._signal_index = np.asarray(rows, dtype=np.int64)
         gather = "def _gather(snap):\n    return (" + "".join(f"snap.{a}, " for _, a in signal_rows) + ")\n"
-        # Per-request site rows (evaluated before scaling) and per-request divisors (after).
-        if request_rows or request_div:
+        # Per-request site rows (evaluated before scaling).
+        if request_rows:
             body = [f"    site[{i}] = {src}" for i, src in request_rows]
-            body.append("    site *= scale")
-            body += [f"    site[{i}] *= 1.0 / ({src})" for i, src in request_div]
-            site_req = "def _site_request(site, scale, snap, st, req):\n" + "\n".join(body) + "\n"
+            site_req = "def _site_request(site, snap, st, req):\n" + "\n".join(body) + "\n"
         else:
             site_req = ""
+        # Per-request divisors: the scale matrix with those rows set to 1 / divisor (their static
+        # scale is 1, so x * (1 / d) is what scaling then dividing gave), memoized per value.
+        self._request_div_rows = [i for i, _ in request_div]
+        if request_div:
+            divisors = "def _divisors(snap, st, req):\n    return (" + "".join(f"{src}, " for _, src in request_div) + ")\n"
+        else:
+            divisors = ""
+        self._scale_memo: dict = {}
         # The request part: scalars written in place, then one-hots at their offsets.
         lines = []
         off = self.max_sites * F
@@ -420,11 +426,13 @@ class Interface:
                 off += 1
         request = "def _request(out, snap, st, req):\n" + "\n".join(lines or ["    pass"]) + "\n"
         env = dict(_NS)
-        src = gather + site_req + request
+        src = gather + site_req + divisors + request
         exec(compile(src, f"<interface {self.mode} encoder>", "exec"), env)
         self._gather = env["_gather"]
         self._site_request = env.get("_site_request")
+        self._divisors = env.get("_divisors")
         self._request_fn = env["_request"]
+        self._templates = [np.ascontiguousarray(t) for t in template]
         self._n_site_elems = n * F
         self._site_shape = (n, F)
         self._zero_obs = np.zeros(self.obs_size, dtype=np.float32)
@@ -434,20 +442,35 @@ class Interface:
     def encode(self, snap, out: np.ndarray | None = None) -> np.ndarray:
         """The observation vector (float32) of a snapshot; `out` is reused when given."""
         req = snap.request
-        site = self._template[req.origin].copy()  # (features, sites), float64
+        st = snap.statics
+        site = self._templates[req.origin].copy()  # (features, sites), float64
         site[self._signal_index] = self._gather(snap)
-        if self._site_request is None:
-            site *= self._scale
-        else:
-            self._site_request(site, self._scale, snap, snap.statics, req)
-        _clip(site, 0.0, 1.0, out=site)
+        if self._site_request is not None:
+            self._site_request(site, snap, st, req)
+        site *= self._scale if self._divisors is None else self._request_scale(self._divisors(snap, st, req))
         if out is None:
             out = self._zero_obs.copy()
         else:
             out[:] = 0.0
-        out[: self._n_site_elems].reshape(self._site_shape)[...] = site.T
-        self._request_fn(out, snap, snap.statics, req)
+        # clipped in float64, written (cast to float32) site by site into the observation
+        _clip(site.T, 0.0, 1.0, out=out[: self._n_site_elems].reshape(self._site_shape))
+        self._request_fn(out, snap, st, req)
         return out
+
+    def _request_scale(self, divisors: tuple) -> np.ndarray:
+        """The scale matrix for a request's divisors (memoized when they are plain numbers)."""
+        memo_ok = all(type(d) is float and d != 0.0 for d in divisors)
+        if memo_ok:
+            scale = self._scale_memo.get(divisors)
+            if scale is not None:
+                return scale
+        scale = self._scale.copy()
+        for i, d in zip(self._request_div_rows, divisors):
+            scale[i] = 1.0 / d
+        if memo_ok and len(self._scale_memo) < 1024:
+            scale.flags.writeable = False
+            self._scale_memo[divisors] = scale
+        return scale
 
     def action_mask(self, snap) -> np.ndarray:
         """The flat action mask of a snapshot (see the ``action`` declaration)."""
