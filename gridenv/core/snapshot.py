@@ -1,8 +1,9 @@
 """What a request router can see, and the one encoder that turns it into an observation.
 
 A :class:`RouterSnapshot` holds per-site live signals (waiting and running requests, KV
-utilization, RTT from the request's origin, energy price, up or down, batching level) and the
-request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
+utilization, RTT from the request's origin, energy price, up or down, batching level, how much of
+this request's prompt is cached there, precisely and by the router's own index, and the prompt
+tokens waiting to be prefilled) and the request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
 feasibility mask, the predicted TTFT, the observation vector) is computed here and nowhere else:
 the Gymnasium environment, the heuristic baselines and the exported router at serving time all
 call :func:`make_snapshot`, and the observation is encoded by the declared interface
@@ -146,6 +147,15 @@ class RouterSnapshot:
     energy_price_usd_per_kwh: np.ndarray
     up: np.ndarray  # bool
     batch_level: np.ndarray  # int, index into statics.batch_levels
+    # Fraction of this request's prompt tokens already in the KV cache of the replica the site
+    # would use (precise: from the engines' caches, as KV-event-driven routers see them).
+    prefix_cached_frac: np.ndarray = None
+    # Fraction of the prompt the router's own prefix index (what it sent where recently,
+    # bounded LRU: gridenv.core.prefix_index) says is cached there (approximate).
+    prefix_indexed_frac: np.ndarray = None
+    # Prompt tokens sent to the site and not yet admitted to a batch (in transit or queued):
+    # the prefill backlog that saturation detectors and Dynamo's cost read.
+    queued_prompt_tokens: np.ndarray = None
     # derived by make_snapshot
     feasible: np.ndarray = None  # bool, per site
     ttft_pred_s: np.ndarray = None  # per site
@@ -205,6 +215,7 @@ def _statics_arrays(st: SiteStatics) -> dict:
         cache["max_ctx_list"] = cache["max_ctx"].tolist()
         cache["replicas_list"] = cache["replicas"].tolist()
         cache["c_zero2"] = np.zeros((2, st.n_sites))
+        cache["zeros"] = (0.0,) * st.n_sites
         object.__setattr__(st, "_arrays", cache)
     return cache
 
@@ -235,13 +246,19 @@ def make_snapshot(
     request: RequestView,
     hour_utc: float,
     waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+    prefix_cached_frac=None, prefix_indexed_frac=None, queued_prompt_tokens=None,
 ) -> RouterSnapshot:
     """Build a snapshot and derive its feasibility mask and predicted TTFTs.
 
     The signals are array-likes of one number per site; they are read as float64 (one
-    conversion) and derived by :func:`snapshot_from_lists`."""
+    conversion) and derived by :func:`snapshot_from_lists`. The last three signals default to
+    0 (no prefix cached, no backlog known)."""
+    zeros = _statics_arrays(statics)["zeros"]
     sig = np.array(
-        (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level),
+        (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+         zeros if prefix_cached_frac is None else prefix_cached_frac,
+         zeros if prefix_indexed_frac is None else prefix_indexed_frac,
+         zeros if queued_prompt_tokens is None else queued_prompt_tokens),
         dtype=np.float64,
     )
     if sig.ndim != 2 or sig.shape[1] != statics.n_sites:
@@ -255,6 +272,7 @@ def snapshot_from_lists(
     request: RequestView,
     hour_utc: float,
     waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+    prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens,
 ) -> RouterSnapshot:
     """:func:`make_snapshot` for signals already given as lists of Python numbers, one per site
     (the simulator's hot path; the caller checks the lengths).
@@ -275,35 +293,46 @@ def snapshot_from_lists(
     if request.residency:
         origin = request.origin
         feasible = [f and r == origin for f, r in zip(feasible, statics.site_region)]
-    # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
-    # of similar length) spread over the site's replicas.
+    # Router's TTFT estimate: network + API + its own prefill (of the uncached part of the
+    # prompt) behind the queued ones (assumed of similar length) spread over the site's replicas.
     api = statics.api_overhead_s
-    ttft = [(r * 1e-3 + api) + t * (1.0 + w / q)
-            for r, t, w, q in zip(rtt_ms, _prefill_time_list(statics, a, p), waiting, a["replicas_list"])]
-    m = np.array((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level, up, feasible),
-                 dtype=np.float64)
-    flags = m[7:] > a["c_zero2"]  # up, feasible
+    full = _prefill_time_list(statics, a, p)
+    if any(prefix_cached_frac):
+        own = [_prefill_time_of(a, coeffs, p * (1.0 - c)) for coeffs, c in zip(a["prefill_coeffs"], prefix_cached_frac)]
+        ttft = [(r * 1e-3 + api) + o + t * (w / q)
+                for r, o, t, w, q in zip(rtt_ms, own, full, waiting, a["replicas_list"])]
+    else:
+        ttft = [(r * 1e-3 + api) + t * (1.0 + w / q)
+                for r, t, w, q in zip(rtt_ms, full, waiting, a["replicas_list"])]
+    m = np.array((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level,
+                  prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens, up, feasible), dtype=np.float64)
+    flags = m[10:] > a["c_zero2"]  # up, feasible
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
         waiting=m[0], running=m[1], kv_util=m[2], rtt_ms=m[3],
         energy_price_usd_per_kwh=m[4], up=flags[0], batch_level=m[6].astype(np.int64),
+        prefix_cached_frac=m[7], prefix_indexed_frac=m[8], queued_prompt_tokens=m[9],
         feasible=flags[1], ttft_pred_s=m[5],
     )
+
+
+def _prefill_time_of(a: dict, coeffs: tuple, tokens: float) -> float:
+    """One site's prefill time of `tokens` (prefill_time_s's operations, in the same order, on
+    Python floats)."""
+    tok, attn, mem, fixed, lin = coeffs
+    t = tok * tokens + attn * (tokens * tokens * 0.5)
+    if not (t >= mem or t != t):  # np.maximum(t, mem): NaN propagates
+        t = mem
+    return t + fixed + lin * tokens
 
 
 def _prefill_time_list(st: SiteStatics, a: dict, prompt_tokens) -> list:
     """:func:`prefill_time_s` as a list of Python floats (memoized the same way)."""
     memo = a["prefill_list_memo"]
     out = memo.get(prompt_tokens)
-    if out is None:  # prefill_time_s's operations, in the same order, on Python floats
+    if out is None:
         L = float(prompt_tokens)
-        LL = L * L * 0.5
-        out = []
-        for tok, attn, mem, fixed, lin in a["prefill_coeffs"]:
-            t = tok * L + attn * LL
-            if not (t >= mem or t != t):  # np.maximum(t, mem): NaN propagates
-                t = mem
-            out.append(t + fixed + lin * L)
+        out = [_prefill_time_of(a, coeffs, L) for coeffs in a["prefill_coeffs"]]
         if len(memo) < 65536:
             memo[prompt_tokens] = out
     return out
