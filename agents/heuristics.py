@@ -209,12 +209,15 @@ class PowerOfTwoChoices(Heuristic):
 
 
 class LlmdScorer(Heuristic):
-    """llm-d endpoint picker's default profile without the prefix scorer (see module doc)."""
+    """llm-d endpoint picker's default profile without the prefix scorer: the cache-blind
+    queue + KV blend of the 2024 leaderboard, kept for comparison. The full default profile
+    (``3*prefix_match`` from the scheduler's approximate index) is ``llmd-approx``, the precise
+    profile ``llmd-precise`` (:mod:`agents.cache_routers`)."""
 
     name = "llm-d"
     QUEUE_WEIGHT = 2.0
     KV_WEIGHT = 2.0
-    # PREFIX_WEIGHT = 3.0 in llm-d; gridenv has no prefix cache, so the term is omitted.
+    # PREFIX_WEIGHT = 3.0 in llm-d's default profile: omitted on purpose (see llmd-approx).
 
     def raw_scores(self, snap) -> np.ndarray:
         """``2*queue_score + 2*(1 - kv_util)`` per site (queue score over feasible sites)."""
