@@ -186,9 +186,11 @@ def test_body_models_follow_the_interface_declarations():
             branch = prop["anyOf"][0] if "anyOf" in prop else prop
             assert branch["type"] == sig.type, sig.name
             assert (sig.name in schema.get("required", [])) == sig.required, sig.name
-            if sig.minimum is not None:
+            if sig.type == "array":  # declared bounds are the length's
+                assert (branch["minItems"], branch["maxItems"]) == (sig.minimum, sig.maximum), sig.name
+            elif sig.minimum is not None:
                 assert branch.get("minimum", branch.get("exclusiveMinimum")) == sig.minimum, sig.name
-            if sig.maximum is not None:
+            if sig.maximum is not None and sig.type != "array":
                 assert branch.get("maximum", branch.get("exclusiveMaximum")) == sig.maximum, sig.name
             assert sig.description in prop["description"], sig.name
 
