@@ -39,7 +39,15 @@ parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
 * ``request``: ``prompt_tokens`` an integer >= 1; ``slo_class`` one of chat, code,
   summarization; ``origin`` a region name; ``model`` a model name; ``residency`` a boolean (the
   request must stay in its origin region); ``ttft_slo_s`` / ``tpot_slo_s`` optional (> 0),
-  defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json).
+  defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json);
+  ``block_hashes`` optional, the prompt's block hashes in order (a list of at most 8,192
+  integers in [-2^63, 2^64) or strings of 1-128 characters, no more than the prompt has
+  blocks) and ``block_size_tokens`` (tokens per hash, default 128).
+* Per endpoint, optional: ``prefix_cached_frac`` (precise, from KV events),
+  ``prefix_indexed_frac`` (approximate, a router-side index) in [0, 1], and
+  ``queued_prompt_tokens`` >= 0; absent means 0, except that with a prefix index
+  (:class:`gridenv.router.prefix.RouterPrefixIndex`, passed to :meth:`RouterPolicy.decide`)
+  and block hashes, an endpoint without them gets the index's fraction for both.
 * ``hour_utc`` optional, in [0, 24): the time of day; default the current UTC time.
 
 A field that is missing or invalid raises :class:`SnapshotError` whose message starts with the
@@ -288,6 +296,8 @@ class RouterPolicy:
             else:  # pragma: no cover - a new kind of signal needs its parser here
                 raise PolicyFileError(f"runtime cannot parse site signal {sig.name!r} of type {sig.type!r}")
         self._prefix_cols = [k for k, c in enumerate(self._signal_checks) if c[1] == "prefix number"]
+        self._defaults_lookup = [c[2] for c in self._signal_checks]
+        self._defaults = [0.0 if c[1] == "prefix number" else c[2] for c in self._signal_checks]
         self._session = self._make_session(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
@@ -451,7 +461,10 @@ class RouterPolicy:
         n = self.n_sites
         # One column per declared live signal (gridenv.core.interface.SITE_SIGNALS, in
         # make_snapshot's order), filled per endpoint by the signal's type and range.
-        cols = [[default] * n for _, _, default, _, _, _ in self._signal_checks]
+        req = data.get("request")
+        hashed = prefix_index is not None and type(req) is dict and req.get("block_hashes") is not None
+        # without an index lookup an absent prefix fraction is 0; with one, None marks it absent
+        cols = [[default] * n for default in (self._defaults_lookup if hashed else self._defaults)]
         seen = [False] * n
         index = self._site_index
         checks = self._signal_checks
@@ -521,11 +534,12 @@ class RouterPolicy:
                 fill = prefix_index.fractions(chain, block, pt)
         elif req.get("block_size_tokens") is not None:
             _block_size(req)
-        for k in self._prefix_cols:  # endpoints that did not send the value: the index's, else 0
-            col = cols[k]
-            for j in range(n):
-                if col[j] is None:
-                    col[j] = 0.0 if fill is None else fill[j]
+        if hashed:  # endpoints that did not send the value: the index's (0 for an empty chain)
+            for k in self._prefix_cols:
+                col = cols[k]
+                for j in range(n):
+                    if col[j] is None:
+                        col[j] = 0.0 if fill is None else fill[j]
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
         return make_snapshot(self.statics, view, hour, *cols), chain
 
