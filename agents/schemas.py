@@ -395,6 +395,10 @@ class RunRecord(BaseModel):
         None, description="the observation interface record (gridenv.core.interface), checked on load")
     migrated: Optional[dict[str, Any]] = Field(
         None, description="set by agents.migrate: from/to interface versions, by, verification")
+    init_from: Optional[str] = Field(
+        None, description="--init-from: the model whose weights the run started from")
+    warm_start: Optional[dict[str, Any]] = Field(
+        None, description="--warm-start: the heuristic cloned before PPO, on how many decisions, how well")
 
     @field_validator("args")
     @classmethod
