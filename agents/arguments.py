@@ -64,7 +64,7 @@ class TrainArgs:
     warm_start: str = "slo-greedy"
     """imitation warm start: clone this heuristic's decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
     warm_start_steps: int = 10_000
-    """decisions of the heuristic to clone for --warm-start"""
+    """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
     init_from: Annotated[Optional[str], _unset("a new policy", "DIR")] = None
     """fine-tune a trained policy: its weights, architecture and statistics (models/generalist, a run directory or a .zip; its observation interface must be the scenario's)"""
     hyperparams: str = "configs/ppo.yaml"

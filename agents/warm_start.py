@@ -118,10 +118,12 @@ def _log_probs(policy, obs, actions, masks, maskable: bool):
 
 
 def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndarray, *,
-                    maskable: bool, min_updates: int = 1500, batch_size: int = 256, lr: float = 1e-3,
+                    maskable: bool, min_updates: int = 1500, max_epochs: int = 50, batch_size: int = 256,
+                    lr: float = 1e-3,
                     seed: int = 0) -> tuple[float, float, float, float]:
     """Fit the actor to `actions` (max likelihood, masked), for whole epochs until at least
-    `min_updates` minibatch steps. Returns (NLL before, NLL after, site agreement, level
+    `min_updates` minibatch steps (at most `max_epochs`: a small set is not overfitted for
+    long). Returns (NLL before, NLL after, site agreement, level
     agreement) on the demonstrations (agreement of the deterministic, masked argmax with the
     heuristic's action).
 
@@ -148,7 +150,7 @@ def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndar
     before = nll()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     policy.set_training_mode(True)
-    epochs = max(1, math.ceil(min_updates / math.ceil(len(obs) / batch_size)))
+    epochs = min(max_epochs, max(1, math.ceil(min_updates / math.ceil(len(obs) / batch_size))))
     for _ in range(epochs):
         for idx in _batches(len(obs), batch_size, rng):
             loss = -_log_probs(policy, obs_t[idx], act_t[idx], mask_np[idx], maskable).mean()
