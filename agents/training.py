@@ -485,8 +485,10 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
     # Demonstration episodes use the training seeds after the training envs' own (seed + i).
     # At most a quarter of the run's steps: a smoke run of a few hundred steps stays a smoke run.
     n_decisions = max(1, min(args.warm_start_steps, args.total_timesteps // 4))
-    demo = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic,
-                                    n_decisions, seed=args.seed + n_envs)
+    # On RandomGrid every episode is cut at 1/25 of the decisions: 25+ grids, not two or three.
+    demo = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
+                                    seed=args.seed + n_envs,
+                                    max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None)
     obs = demo.obs
     if venv.norm_obs:  # the policy sees normalized observations: prime the statistics with these
         venv.obs_rms.update(obs)

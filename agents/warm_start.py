@@ -63,11 +63,13 @@ class WarmStartReport:
                 f"critic R^2 {r2}")
 
 
-def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int) -> Demonstrations:
+def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int,
+                           max_per_episode: int | None = None) -> Demonstrations:
     """Run heuristic `heuristic` for `n_decisions` decisions in envs from ``make_env()``.
 
     Episode k is reset with seed ``seed + k`` (the heuristic too), so the demonstrations are
-    reproducible. The last episode is cut at `n_decisions`.
+    reproducible. The last episode is cut at `n_decisions`, every episode at `max_per_episode`
+    (on RandomGrid: more grids for the same number of decisions).
     """
     from agents.heuristics import make_heuristic
 
@@ -84,7 +86,8 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
             obs, info = env.reset(seed=seed + k)
             k += 1
             first = True
-            while len(act_l) < n_decisions:
+            stop = len(act_l) + (max_per_episode or n_decisions)
+            while len(act_l) < min(n_decisions, stop):
                 snap = info["snapshot"]
                 action = np.asarray(policy.act(obs, snap), dtype=np.int64)
                 obs_l.append(np.asarray(obs, dtype=np.float32))
