@@ -394,7 +394,9 @@ class RunRecord(BaseModel):
     interface: Optional[dict[str, Any]] = Field(
         None, description="the observation interface record (gridenv.core.interface), checked on load")
     migrated: Optional[dict[str, Any]] = Field(
-        None, description="set by agents.migrate: from/to interface versions, by, verification")
+        None, description="the slots-1 -> slots-2 migration (agents.migrate at commit 33e60bc)")
+    migrations: Optional[list[dict[str, Any]]] = Field(
+        None, description="appended by agents.migrate: from/to interface versions, by, verification")
     init_from: Optional[str] = Field(
         None, description="--init-from: the model whose weights the run started from")
     warm_start: Optional[dict[str, Any]] = Field(

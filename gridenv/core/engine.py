@@ -125,6 +125,7 @@ class Replica:
         "state", "prefilling", "chunks", "seg_start", "seg_k", "seg_n", "seg_ctx0", "seg_dur",
         "seg_energy", "seg_allocs", "wake_s", "version", "n_seq", "n_abandon", "last_admitted",
         "last_preempted", "preemptions", "recomputed_tokens", "hit_tokens", "lookup_tokens",
+        "queued_tokens",
     )
 
     def __init__(self, site: int, index: int, perf: ReplicaPerf, scheduler, token_budget: int,
@@ -139,6 +140,7 @@ class Replica:
         self.pool = KVBlockPool(perf.kv_capacity_tokens // block_size_tokens, block_size_tokens)
         self.kv_capacity = self.pool.total * block_size_tokens  # tokens
         self.waiting: deque[Request] = deque()
+        self.queued_tokens = 0  # sum of the waiting requests' targets (the prefill backlog)
         self.running: list = []  # heap of (end_iter, request id, Request): the decoding batch
         self.n_running = 0
         self.ctx_base = 0
@@ -172,6 +174,35 @@ class Replica:
     def load(self) -> int:
         """Requests queued or in service (the in-site balancer's signal)."""
         return len(self.waiting) + self.n_running + len(self.prefilling)
+
+    def enqueue(self, r: Request) -> None:
+        """A request arrives at this replica's waiting queue (tail)."""
+        self.waiting.append(r)
+        self.queued_tokens += r.target
+
+    def cached_blocks(self, r: Request) -> int:
+        """Leading KV blocks of r's prompt in this replica's prefix cache now: what admission
+        would hit if it happened now (the same cap as :meth:`admit_head`: at least one prompt
+        token is computed)."""
+        n_max = (r.target - 1) // self.bs
+        if n_max > r.n_hashed:
+            n_max = r.n_hashed
+        ref = self.pool.ref
+        if not ref or n_max <= 0:
+            return 0
+        hashes, k = r.hashes, r.hash_k
+        n = 0
+        if k == 1:
+            for i in range(n_max):
+                if hashes[i] not in ref:
+                    break
+                n += 1
+        else:
+            for i in range(n_max):
+                if hashes[i // k] * k + i % k not in ref:
+                    break
+                n += 1
+        return n
 
     def kv_used_blocks(self, now: float) -> float:
         """KV blocks in use at `now` (router signal): a decode segment's blocks are booked at
@@ -243,6 +274,7 @@ class Replica:
         if new + n_hit_free + reserve > pool.total - pool.private - pool.n_ref:
             return None, 0
         self.waiting.popleft()
+        self.queued_tokens -= target
         if n_hit:
             keys = keys[:n_hit]
             pool.acquire(keys)
@@ -290,6 +322,7 @@ class Replica:
         victim.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(victim)
+        self.queued_tokens += victim.target
         self.last_preempted += 1
         return victim
 
@@ -550,6 +583,7 @@ class Replica:
         flagged and leaves at the next iteration boundary (False; its GPU time is spent)."""
         if r.state == QUEUED:
             self.waiting.remove(r)
+            self.queued_tokens -= r.target
             r.state = DONE
             return True
         r.timed_out = True
@@ -575,6 +609,7 @@ class Replica:
             r.gen = 0
             r.lost = 0  # (timed_out stays: a client that gave up is not re-routed)
         self.waiting.clear()
+        self.queued_tokens = 0
         self.running = []
         self.prefilling = []
         self.chunks = []
@@ -610,4 +645,5 @@ class Replica:
         assert refs == {k: c for k, c in pool.ref.items() if c}, "cache reference counts"
         assert len(pool.evictable) == sum(1 for c in pool.ref.values() if c == 0)
         assert pool.private + pool.n_ref + len(pool.evictable) <= pool.total
+        assert self.queued_tokens == sum(r.target for r in self.waiting), "queued tokens"
         return pool.private + pool.n_ref

@@ -54,8 +54,9 @@ SLO_CLASSES: tuple[str, ...] = ("chat", "code", "summarization")
 #: Observation modes and the interface version each one currently encodes. Bump a version when
 #: its declaration changes (the content hash changes anyway; the version is for humans).
 #: History: slots-1 = env v0 (model one-hot over the whole catalog); slots-2 = env v1 (over the
-#: scenario's own models); relative-1 = env v1.
-VERSIONS: dict[str, str] = {"slots": "slots-2", "relative": "relative-1"}
+#: scenario's own models); relative-1 = env v1; slots-3 / relative-2 = env v1 with the prefix-cache
+#: and prefill-backlog site features (the cache-aware routing issue).
+VERSIONS: dict[str, str] = {"slots": "slots-3", "relative": "relative-2"}
 MODES: tuple[str, ...] = tuple(VERSIONS)
 
 
@@ -120,10 +121,20 @@ _LEVEL = _site("batch_level", "index", "snap.batch_level", "signal", "current ba
 _EDGE = _site("is_edge", "flag", "np.asarray(st.is_edge)", "static", "1 for an edge site, 0 for core")
 _SAME_REGION = _site("in_origin_region", "flag", "np.asarray(st.site_region) == req.origin", "origin",
                      "1 if the site is in the request's origin region")
+_CACHED = _site("prefix_cached", "fraction", "snap.prefix_cached_frac", "signal",
+                "fraction of the prompt's tokens in the prefix cache of the replica the site would use "
+                "(precise, from the engines' caches)")
+_INDEXED = _site("prefix_indexed", "fraction", "snap.prefix_indexed_frac", "signal",
+                 "fraction of the prompt the router's own prefix index says it sent there recently "
+                 "(approximate, bounded LRU)")
+_BACKLOG = _site("prefill_backlog", "tokens", "snap.queued_prompt_tokens", "signal",
+                 "prompt tokens in transit or queued / (replicas * 16384), clipped to 1",
+                 "np.asarray(st.replicas) * 16384.0")
 
 #: slots mode, per site slot (order = observation order).
 SLOT_SITE_FEATURES: tuple[SiteFeature, ...] = (
     _PRESENT, _UP, _FEASIBLE, _WAITING, _RUNNING, _KV, _TTFT, _RTT, _PRICE, _LEVEL, _EDGE, _SAME_REGION,
+    _CACHED, _INDEXED, _BACKLOG,
 )
 
 #: relative mode, per site slot: the slots features (none of which names a site or region)
@@ -138,6 +149,7 @@ RELATIVE_SITE_FEATURES: tuple[SiteFeature, ...] = (
           "replicas * largest batch level / 1024, clipped to 1", 1024.0),
     _site("prompt_kv_frac", "fraction", "req.prompt_tokens / np.asarray(st.kv_capacity_tokens, dtype=float)",
           "request", "prompt tokens / KV capacity of one replica, clipped to 1"),
+    _CACHED, _INDEXED, _BACKLOG,
 )
 
 _PROMPT = RequestFeature("prompt_tokens", "tokens", "req.prompt_tokens",
@@ -195,6 +207,14 @@ SITE_SIGNALS: tuple[Signal, ...] = (
     Signal("up", "boolean", "flag", None, None, True, "the site accepts requests"),
     Signal("batch_level", "integer", "index", 0, None, False,
            "current batching level, an index into batch_levels (default: the initial level)"),
+    Signal("prefix_cached_frac", "number", "fraction", 0.0, 1.0, False,
+           "fraction of this prompt's tokens cached at the endpoint, from its KV events (precise mode; "
+           "default: the service's own prefix index when the request carries block hashes, else 0)"),
+    Signal("prefix_indexed_frac", "number", "fraction", 0.0, 1.0, False,
+           "fraction of this prompt the caller's own prefix index says it sent there recently "
+           "(default: the service's own index when the request carries block hashes, else 0)"),
+    Signal("queued_prompt_tokens", "number", "tokens", 0.0, None, False,
+           "prompt tokens sent to the endpoint and not yet admitted to a batch (default 0)"),
 )
 
 #: The request fields (``request.<name>``); ``hour_utc`` is a top-level optional number.

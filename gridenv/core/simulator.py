@@ -34,6 +34,7 @@ from gridenv.core.engine import (
 )
 from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
+from gridenv.core.prefix_index import PrefixIndex
 from gridenv.core.scenario import SLO_CLASSES, Scenario
 from gridenv.core.schedulers import default_token_budget, scheduler
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
@@ -43,6 +44,11 @@ from gridenv.core.workload import Arrivals, generate_arrivals
 __all__ = ["GridSimulator", "SHED"]
 
 WAKE, DELIVER, SITE_DOWN, SITE_UP, LINK, TIMEOUT_E2E = range(6)
+
+#: Tokens per entry of the router's approximate prefix index (a router hashes its prompts in
+#: coarser blocks than the engine's 16-token KV blocks; a trace's own hash blocks, e.g.
+#: Mooncake's 512 tokens, are used as they are when they are at least this long).
+ROUTER_BLOCK_TOKENS = 128
 
 
 class GridSimulator:
@@ -116,6 +122,7 @@ class GridSimulator:
         self.max_batch = [self.batch_levels[sc.actions.initial_batch_level]] * self.n_sites
         self.site_waiting = [0] * self.n_sites  # sent by the router, not yet running
         self.site_running = [0] * self.n_sites  # prefilling or decoding
+        self.site_transit_tokens = [0] * self.n_sites  # prompt tokens sent, not yet delivered
         self.site_down = [0] * self.n_sites  # number of overlapping outages in force
         self.link_factor = np.ones((topo.n_regions, self.n_sites))  # product of open windows
         self._link_windows: dict[tuple[int, int], set[int]] = {}  # (region, site) -> open windows
@@ -134,6 +141,14 @@ class GridSimulator:
 
         self.arrivals = generate_arrivals(sc, topo, rng)
         self._next_arrival = 0
+        # The router's approximate prefix index: one entry per `_index_stride` hash entries of
+        # a request's chain; bounded per site by the site's KV capacity in those units.
+        hash_k = max(1, self.arrivals.hash_block_tokens // bs) if self.arrivals.prefix_hashes is not None else 1
+        self._index_stride = max(1, ROUTER_BLOCK_TOKENS // (bs * hash_k))
+        self._index_entry_tokens = self._index_stride * hash_k * bs
+        self.prefix_index = PrefixIndex(
+            self.n_sites, [max(1, b * bs // self._index_entry_tokens) for b in self._kv_blocks])
+        self._zeros = [0.0] * self.n_sites
         self._schedule_faults(rng)
         self._run_until_decision()
 
@@ -199,6 +214,9 @@ class GridSimulator:
             req.site = site
             req.rtt_s = self._rtt_ms[req.origin, site] * self.link_factor[req.origin, site] * 1e-3
             self.site_waiting[site] += 1
+            self.site_transit_tokens[site] += req.prompt_tokens
+            if req.n_hashed:
+                self.prefix_index.insert(site, self._router_chain(req))
             req.state = TRANSIT
             self._push(self.now + 0.5 * req.rtt_s, DELIVER, req)
             first_due = self._first_due[req.slo_class]
@@ -365,6 +383,7 @@ class GridSimulator:
         if st == TRANSIT:  # its DELIVER event will find it DONE
             req.state = DONE
             self.site_waiting[req.site] -= 1
+            self.site_transit_tokens[req.site] -= req.prompt_tokens
             m.timed_out += 1
         elif st == RETRY:
             req.state = DONE
@@ -385,18 +404,12 @@ class GridSimulator:
         if req.state == DONE:  # its client gave up in transit (already counted)
             return
         s = req.site
+        self.site_transit_tokens[s] -= req.prompt_tokens
         if self.site_down[s]:
             self.site_waiting[s] -= 1
             self._retry_or_fail(req, t)
             return
-        reps = self.replicas[s]
-        rep = reps[0]
-        if len(reps) > 1:  # the site's own balancer: least loaded replica, lowest index on ties
-            best = rep.load()
-            for r in reps[1:]:
-                ld = r.load()
-                if ld < best:
-                    rep, best = r, ld
+        rep = self._pick_replica(s, req)[0]
         if req.prompt_tokens >= rep.perf.model.max_context_tokens:
             # Longer than the model's context window (the mask said so): an explicit failure.
             self.site_waiting[s] -= 1
@@ -413,13 +426,51 @@ class GridSimulator:
             return
         req.rep = rep
         req.state = QUEUED
-        rep.waiting.append(req)
+        rep.enqueue(req)
         if rep.state == IDLE:
             self._start(rep, t)
         elif rep.state == DECODE and len(rep.waiting) == 1 and rep.can_admit(self.max_batch[s]):
             if rep.cut_segment(t):
                 rep.version += 1
                 self._push(rep.wake_s, WAKE, rep, rep.version)
+
+    def _pick_replica(self, s: int, req: Request) -> tuple[Replica, int]:
+        """The site's own balancer: (replica, leading prompt blocks cached there).
+
+        Prefix-affine least load, as a site-local prefix-aware balancer does: among the
+        replicas whose load (queued + running requests) is within a quarter of the site's batch
+        size of the least loaded one, the one with the longest cached prefix of the prompt;
+        ties go to the less loaded, then the lower index. A request without a hash chain goes
+        to the least loaded replica (lowest index on ties)."""
+        reps = self.replicas[s]
+        if len(reps) == 1:
+            rep = reps[0]
+            return rep, (rep.cached_blocks(req) if req.n_hashed else 0)
+        if not req.n_hashed:
+            rep = reps[0]
+            best = rep.load()
+            for r in reps[1:]:
+                ld = r.load()
+                if ld < best:
+                    rep, best = r, ld
+            return rep, 0
+        loads = [r.load() for r in reps]
+        limit = min(loads) + max(1, self.max_batch[s] // 4)
+        rep, hit, load = None, -1, 0
+        for r, ld in zip(reps, loads):
+            if ld <= limit:
+                h = r.cached_blocks(req)
+                if h > hit or (h == hit and ld < load):
+                    rep, hit, load = r, h, ld
+        return rep, hit
+
+    def _router_chain(self, req: Request):
+        """The hashes of `req`'s prompt the router's approximate index works on: every
+        `_index_stride`-th entry of its chain, over the full blocks of the prompt only (a
+        multi-turn chain also names the answer's blocks, which the router has not seen)."""
+        k, stride = req.hash_k, self._index_stride
+        n_entries = min(req.n_hashed, req.prompt_tokens // self.scenario.engine.block_size_tokens) // k
+        return req.hashes[stride - 1: n_entries - n_entries % stride: stride]
 
     def _on_site_down(self, s: int, t: float) -> None:
         self.site_down[s] += 1
@@ -594,20 +645,37 @@ class GridSimulator:
             self._price_now = [s.price_usd_per_kwh[self._local_hour_index(s.index, self.now)]
                                for s in self.topology.sites]
         kv = []
+        queued = list(self.site_transit_tokens)
         now = self.now
-        for site_reps, cap in zip(self.replicas, self._kv_blocks):
+        for s, (site_reps, cap) in enumerate(zip(self.replicas, self._kv_blocks)):
             used = 0.0
             for r in site_reps:  # Replica.kv_used_blocks, inlined (once per replica per decision)
                 pool = r.pool
                 used += pool.private + pool.n_ref
+                queued[s] += r.queued_tokens
                 if r.state == DECODE and r.seg_allocs:
                     frac = (now - r.seg_start) / r.seg_dur
                     if frac < 1.0:
                         used -= r.seg_allocs * (1.0 - frac)
             kv.append(used / cap)
+        if req.n_hashed:
+            cached, indexed = self._prefix_signals(req)
+        else:
+            cached = indexed = self._zeros
         return make_snapshot(
             self.statics, view, hour,
             self.site_waiting, self.site_running, kv,
             self._rtt_ms[req.origin] * self.link_factor[req.origin],
             self._price_now, [d == 0 for d in self.site_down], self.site_level,
+            cached, indexed, queued,
         )
+
+    def _prefix_signals(self, req: Request) -> tuple[list[float], list[float]]:
+        """Per site, the fraction of `req`'s prompt tokens cached at the replica the site's
+        balancer would pick now (precise: the engines' real caches, as KV events report them)
+        and the fraction the router's own index says it sent there recently (approximate)."""
+        per_block = self.scenario.engine.block_size_tokens / req.prompt_tokens
+        cached = [self._pick_replica(s, req)[1] * per_block for s in range(self.n_sites)]
+        per_entry = self._index_entry_tokens / req.prompt_tokens
+        indexed = [min(m * per_entry, 1.0) for m in self.prefix_index.match_all(self._router_chain(req))]
+        return cached, indexed

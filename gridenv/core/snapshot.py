@@ -1,8 +1,9 @@
 """What a request router can see, and the one encoder that turns it into an observation.
 
 A :class:`RouterSnapshot` holds per-site live signals (waiting and running requests, KV
-utilization, RTT from the request's origin, energy price, up or down, batching level) and the
-request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
+utilization, RTT from the request's origin, energy price, up or down, batching level, how much of
+this request's prompt is cached there, precisely and by the router's own index, and the prompt
+tokens waiting to be prefilled) and the request (prompt length, SLO class, origin, model, residency). Everything derived from it (the
 feasibility mask, the predicted TTFT, the observation vector) is computed here and nowhere else:
 the Gymnasium environment, the heuristic baselines and the exported router at serving time all
 call :func:`make_snapshot`, and the observation is encoded by the declared interface
@@ -146,6 +147,15 @@ class RouterSnapshot:
     energy_price_usd_per_kwh: np.ndarray
     up: np.ndarray  # bool
     batch_level: np.ndarray  # int, index into statics.batch_levels
+    # Fraction of this request's prompt tokens already in the KV cache of the replica the site
+    # would use (precise: from the engines' caches, as KV-event-driven routers see them).
+    prefix_cached_frac: np.ndarray = None
+    # Fraction of the prompt the router's own prefix index (what it sent where recently,
+    # bounded LRU: gridenv.core.prefix_index) says is cached there (approximate).
+    prefix_indexed_frac: np.ndarray = None
+    # Prompt tokens sent to the site and not yet admitted to a batch (in transit or queued):
+    # the prefill backlog that saturation detectors and Dynamo's cost read.
+    queued_prompt_tokens: np.ndarray = None
     # derived by make_snapshot
     feasible: np.ndarray = None  # bool, per site
     ttft_pred_s: np.ndarray = None  # per site
@@ -196,6 +206,7 @@ def _statics_arrays(st: SiteStatics) -> dict:
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
         ]
         cache["prefill_memo"] = {}
+        cache["zeros"] = (0.0,) * st.n_sites
         object.__setattr__(st, "_arrays", cache)
     return cache
 
@@ -226,15 +237,22 @@ def make_snapshot(
     request: RequestView,
     hour_utc: float,
     waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+    prefix_cached_frac=None, prefix_indexed_frac=None, queued_prompt_tokens=None,
 ) -> RouterSnapshot:
-    """Build a snapshot and derive its feasibility mask and predicted TTFTs."""
+    """Build a snapshot and derive its feasibility mask and predicted TTFTs.
+
+    The last three signals default to 0 (no prefix cached, no backlog known)."""
     a = _statics_arrays(statics)
+    zeros = a["zeros"]
     # One conversion for all live signals (rows), then views: cheap on the hot path.
     sig = np.array(
-        (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level),
+        (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+         zeros if prefix_cached_frac is None else prefix_cached_frac,
+         zeros if prefix_indexed_frac is None else prefix_indexed_frac,
+         zeros if queued_prompt_tokens is None else queued_prompt_tokens),
         dtype=np.float64,
     )
-    waiting, rtt_ms, up = sig[0], sig[3], sig[5] > 0.0
+    waiting, rtt_ms, up, cached = sig[0], sig[3], sig[5] > 0.0, sig[7]
     feasible = up & a["model_ok"][request.model] & (waiting < a["max_waiting"])
     if request.prompt_tokens >= a["kv_cap_min"]:
         feasible &= request.prompt_tokens < a["kv_cap"]
@@ -242,17 +260,30 @@ def make_snapshot(
         feasible &= request.prompt_tokens < a["max_ctx"]
     if request.residency:
         feasible &= a["site_region"] == request.origin
-    # Router's TTFT estimate: network + API + its own prefill behind the queued ones (assumed
-    # of similar length) spread over the site's replicas.
-    ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + prefill_time_s(
-        statics, request.prompt_tokens
-    ) * (1.0 + waiting / a["replicas"])
+    # Router's TTFT estimate: network + API + its own prefill (of the uncached part of the
+    # prompt) behind the queued ones (assumed of similar length) spread over the site's replicas.
+    full = prefill_time_s(statics, request.prompt_tokens)
+    if cached.any():
+        own = _prefill_time_vec(a, request.prompt_tokens * (1.0 - cached))
+        ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + own + full * (waiting / a["replicas"])
+    else:
+        ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + full * (1.0 + waiting / a["replicas"])
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
         waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
         energy_price_usd_per_kwh=sig[4], up=up, batch_level=sig[6].astype(np.int64),
+        prefix_cached_frac=cached, prefix_indexed_frac=sig[8], queued_prompt_tokens=sig[9],
         feasible=feasible, ttft_pred_s=ttft,
     )
+
+
+def _prefill_time_vec(a: dict, tokens: np.ndarray) -> np.ndarray:
+    """Per-site prefill time of a per-site number of tokens (prefill_time_s, unmemoized)."""
+    out = a["p_tok"] * tokens + a["p_attn"] * (tokens * tokens * 0.5)
+    np.maximum(out, a["p_mem"], out=out)
+    out += a["p_fixed"]
+    out += a["p_lin"] * tokens
+    return out
 
 
 def obs_size(statics: SiteStatics, mode: str = "slots") -> int:

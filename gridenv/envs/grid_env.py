@@ -62,19 +62,23 @@ class GridEnv(gym.Env):
     difference). In both modes: ``max_sites`` site blocks (padding slots all zero), then the
     request.
 
-    ``slots`` (interface ``slots-2``): ``Box(-1, 1, (max_sites * 12 + 7 + n_regions + n_models,),
-    float32)``. Per site slot, 12 features in [0, 1]: present, up, feasible, waiting, running,
+    ``slots`` (interface ``slots-3``): ``Box(-1, 1, (max_sites * 15 + 7 + n_regions + n_models,),
+    float32)``. Per site slot, 15 features in [0, 1]: present, up, feasible, waiting, running,
     KV utilization, predicted TTFT / TTFT SLO, RTT from the request's origin, energy price,
-    current batch level, edge flag, in-origin-region flag. Then the request: log prompt length,
+    current batch level, edge flag, in-origin-region flag, and the cache signals: the fraction of
+    the prompt cached at the replica the site would use (precise, from the engines' caches), the
+    fraction the router's own prefix index says it sent there (approximate, bounded LRU), and the
+    prompt tokens in transit or queued there (prefill backlog). Then the request: log prompt length,
     SLO class one-hot (chat, code, summarization), origin region one-hot (the scenario's
     regions), model one-hot (the scenario's own models only: adding a model to the catalog does
-    not change an observation), residency flag, sin/cos of the origin's local hour. Metro: 72.
+    not change an observation), residency flag, sin/cos of the origin's local hour. Metro: 96.
 
-    ``relative`` (interface ``relative-1``): ``Box(-1, 1, (max_sites * 16 + 9,), float32)``,
+    ``relative`` (interface ``relative-2``): ``Box(-1, 1, (max_sites * 19 + 9,), float32)``,
     with no site, region or model identity, so one per-site network can score 1..``max_sites``
-    sites of any grid. Per site slot, 16 features: present, up, feasible, waiting, running, KV
+    sites of any grid. Per site slot, 19 features: present, up, feasible, waiting, running, KV
     utilization, predicted TTFT / SLO, RTT from the request's origin, same-region flag, energy
-    price, batch level, edge flag, replica $/h, replica power, capacity, prompt / KV capacity.
+    price, batch level, edge flag, replica $/h, replica power, capacity, prompt / KV capacity,
+    and the three cache signals of the slots mode.
     Then: log prompt length, SLO class one-hot, residency, sin/cos of the local hour, TTFT and
     TPOT SLOs (scaled).
 
@@ -130,6 +134,12 @@ class GridEnv(gym.Env):
 
     ## Version History
 
+    * v1, interface revision ``slots-3`` / ``relative-2``: three site features (precise and
+      approximate prefix-cache fractions, prefill backlog) for cache-aware routing; a site with
+      several replicas balances prefix-affine (the replica holding the longest cached prefix
+      among those within a quarter batch of the least loaded). The dynamics of a workload
+      without prefix hashes (every scenario registered before) are unchanged bit for bit; a
+      policy recorded under ``slots-2`` / ``relative-1`` is refused by its interface hash.
     * v1: the observation is declared by ``gridenv.core.interface`` (interface ``slots-2``): the
       model one-hot spans the scenario's own models, not the whole catalog (Metro 74 -> 72
       elements, Continental 109 -> 108); the ``relative`` observation mode; ``info["snapshot"]``.

@@ -22,7 +22,7 @@ __all__ = ["env_id", "register_envs", "register_scenario", "resolve_scenario", "
            "ENV_VERSION", "ENTRY_POINT", "RANDOM_GRID_ID"]
 
 #: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
-#: History). v1: observation interface slots-2 (gridenv.core.interface). Old ids are not
+#: History). v1: observation interface slots-2, revised to slots-3 (gridenv.core.interface). Old ids are not
 #: registered, so gym.make("gridenv/Metro-v0") raises gymnasium's DeprecatedEnv naming -v1.
 ENV_VERSION = 1
 ENTRY_POINT = "gridenv.envs.grid_env:GridEnv"

@@ -141,7 +141,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
                     j += 1
             while head < len(pending) and pending[head][0] <= t:
                 i = pending[head][1]
-                rep.waiting.append(_request(i, sends[i], prompts[i], outputs[i]))
+                rep.enqueue(_request(i, sends[i], prompts[i], outputs[i]))
                 head += 1
             if not busy:
                 busy = rep.start(t, max_batch)

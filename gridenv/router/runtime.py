@@ -220,7 +220,8 @@ class RouterPolicy:
                 hi = _FMAX if sig.maximum is None else sig.maximum
                 what = (f"a number >= {sig.minimum:g}" if sig.maximum is None
                         else f"a number in [{sig.minimum:g}, {sig.maximum:g}]")
-                self._signal_checks.append((sig.name, "number", 0.0, sig.minimum, hi, what))
+                self._signal_checks.append((sig.name, "number" if sig.required else "optional number",
+                                            0.0, sig.minimum, hi, what))
             elif sig.type == "boolean":
                 self._signal_checks.append((sig.name, "boolean", False, None, None, "true or false"))
             elif sig.name == "batch_level":
@@ -404,6 +405,9 @@ class RouterPolicy:
             for k, (key, kind, _, lo, hi, what) in enumerate(checks):
                 if kind == "number":
                     cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "optional number":  # absent or null: the default (0)
+                    if ep.get(key) is not None:
+                        cols[k][j] = _number(ep, key, where, lo, hi, what)
                 elif kind == "boolean":
                     cols[k][j] = _boolean(ep, key, where)
                 else:  # an optional index (batch_level)

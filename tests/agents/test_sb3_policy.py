@@ -224,14 +224,14 @@ def test_train_records_the_interface_and_the_policy_checks_it(runs):
     obs, info = env.reset(seed=0)
     policy.act(obs, info["snapshot"])  # same interface: accepted
     rec = json.loads((runs["maskable_ppo"] / "args.json").read_text())["interface"]
-    assert rec["version"] == "slots-2" and rec["content_hash"] == env.unwrapped.interface.content_hash
+    assert rec["version"] == "slots-3" and rec["content_hash"] == env.unwrapped.interface.content_hash
 
 
 @pytest.mark.parametrize("edit,message", [
     # a model saved under the v0 interface: model one-hot over the whole catalog
     (lambda r: (r.update(version="slots-1"), r["interface"].update(version="slots-1"),
                 r["interface"]["vocabularies"].update(model=["llama-2-70b", "llama-3-70b", "llama-3-8b"])),
-     r"version: recorded 'slots-1', current 'slots-2'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
+     r"version: recorded 'slots-1', current 'slots-3'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
      r"only in recorded"),
     (lambda r: r["interface"]["site_features"][7].update(divide_by="100.0"),
      r"site feature 'rtt': divide_by recorded '100.0', current '200.0'"),
@@ -257,7 +257,7 @@ def test_policy_saved_under_another_interface_is_refused(runs, tmp_path, edit, m
 
 @pytest.mark.parametrize("scenario", ["metro", "continental"])
 def test_committed_agents_load_and_match_their_onnx_export(scenario):
-    """models/<scenario>: migrated to slots-2 (agents/migrate.py); SB3 and ONNX agree."""
+    """models/<scenario>: migrated to slots-3 (agents/migrate.py); SB3 and ONNX agree."""
     from agents.onnx_policy import ONNXPolicy
 
     policy = SB3Policy(ROOT / "models" / scenario / "best_model.zip")

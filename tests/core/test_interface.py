@@ -185,8 +185,9 @@ def _permute(snap, perm):
     st2 = replace(st, **kw)
     s = copy(snap)
     s.statics = st2
-    for k in ("waiting", "running", "kv_util", "rtt_ms", "energy_price_usd_per_kwh", "up", "batch_level",
-              "feasible", "ttft_pred_s"):
+    from gridenv.core.interface import SITE_SIGNALS
+
+    for k in [sig.name for sig in SITE_SIGNALS] + ["feasible", "ttft_pred_s"]:
         setattr(s, k, getattr(snap, k)[perm])
     return s
 
@@ -229,7 +230,8 @@ def test_snapshot_pickles_without_the_encoder_caches() -> None:
 
 def test_router_json_fields_are_declared() -> None:
     names = [s.name for s in I.SITE_SIGNALS]
-    assert names == ["waiting", "running", "kv_util", "rtt_ms", "energy_price_usd_per_kwh", "up", "batch_level"]
+    assert names == ["waiting", "running", "kv_util", "rtt_ms", "energy_price_usd_per_kwh", "up", "batch_level",
+                     "prefix_cached_frac", "prefix_indexed_frac", "queued_prompt_tokens"]
     # every live signal a site feature reads is one the caller sends (or derived by make_snapshot)
     derived = {"feasible", "ttft_pred_s"}
     for f in I.SLOT_SITE_FEATURES + I.RELATIVE_SITE_FEATURES:

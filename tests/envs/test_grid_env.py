@@ -47,12 +47,12 @@ def test_every_scenario_is_registered() -> None:
 @pytest.mark.parametrize("env_id", gridenv.ENV_IDS)
 def test_observation_size_is_the_documented_formula(env_id: str) -> None:
     env = gym.make(env_id).unwrapped
-    # GridEnv docstring, slots mode: 12 * max_sites + 7 + n_regions + n_models (scenario's own)
+    # GridEnv docstring, slots mode: 15 * max_sites + 7 + n_regions + n_models (scenario's own)
     n_models = len({s.model for s in env.scenario.sites})
-    assert env.observation_space.shape == (12 * env.max_sites + 7 + env.sim.topology.n_regions + n_models,)
+    assert env.observation_space.shape == (15 * env.max_sites + 7 + env.sim.topology.n_regions + n_models,)
     rel = gym.make(env_id, config={"observation": {"mode": "relative"}}).unwrapped
-    # relative mode: 16 * max_sites + 9, whatever the regions and models
-    assert rel.observation_space.shape == (16 * rel.max_sites + 9,)
+    # relative mode: 19 * max_sites + 9, whatever the regions and models
+    assert rel.observation_space.shape == (19 * rel.max_sites + 9,)
 
 
 @pytest.mark.parametrize("mode", ["slots", "relative"])

@@ -219,7 +219,7 @@ def _drop_model_vocab_entry(m: dict) -> None:
     (_rename_site_feature, r"site feature 'kv_util' added .*site feature 'kv_util_v2' removed|"
                            r"site feature 'kv_util_v2' removed .*site feature 'kv_util' added"),
     (_drop_model_vocab_entry, r"vocabulary 'model': entries \['llama-2-70b'\] only in recorded"),
-    (lambda m: m["interface"]["interface"].update(version="slots-1"), r"version: recorded 'slots-1', current 'slots-2'"),
+    (lambda m: m["interface"]["interface"].update(version="slots-1"), r"version: recorded 'slots-1', current 'slots-3'"),
 ])
 def test_policy_recorded_under_another_interface_is_refused(policy_dir, tmp_path, edit, message):
     """A policy.json whose interface record differs from this gridenv's names the difference."""
