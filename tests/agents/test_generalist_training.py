@@ -220,3 +220,18 @@ def test_init_from_refuses_another_interface_naming_it(random_grid_run, hp, tmp_
     with pytest.raises(SystemExit):
         train_main(tiny(tmp_path / "z", hp, "--init-from", str(src_dir), "--resume"))
     assert "--init-from" in capsys.readouterr().err
+
+
+def test_own_grid_file_is_what_the_generator_writes(tmp_path):
+    """The README's own grid: `python -m gridenv.core.random_grid --seeds 1500000008 --prefix own-grid`,
+    a seed in neither the training (< 1e9) nor the held-out (>= 2e9) range."""
+    import yaml
+
+    from gridenv.core.random_grid import main
+    from gridenv.envs.random_grid_env import HELDOUT_GRID_SEED_MIN, TRAIN_GRID_SEED_END
+
+    assert TRAIN_GRID_SEED_END <= 1500000008 < HELDOUT_GRID_SEED_MIN
+    assert main(["--seeds", "1500000008", "--out", str(tmp_path), "--prefix", "own-grid"]) == 0
+    written = tmp_path / OWN_GRID.name
+    assert yaml.safe_load(written.read_text()) == yaml.safe_load(OWN_GRID.read_text())
+    assert yaml.safe_load(OWN_GRID.read_text())["observation"] == {"mode": "relative"}
