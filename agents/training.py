@@ -764,10 +764,16 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     # 6. Train.
     t0 = time.perf_counter()
     steps0 = model.num_timesteps
+    interrupted = False
     if remaining > 0:
         log(f"training {args.algo} on {ref.env_id} for {remaining} steps with {n_envs} envs -> {run_dir}")
-        model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=args.algo,
-                    reset_num_timesteps=ckpt is None, progress_bar=args.progress_bar)
+        try:
+            model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=args.algo,
+                        reset_num_timesteps=ckpt is None, progress_bar=args.progress_bar)
+        except KeyboardInterrupt:  # Ctrl-C: stop early, but keep what was learned (saved below)
+            interrupted = True
+            print(f"train.py: interrupted at {model.num_timesteps} steps: saving the model and its "
+                  "statistics (--resume continues from here)", file=sys.stderr, flush=True)
     else:
         log(f"{run_dir} already at {model.num_timesteps} >= --total-timesteps {args.total_timesteps}: nothing to train")
     seconds = time.perf_counter() - t0
@@ -787,13 +793,15 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     venv.close()
     result = {"run_dir": run_dir, "model": run_dir / "model.zip", "vecnormalize": run_dir / "vecnormalize.pkl",
               "timesteps": int(model.num_timesteps), "train_seconds": seconds, "steps_per_s": steps_per_s,
-              "resumed_from": ckpt, "leaderboard": None, "warnings": [],
+              "resumed_from": ckpt, "leaderboard": None, "warnings": [], "interrupted": interrupted,
               "eval_warnings": list(getattr(eval_cb, "collapse_warnings", [])) if eval_cb is not None else []}
 
     # 8. The trained agent against the heuristics, on the scenario as published (full horizon),
     #    and a plain warning if the policy learned to shed (the usual failure of short runs).
     lb = None
-    if not args.no_eval_leaderboard:
+    if interrupted:
+        log("interrupted: no leaderboard (evaluate.py --policies name=<run dir> ranks it later)")
+    elif not args.no_eval_leaderboard:
         if is_random_grid(ref):  # no one grid: the held-out generated grids
             suite = "generalization" if args.leaderboard_suite == "standard" else args.leaderboard_suite
             result["leaderboard"], lb = leaderboard(run_dir, None, args.leaderboard_seeds, suite, log)

@@ -235,3 +235,23 @@ def test_own_grid_file_is_what_the_generator_writes(tmp_path):
     written = tmp_path / OWN_GRID.name
     assert yaml.safe_load(written.read_text()) == yaml.safe_load(OWN_GRID.read_text())
     assert yaml.safe_load(OWN_GRID.read_text())["observation"] == {"mode": "relative"}
+
+
+def test_ctrl_c_stops_training_and_keeps_the_model(hp, tmp_path, capsys, monkeypatch):
+    """KeyboardInterrupt during learning: the model and statistics are saved, --resume works."""
+    class Interrupting(T.EpisodeMetricsCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 128:
+                raise KeyboardInterrupt
+            return super()._on_step()
+
+    monkeypatch.setattr(T, "EpisodeMetricsCallback", Interrupting)
+    run = tmp_path / "stop"
+    result = train_main(tiny(run, hp, "--scenario", "metro", "--warm-start", "none"))
+    assert result["interrupted"] and result["timesteps"] == 128
+    assert (run / "model.zip").is_file() and (run / "vecnormalize.pkl").is_file()
+    assert (run / "checkpoints" / "rl_model_128_steps.zip").is_file()
+    assert "interrupted at 128 steps" in capsys.readouterr().err
+    monkeypatch.undo()
+    resumed = train_main(["--resume", *tiny(run, hp, "--scenario", "metro")])
+    assert resumed["timesteps"] == 256 and not resumed["interrupted"]
