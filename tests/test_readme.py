@@ -61,6 +61,7 @@ COMMANDS: dict[str, tuple] = {
     "python evaluate.py --suite smoke --out /tmp/lb": ("run", 600),
     "python evaluate.py --suite standard --policies ppo-metro=models/metro,jsq,llm-d": ("parse", "evaluate.py"),
     "python evaluate.py --report claims": ("parse", "evaluate.py"),
+    "python evaluate.py --suite cache --policies jsq,slo-greedy,local-spill,llmd-precise,dynamo-kv": ("parse", "evaluate.py"),
     "python evaluate.py --suite generalization --policies jsq,slo-greedy,cost-greedy": ("parse", "evaluate.py"),
     "python evaluate.py --suite generalization --policies generalist=models/generalist,slo-greedy,cost-greedy": ("parse", "evaluate.py"),
     "python evaluate.py --suites-file configs/suites_generalist.yaml --suite zero-shot --policies slo-greedy,cost-greedy,generalist=models/generalist": ("parse", "evaluate.py"),
