@@ -292,3 +292,31 @@ def test_block_size_default_is_the_simulators():
     from gridenv.core.simulator import ROUTER_BLOCK_TOKENS
 
     assert DEFAULT_BLOCK_SIZE_TOKENS == ROUTER_BLOCK_TOKENS
+
+
+def test_bench_times_decisions_with_and_without_hashes(capsys):
+    """`python -m gridenv.router bench ... --no-http --json`: the four in-process variants; the
+    synthetic hashed bodies are valid for the schema and share prefixes (the index matches)."""
+    from pathlib import Path
+
+    from gridenv.router.__main__ import main
+    from gridenv.router.bench import add_block_hashes, synthetic_snapshots
+    from gridenv.router.schemas import parse_route_request
+
+    model = Path(__file__).resolve().parents[2] / "models" / "metro" / "onnx"
+    if not (model / "policy.onnx").is_file():
+        pytest.skip("models/metro/onnx not present")
+    assert main(["bench", "--policy", str(model), "--no-http", "--inproc-requests", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("in_process", "in_process_hashes", "in_process_validated", "in_process_validated_hashes"):
+        assert out[key]["n"] == 50 and 0 < out[key]["p50"] <= out[key]["p99"], key
+    assert out["load_avg_1min_before"] >= 0
+    policy = RouterPolicy.load(model)
+    bodies = add_block_hashes(synthetic_snapshots(policy, 200, seed=0), seed=0)
+    index = policy.new_prefix_index()
+    hits = 0
+    for b in bodies:
+        parse_route_request(json.dumps(b))
+        hits += any(index.matched(b["request"]["block_hashes"])) if b["request"]["block_hashes"] else 0
+        policy.decide(b, index)
+    assert hits > 20
