@@ -24,6 +24,7 @@ Thread-safe (one lock around each lookup and each record). One index per process
 
 from __future__ import annotations
 
+import os
 import threading
 
 from gridenv.core.prefix_index import PrefixIndex
@@ -95,7 +96,8 @@ class RouterPrefixIndex:
         with self._lock:
             sizes = [self._index.size(i) for i in range(len(self.site_names))]
             lookups, records = self.lookups, self.records
-        return {"scope": "per worker process", "default_block_size_tokens": DEFAULT_BLOCK_SIZE_TOKENS,
+        return {"scope": "per worker process", "worker_pid": os.getpid(),
+                "default_block_size_tokens": DEFAULT_BLOCK_SIZE_TOKENS,
                 "entries": dict(zip(self.site_names, sizes)),
                 "capacity_entries": dict(zip(self.site_names, self.capacity_entries)),
                 "lookups": lookups, "records": records}
