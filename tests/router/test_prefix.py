@@ -340,3 +340,26 @@ def test_bench_times_decisions_with_and_without_hashes(capsys):
         hits += any(index.matched(b["request"]["block_hashes"])) if b["request"]["block_hashes"] else 0
         policy.decide(b, index)
     assert hits > 20
+
+
+def test_prompt_block_hashes_chain_the_prefix(policy):
+    """Shared leading blocks give shared leading hashes; a change in block k changes hash k and
+    every later one; only full blocks are hashed; and the service matches what was shared."""
+    from gridenv.router.prefix import prompt_block_hashes
+
+    system = list(range(5000, 5000 + 512))  # a 512-token system prompt: 4 blocks of 128
+    a = prompt_block_hashes(system + list(range(300)))
+    b = prompt_block_hashes(system + list(range(1, 301)))
+    assert len(a) == len(b) == (512 + 300) // 128 == 6
+    assert a[:4] == b[:4] and all(x != y for x, y in zip(a[4:], b[4:]))
+    c = prompt_block_hashes([0] + system[1:] + list(range(300)))
+    assert all(x != y for x, y in zip(a, c))  # the first block differs: nothing is shared
+    assert prompt_block_hashes(list(range(127))) == [] and len(prompt_block_hashes(list(range(16)), 16)) == 1
+    assert all(0 <= h < 1 << 63 for h in a) and prompt_block_hashes(system) == a[:4]  # deterministic
+    with pytest.raises(ValueError, match="block_size_tokens"):
+        prompt_block_hashes(system, 0)
+    index = policy.new_prefix_index()
+    index.record(1, a)
+    body = _body()
+    body["request"].update(prompt_tokens=812, block_hashes=b)
+    assert policy.snapshot_from_json(body, index).prefix_indexed_frac[1] == pytest.approx(4 * 128 / 812)
