@@ -77,6 +77,7 @@ COMMANDS: dict[str, tuple] = {
     "python -m gridenv.router serve --policy models/metro/onnx --port 8090": ("twin", "tests/router/test_server.py::test_example_request_file_with_the_readme_curl"),
     "curl -s localhost:8090/healthz": ("twin", "tests/router/test_server.py::test_example_request_file_with_the_readme_curl"),
     "curl -s -X POST localhost:8090/v1/route -d @examples/route_request.json": ("twin", "tests/router/test_server.py::test_example_request_file_with_the_readme_curl"),
+    "curl -s -X POST localhost:8090/v1/route -d @examples/route_request_prefix.json": ("twin", "tests/router/test_server.py::test_example_request_with_block_hashes_with_the_readme_curl"),
     "curl -s localhost:8090/openapi.json": ("twin", "tests/router/test_server.py"),
     "python -m gridenv.router bench --policy models/metro/onnx": ("twin", "tests/router"),
     "python evaluate.py --suite standard --backend ray --workers 2": ("parse", "evaluate.py"),
