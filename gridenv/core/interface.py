@@ -427,6 +427,7 @@ class Interface:
         self._scale_memo: dict = {}
         # The request part: scalars written in place, then one-hots at their offsets.
         lines = []
+        sources: dict[str, str] = {}
         off = self.max_sites * F
         for f in self.request_features:
             if f.vocab:
@@ -436,8 +437,11 @@ class Interface:
                                      f"is req.<field>, got {f.source!r}")
                 lines.append(f"    out[{off} + req.{attr}] = 1.0")
                 off += len(self.vocabularies[f.vocab])
-            else:
-                lines.append(f"    x = {f.source}\n    out[{off}] = {f.transform}")
+            else:  # a source shared by several features (the local hour's sin and cos) is evaluated once
+                if f.source not in sources:
+                    sources[f.source] = f"x{len(sources)}"
+                    lines.append(f"    {sources[f.source]} = {f.source}")
+                lines.append(f"    x = {sources[f.source]}\n    out[{off}] = {f.transform}")
                 off += 1
         request = "def _request(out, snap, st, req):\n" + "\n".join(lines or ["    pass"]) + "\n"
         env = dict(_NS)
