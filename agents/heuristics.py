@@ -15,10 +15,11 @@ jsq            AIBrix least-request, Splitwise  fewest outstanding requests ``wa
 p2c            Envoy LEAST_REQUEST, Ray Serve   sample 2 distinct feasible sites, take the one with fewer
                                                 ``waiting + running`` (ties: the first sampled)
 llm-d          llm-d endpoint picker default    argmax ``2*queue_score + 2*(1 - kv_util)`` with
-                                                ``queue_score = (maxQ - Q) / (maxQ - minQ)``, Q = waiting
+               (cache-blind, 2024 profile)      ``queue_score = (maxQ - Q) / (maxQ - minQ)``, Q = waiting
                                                 (1 for every site when all Q are equal). The default
-                                                profile's ``3*prefix_match`` term is left out: gridenv
-                                                does not model prefix caches, so it would be 0 everywhere.
+                                                profile's ``3*prefix_match`` term is left out on purpose:
+                                                this is the cache-blind load blend of the 2024
+                                                leaderboard; ``llmd-approx`` is the full default profile.
 slo-greedy     llm-d latency scorer + admitter  largest TTFT headroom ``ttft_slo_s - ttft_pred_s``;
                                                 shed (HTTP 429) when every headroom is negative
 local-spill    Envoy locality LB, Ray locality  sites in RTT order (nearest first); the first whose headroom
@@ -27,6 +28,41 @@ local-spill    Envoy locality LB, Ray locality  sites in RTT order (nearest firs
 cost-greedy    DynamoLLM (HPCA'25)              cheapest site predicted to meet the TTFT SLO (headroom >= 0);
                                                 when none does, slo-greedy's rule, which then sheds
 ============== ================================ ==========================================================
+
+The cache-aware routers of 2026 (:mod:`agents.cache_routers`; each class cites the repository,
+commit and file it follows). Precise = ``prefix_cached_frac`` (the engines' caches, KV events);
+approximate = ``prefix_indexed_frac`` (the router's own index of what it sent where); a pod's
+load = the site's ``(waiting + running) / replicas``:
+
+============== ================================ ==========================================================
+name           modelled on                      rule (among feasible sites only)
+============== ================================ ==========================================================
+llmd-precise   llm-d precise-prefix-cache       argmax ``2*precise + 1*(1 - kv_util) + 1*queue_score``
+               profile + saturation admission   (Q = waiting per replica); sheds when every candidate site
+                                                is saturated (waiting/replica > 5 or KV > 0.8)
+llmd-approx    llm-d built-in default profile   argmax ``3*approximate + 2*(1 - kv_util) + 2*queue_score``
+dynamo-kv      NVIDIA Dynamo KV router          argmin ``max(0, (queued_prompt/replica + ISL)/B - cached
+                                                blocks) + active KV blocks + ISL/B`` (B = 16); with
+                                                ``temperature`` T > 0, softmax(-normalized cost / T)
+sglang-cache   SGLang model gateway cache_aware least loaded pod when ``max - min > 64`` and
+                                                ``max > 1.5*min``; else the longest approximate match if
+                                                > 0.3, else the least ``kv_util`` (smallest tree)
+vllm-ps-prefix vLLM production-stack prefixaware longest approximate match, uniformly random among equal
+                                                matches (all sites when nothing matches); no load term
+ray-prefix     Ray Serve PrefixCacheAffinityRouter power of two choices when queue lengths differ by > 10;
+                                                else the highest approximate match if >= 0.1 (else the
+                                                least ``kv_util``), the shortest queue among those
+aibrix-prefix  AIBrix prefix-cache              if running requests differ by > 8, only the least loaded;
+                                                among matched sites by match % then load, the first with
+                                                load <= mean + 1 std; else least-request
+============== ================================ ==========================================================
+
+**Admission.** ``<name>+admit`` (for the baselines above that never shed: random, round-robin,
+local-first, jsq, p2c, llm-d, local-spill) puts a gateway in front of the rule that sheds (HTTP
+429) when the pool is saturated: llm-d's saturation detector with its defaults, every candidate
+site saturated (:mod:`agents.admission`). Any heuristic takes ``admission=True`` (and
+``saturation_rule="mean"`` for llm-d's 2026 utilization detector). ``llmd-precise`` has the gate
+on by default, like llm-d.
 
 Ties are broken by the smaller predicted TTFT, then the lower site index (deterministic).
 
@@ -49,9 +85,13 @@ for infeasible sites, and for feasible ones the heuristic's preference rescaled 
 a feasible site never scores 0). For the
 deterministic heuristics ``argmax(scores)`` is the site ``act`` picks (unless it sheds). For
 ``random`` the scores are proportional to the pick probability; for ``p2c`` they are jsq's
-load score (the quantity compared between the two samples).
+load score (the quantity compared between the two samples); for ``vllm-ps-prefix`` the match;
+for ``ray-prefix`` the balanced branch's preference (the load score when imbalanced); for
+``dynamo-kv`` the negated cost (argmax = the temperature-0 choice). A gateway's shed decision is
+not in the scores (they rank the sites; ``act`` sheds).
 
-**Randomness.** ``random`` and ``p2c`` draw from a generator seeded in ``reset(seed)`` (from
+**Randomness.** ``random``, ``p2c``, ``vllm-ps-prefix``, ``ray-prefix`` and ``dynamo-kv`` at a
+temperature > 0 draw from a generator seeded in ``reset(seed)`` (from
 ``[seed, 0x5EED]``, so the policy's stream never coincides with the env's arrival stream for
 the same seed). ``round-robin`` restarts its cycle at slot 0 on every reset.
 
@@ -62,108 +102,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.policy import Policy
-from gridenv.core.snapshot import RouterSnapshot, prefill_time_s
+from agents.heuristic_base import (
+    SCORE_FLOOR,
+    Heuristic,
+    best_site as _best,
+    headroom_s,
+    outstanding,
+    rank_scores as _rank_scores,
+    unit_scores as _unit_scores,
+)
+from gridenv.core.snapshot import prefill_time_s
 
 __all__ = [
     "HEURISTICS", "Heuristic", "make_heuristic", "heuristic_names",
     "RandomPolicy", "RoundRobin", "LocalFirst", "JoinShortestQueue", "PowerOfTwoChoices",
-    "LlmdScorer", "SloGreedy", "LocalSpill", "CostGreedy",
+    "LlmdScorer", "SloGreedy", "LocalSpill", "CostGreedy", "ADMISSION_BASES", "CACHE_AWARE",
 ]
-
-#: Feasible sites score in [SCORE_FLOOR, 1]; infeasible ones score 0.
-SCORE_FLOOR = 0.1
-_POLICY_STREAM = 0x5EED
-
-
-# ---------------------------------------------------------------------------- score helpers
-def _unit_scores(pref: np.ndarray, feasible: np.ndarray) -> np.ndarray:
-    """Min-max rescale a higher-is-better preference over the feasible sites to [0.1, 1]."""
-    out = np.zeros(len(feasible), dtype=np.float64)
-    if not feasible.any():
-        return out
-    p = np.asarray(pref, dtype=np.float64)[feasible]
-    lo, hi = float(p.min()), float(p.max())
-    span = hi - lo
-    out[feasible] = 1.0 if span <= 0.0 else SCORE_FLOOR + (1.0 - SCORE_FLOOR) * (p - lo) / span
-    return np.clip(out, 0.0, 1.0, out=out)  # rounding may overshoot 1 by an ulp
-
-
-def _rank_scores(order: np.ndarray, n_sites: int) -> np.ndarray:
-    """Scores from a preference order of feasible sites (best first): 1 down to 0.1 linearly."""
-    out = np.zeros(n_sites, dtype=np.float64)
-    k = len(order)
-    if k == 1:
-        out[order[0]] = 1.0
-    elif k > 1:
-        out[order] = 1.0 - (1.0 - SCORE_FLOOR) * np.arange(k) / (k - 1)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _best(key: np.ndarray, snap: RouterSnapshot, candidates: np.ndarray | None = None) -> int | None:
-    """Index minimizing ``key`` among candidate sites (default: feasible), ties by TTFT then index."""
-    cand = np.flatnonzero(snap.feasible if candidates is None else candidates)
-    if len(cand) == 0:
-        return None
-    order = np.lexsort((cand, snap.ttft_pred_s[cand], np.asarray(key, dtype=np.float64)[cand]))
-    return int(cand[order[0]])
-
-
-def headroom_s(snap: RouterSnapshot) -> np.ndarray:
-    """Predicted TTFT headroom per site, in seconds: ``ttft_slo_s - ttft_pred_s``."""
-    return snap.request.ttft_slo_s - snap.ttft_pred_s
-
-
-def outstanding(snap: RouterSnapshot) -> np.ndarray:
-    """Outstanding requests per site: ``waiting + running``."""
-    return snap.waiting + snap.running
-
-
-# ---------------------------------------------------------------------------- base class
-class Heuristic(Policy):
-    """A snapshot-only routing rule: subclasses implement :meth:`choose` and :meth:`scores`.
-
-    Args:
-        level: batching level index to request at the chosen site; ``None`` (default) keeps the
-            site's current level.
-    """
-
-    name = "heuristic"
-    #: True for heuristics that draw random numbers.
-    randomized = False
-
-    def __init__(self, level: int | None = None) -> None:
-        self.level = level
-        self._rng = np.random.default_rng([0, _POLICY_STREAM])
-
-    def reset(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(None if seed is None else [int(seed), _POLICY_STREAM])
-
-    def choose(self, snap: RouterSnapshot) -> int | None:
-        """The chosen site index, or ``None`` to shed. Must return a feasible site."""
-        raise NotImplementedError
-
-    def site_scores(self, snap: RouterSnapshot) -> np.ndarray:
-        """Scores of the real sites (length ``n_sites``); :meth:`scores` pads them."""
-        raise NotImplementedError
-
-    def scores(self, obs: np.ndarray | None, snapshot: RouterSnapshot) -> np.ndarray:
-        """A score in [0, 1] per site slot (``max_sites``), 0 for infeasible and padding slots."""
-        out = np.zeros(snapshot.statics.max_sites, dtype=np.float64)
-        out[: snapshot.statics.n_sites] = self.site_scores(snapshot)
-        return out
-
-    def act(self, obs: np.ndarray | None, snapshot: RouterSnapshot) -> np.ndarray:
-        st = snapshot.statics
-        site = self.choose(snapshot)
-        if site is None or not snapshot.feasible[site]:  # the second is a bug guard: shed
-            return np.array([st.max_sites, len(st.batch_levels) // 2], dtype=np.int64)
-        level = int(snapshot.batch_level[site]) if self.level is None else int(self.level)
-        return np.array([site, level], dtype=np.int64)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, level={self.level!r})"
-
 
 # ---------------------------------------------------------------------------- the heuristics
 class RandomPolicy(Heuristic):
@@ -185,8 +139,8 @@ class RoundRobin(Heuristic):
 
     name = "round-robin"
 
-    def __init__(self, level: int | None = None) -> None:
-        super().__init__(level)
+    def __init__(self, level: int | None = None, **gate) -> None:
+        super().__init__(level, **gate)
         self._next = 0
 
     def reset(self, seed=None):
@@ -255,12 +209,15 @@ class PowerOfTwoChoices(Heuristic):
 
 
 class LlmdScorer(Heuristic):
-    """llm-d endpoint picker's default profile without the prefix scorer (see module doc)."""
+    """llm-d endpoint picker's default profile without the prefix scorer: the cache-blind
+    queue + KV blend of the 2024 leaderboard, kept for comparison. The full default profile
+    (``3*prefix_match`` from the scheduler's approximate index) is ``llmd-approx``, the precise
+    profile ``llmd-precise`` (:mod:`agents.cache_routers`)."""
 
     name = "llm-d"
     QUEUE_WEIGHT = 2.0
     KV_WEIGHT = 2.0
-    # PREFIX_WEIGHT = 3.0 in llm-d; gridenv has no prefix cache, so the term is omitted.
+    # PREFIX_WEIGHT = 3.0 in llm-d's default profile: omitted on purpose (see llmd-approx).
 
     def raw_scores(self, snap) -> np.ndarray:
         """``2*queue_score + 2*(1 - kv_util)`` per site (queue score over feasible sites)."""
@@ -287,6 +244,7 @@ class SloGreedy(Heuristic):
     """Largest predicted TTFT headroom; shed when every feasible site's headroom is negative."""
 
     name = "slo-greedy"
+    may_shed = True
 
     def choose(self, snap):
         site = _best(-headroom_s(snap), snap)
@@ -308,8 +266,8 @@ class LocalSpill(Heuristic):
 
     name = "local-spill"
 
-    def __init__(self, level: int | None = None, spill_headroom_frac: float = 0.2) -> None:
-        super().__init__(level)
+    def __init__(self, level: int | None = None, spill_headroom_frac: float = 0.2, **gate) -> None:
+        super().__init__(level, **gate)
         self.spill_headroom_frac = float(spill_headroom_frac)
 
     def _order(self, snap) -> np.ndarray:
@@ -335,6 +293,7 @@ class CostGreedy(Heuristic):
     """Cheapest site predicted to meet the TTFT SLO (DynamoLLM-style); see the module doc."""
 
     name = "cost-greedy"
+    may_shed = True
 
     @staticmethod
     def cost_index(snap) -> np.ndarray:
@@ -367,11 +326,41 @@ class CostGreedy(Heuristic):
 
 
 # ---------------------------------------------------------------------------- registry
-HEURISTICS: dict[str, type[Heuristic]] = {
-    cls.name: cls
-    for cls in (RandomPolicy, RoundRobin, LocalFirst, JoinShortestQueue, PowerOfTwoChoices,
-                LlmdScorer, SloGreedy, LocalSpill, CostGreedy)
-}
+#: The baselines that never shed; each gets a ``+admit`` variant with the saturation gate.
+ADMISSION_BASES: tuple[type[Heuristic], ...] = (
+    RandomPolicy, RoundRobin, LocalFirst, JoinShortestQueue, PowerOfTwoChoices, LlmdScorer, LocalSpill,
+)
+
+
+def _with_admission(cls: type[Heuristic]) -> type[Heuristic]:
+    """``cls`` behind llm-d's saturation gate, registered as ``<name>+admit``; defined at module
+    level (``<Class>Admit``) so instances pickle."""
+    sub = type(f"{cls.__name__}Admit", (cls,), {
+        "name": f"{cls.name}+admit", "admission_default": True, "may_shed": True,
+        "__module__": __name__,
+        "__doc__": f"``{cls.name}`` behind a gateway that sheds when every candidate site is "
+                   "saturated (llm-d's saturation detector defaults: agents.admission).",
+    })
+    globals()[sub.__name__] = sub
+    return sub
+
+
+def _registry() -> dict[str, type[Heuristic]]:
+    from agents.cache_routers import CACHE_ROUTERS
+
+    classes = (RandomPolicy, RoundRobin, LocalFirst, JoinShortestQueue, PowerOfTwoChoices,
+               LlmdScorer, SloGreedy, LocalSpill, CostGreedy, *CACHE_ROUTERS,
+               *(_with_admission(c) for c in ADMISSION_BASES))
+    return {cls.name: cls for cls in classes}
+
+
+#: Every registered heuristic by name, in leaderboard order: the nine 2024-era baselines, the
+#: cache-aware routers, then the ``+admit`` variants.
+HEURISTICS: dict[str, type[Heuristic]] = _registry()
+
+#: Names of the cache-aware routers (they read the prefix-cache signals).
+CACHE_AWARE: tuple[str, ...] = tuple(
+    n for n, c in HEURISTICS.items() if c.__module__ == "agents.cache_routers")
 
 
 def heuristic_names() -> list[str]:

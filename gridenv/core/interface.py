@@ -189,7 +189,7 @@ class Signal:
     """A field of the router's JSON snapshot: what the caller sends, its unit and valid range."""
 
     name: str
-    type: str  # "number", "integer", "boolean", "string"
+    type: str  # JSON type: "number", "integer", "boolean", "string", "array" (bounds: its length)
     unit: str
     minimum: float | None = None
     maximum: float | None = None
@@ -226,6 +226,12 @@ REQUEST_FIELDS: tuple[Signal, ...] = (
     Signal("residency", "boolean", "flag", None, None, True, "must be served in its origin region"),
     Signal("ttft_slo_s", "number", "s", 0.0, None, False, "TTFT SLO (> 0; default: the class's)"),
     Signal("tpot_slo_s", "number", "s", 0.0, None, False, "TPOT SLO (> 0; default: the class's)"),
+    Signal("block_hashes", "array", "hashes", 0, 8192, False,
+           "the prompt's block hashes in order, integers or strings: hash i names the prompt's whole "
+           "prefix up to the end of block i (the router service matches them against its prefix index "
+           "and records them at the endpoint it picks; default: none)"),
+    Signal("block_size_tokens", "integer", "tokens", 1, 1 << 20, False,
+           "prompt tokens per block hash (default 128, the simulated router's index entry)"),
 )
 HOUR_FIELD = Signal("hour_utc", "number", "h", 0.0, 24.0, False, "time of day in [0, 24); default: now")
 

@@ -39,7 +39,7 @@ def statics(scenario: str = "metro"):
 def snap(
     scenario: str = "metro", *, waiting=None, running=None, kv=None, rtt=None, price=None,
     up=None, level=None, prompt: int = 500, ttft_slo_s: float = 10.0, origin: int = 0,
-    model: str = "llama-3-8b", residency: bool = False,
+    model: str = "llama-3-8b", residency: bool = False, cached=None, indexed=None, queued=None,
 ):
     """A snapshot of `scenario`'s sites with the given live signals (defaults: idle, all up)."""
     s = statics(scenario)
@@ -52,6 +52,7 @@ def snap(
     return make_snapshot(
         s, req, 12.0, arr(waiting, 0), arr(running, 0), arr(kv, 0.1),
         arr(rtt, 20.0), arr(price, 0.1), arr(up, 1), arr(level, 1),
+        arr(cached, 0.0), arr(indexed, 0.0), arr(queued, 0.0),
     )
 
 
@@ -229,8 +230,12 @@ def test_argmax_of_scores_is_the_chosen_site(name):
 
 
 def test_registry_and_errors():
-    assert set(ALL) == {"random", "round-robin", "local-first", "jsq", "p2c", "llm-d",
-                        "slo-greedy", "local-spill", "cost-greedy"}
+    old = ["random", "round-robin", "local-first", "jsq", "p2c", "llm-d", "slo-greedy",
+           "local-spill", "cost-greedy"]
+    cache = ["llmd-precise", "llmd-approx", "dynamo-kv", "sglang-cache", "vllm-ps-prefix",
+             "ray-prefix", "aibrix-prefix"]
+    admit = [f"{n}+admit" for n in old if n not in ("slo-greedy", "cost-greedy")]
+    assert ALL == old + cache + admit  # leaderboard order
     for name in ALL:
         assert make_heuristic(name).name == name
         assert load_policy(name).name == name
@@ -271,6 +276,7 @@ def random_snapshots(draw):
         origin=draw(st.integers(0, len(s.region_names) - 1)),
         model=draw(st.sampled_from([s.model_names[m] for m in set(s.site_model)])),
         residency=draw(st.booleans()),
+        cached=draw(floats(0, 1)), indexed=draw(floats(0, 1)), queued=draw(ints(0, 200000)),
     )
 
 
@@ -286,7 +292,7 @@ def test_no_heuristic_ever_picks_a_masked_site(sn, seed):
             site, level = (int(x) for x in pol.act(None, sn))
             assert 0 <= site <= st_.max_sites and 0 <= level < len(st_.batch_levels)
             assert mask[site], f"{name} picked masked site {site}"
-            if sn.feasible.any() and name not in ("slo-greedy", "cost-greedy"):
+            if sn.feasible.any() and not pol.may_shed:
                 assert site != st_.max_sites, f"{name} shed with feasible sites left"
         s = pol.scores(None, sn)
         assert s.shape == (st_.max_sites,)
