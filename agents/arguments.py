@@ -61,6 +61,12 @@ class TrainArgs:
     """continue the run in --run-dir from its last checkpoint (model, VecNormalize statistics, timestep count, best eval score)"""
     overwrite: bool = False
     """start a fresh run even if --run-dir already holds one (its files are replaced)"""
+    warm_start: str = "slo-greedy"
+    """imitation warm start: clone this heuristic's decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
+    warm_start_steps: int = 10_000
+    """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
+    init_from: Annotated[Optional[str], _unset("a new policy", "DIR")] = None
+    """fine-tune a trained policy: its weights, architecture and statistics (models/generalist, a run directory or a .zip; its observation interface must be the scenario's)"""
     hyperparams: str = "configs/ppo.yaml"
     """rl-zoo3-style YAML: a default: entry overridden by an entry per scenario name or env id (relative paths: the working directory, else the checkout)"""
     env_config: Annotated[Optional[str], _unset("the hyperparameter file's env_config", "JSON")] = None
@@ -168,6 +174,10 @@ def _check_train(a: TrainArgs) -> None:
         raise UsageError(f"--verbose must be 0, 1 or 2, got {a.verbose}")
     if a.seeds is not None:
         int_list(a.seeds, "--seeds")
+    if a.warm_start_steps < 0:
+        raise UsageError(f"--warm-start-steps must be at least 0, got {a.warm_start_steps}")
+    if a.init_from and a.resume:
+        raise UsageError("--init-from starts a new run from a trained policy; --resume continues a run: pass one")
     if a.resume and a.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pass one")
     if a.ray_address and a.backend != "ray":

@@ -170,6 +170,16 @@ def infer_scenario(model_path: Path, scenario: str | None = None) -> tuple[str, 
             raise ExportError(f"{args_json}: not valid JSON ({err})") from None
     saved_scenario = (saved.get("args") or {}).get("scenario") if isinstance(saved, dict) else None
     env_config = ((saved.get("hyperparams") or {}).get("env_config") or {}) if isinstance(saved, dict) else {}
+    if saved_scenario in ("random-grid", "gridenv/RandomGrid-v1"):
+        # A generalist (train.py --scenario random-grid) serves any grid through the relative
+        # observation: it is exported for the grid a router will serve, seen that way.
+        if not scenario:
+            raise ExportError(f"{model_path} was trained on random-grid (a new grid every episode): pass "
+                              "--scenario, the grid the exported router will serve")
+        iface = (saved.get("interface") or {}).get("interface") or {}
+        slots = (iface.get("action") or {}).get("max_sites", 12)
+        return (canon(scenario, "--scenario"), {"observation": {"mode": "relative"}, "actions": {"max_sites": slots}},
+                f"--scenario (a generalist from {args_json}, relative observation with {slots} site slots)")
     if scenario:
         name = canon(scenario, "--scenario")
         if saved_scenario and canon(saved_scenario, str(args_json)) != name:

@@ -397,6 +397,10 @@ class RunRecord(BaseModel):
         None, description="the slots-1 -> slots-2 migration (agents.migrate at commit 33e60bc)")
     migrations: Optional[list[dict[str, Any]]] = Field(
         None, description="appended by agents.migrate: from/to interface versions, by, verification")
+    init_from: Optional[str] = Field(
+        None, description="--init-from: the model whose weights the run started from")
+    warm_start: Optional[dict[str, Any]] = Field(
+        None, description="--warm-start: the heuristic cloned before PPO, on how many decisions, how well")
 
     @field_validator("args")
     @classmethod

@@ -29,6 +29,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,8 +45,9 @@ from agents import schemas
 from agents.arguments import TrainArgs
 from agents.runs import CHECKPOINT_PREFIX, Checkpoint, checkpoint_paths, latest_checkpoint, resolve_model
 from gridenv.core.scenario import deep_merge, scenario_names
+from gridenv.envs.registration import RANDOM_GRID_ID, ScenarioRef
 from gridenv.envs.registration import env_id as scenario_env_id
-from gridenv.envs.registration import resolve_scenario
+from gridenv.envs.registration import resolve_scenario as _resolve_file_or_name
 
 __all__ = [
     "ALGOS",
@@ -102,6 +104,49 @@ class HyperparamError(ConfigError):
     """A hyperparameter file that cannot be used (missing, bad YAML, unknown key, bad value)."""
 
 
+# ----------------------------------------------------------------------------- scenarios
+#: Names of the random-grid training distribution (gridenv/RandomGrid-v1: a new grid every reset).
+RANDOM_GRID_NAME = "random-grid"
+_RANDOM_GRID_ALIASES = (RANDOM_GRID_NAME, RANDOM_GRID_ID, RANDOM_GRID_ID.split("/", 1)[1])
+
+
+def resolve_scenario(spec: str) -> ScenarioRef:
+    """A scenario name, env id or YAML path, or ``random-grid`` / ``gridenv/RandomGrid-v1``
+    (the generated-grid distribution; its ``env_config`` holds RandomGridSpec fields)."""
+    if str(spec).strip() in _RANDOM_GRID_ALIASES:
+        return ScenarioRef(RANDOM_GRID_NAME, RANDOM_GRID_ID, RANDOM_GRID_ID, False)
+    return _resolve_file_or_name(spec)
+
+
+def is_random_grid(ref: ScenarioRef) -> bool:
+    return ref.env_id == RANDOM_GRID_ID
+
+
+def check_env_config(ref: ScenarioRef, env_config: dict | None) -> None:
+    """Fail early, naming the flag, if `env_config` does not fit the scenario."""
+    if not env_config:
+        return
+    if is_random_grid(ref):
+        from gridenv.envs.random_grid_env import _grid_spec
+
+        try:
+            _grid_spec(dict(env_config))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"env_config for {RANDOM_GRID_ID} must be RandomGridSpec fields "
+                              f"(gridenv/core/random_grid.py): {err}") from None
+        return
+    from gridenv.core.scenario import load_scenario
+
+    load_scenario(ref.source, env_config)
+
+
+def _env_kwargs(env_id: str, config: dict | None) -> dict:
+    """``gym.make`` keyword arguments: ``config`` for a scenario id, ``spec`` for RandomGrid."""
+    if not config:
+        return {}
+    return {"spec": dict(config)} if env_id == RANDOM_GRID_ID else {"config": config}
+
+
 # ----------------------------------------------------------------------------- hyperparameters
 def check_entry(entry: Any, where: str) -> dict:
     """`entry` validated as a hyperparameter entry; HyperparamError naming `where` and the key."""
@@ -136,7 +181,7 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
     except ValueError as err:
         raise HyperparamError(str(err)) from None
     ref = resolve_scenario(scenario)
-    names = set(scenario_names()) | {ref.name}
+    names = set(scenario_names()) | {ref.name, RANDOM_GRID_NAME}
     known = names | {scenario_env_id(n) for n in names} | {"default"}
     for key in hp.root:
         if key not in known:
@@ -214,7 +259,7 @@ def make_env(
     """A thunk for DummyVecEnv: ``Monitor(EpisodeMetricsInfo([FixedSeedCycle](gym.make(id))))``."""
 
     def thunk() -> gym.Env:
-        env = gym.make(env_id, config=config or None)
+        env = gym.make(env_id, **_env_kwargs(env_id, config))
         if seeds is not None:
             env = FixedSeedCycle(env, seeds)
         env = EpisodeMetricsInfo(env, EPISODE_METRICS)
@@ -344,11 +389,14 @@ class SaveVecNormalizeCallback(BaseCallback):
         return True
 
 
-def make_eval_callback(algo: str, eval_env: VecNormalize, **kwargs) -> EvalCallback:
+def make_eval_callback(algo: str, eval_env: VecNormalize, collapse_check=None, **kwargs) -> EvalCallback:
     """An EvalCallback (``ppo``) or MaskableEvalCallback (``maskable_ppo``) that
 
-    * restarts the eval env's fixed seed cycle before each evaluation, and
-    * records the mean end-of-episode metrics of the evaluation episodes as ``eval/<metric>``.
+    * restarts the eval env's fixed seed cycle before each evaluation,
+    * records the mean end-of-episode metrics of the evaluation episodes as ``eval/<metric>``, and
+    * with `collapse_check` (``f(timesteps, episode metrics, mean reward) -> warning or None``,
+      e.g. :func:`eval_collapse_warning`), prints a ``train.py: warning:`` line after an
+      evaluation where the policy collapsed, and keeps them in ``collapse_warnings``.
 
     `kwargs` go to the callback (eval_freq, n_eval_episodes, best_model_save_path, ...).
     """
@@ -364,6 +412,7 @@ def make_eval_callback(algo: str, eval_env: VecNormalize, **kwargs) -> EvalCallb
             super().__init__(*args, **kw)
             self._episode_metrics: list[dict] = []
             self.last_episode_metrics: list[dict] = []
+            self.collapse_warnings: list[str] = []
 
         def _on_step(self) -> bool:
             evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
@@ -387,6 +436,12 @@ def make_eval_callback(algo: str, eval_env: VecNormalize, **kwargs) -> EvalCallb
                         )
                     )
                 self.logger.dump(self.num_timesteps)
+                if collapse_check is not None:
+                    warning = collapse_check(self.num_timesteps, self.last_episode_metrics,
+                                             float(self.last_mean_reward))
+                    if warning:
+                        print(f"train.py: warning: {warning}", file=sys.stderr, flush=True)
+                        self.collapse_warnings.append(warning)
             return cont
 
         def _log_success_callback(self, locals_: dict, globals_: dict) -> None:
@@ -419,6 +474,120 @@ def restore_eval_state(eval_callback: EvalCallback, run_dir: str | Path) -> None
 
 # ----------------------------------------------------------------------------- checkpoints
 # Checkpoint and latest_checkpoint are defined in agents.runs (imported above).
+
+
+# ----------------------------------------------------------------------------- warm start, init-from
+def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref: ScenarioRef,
+                env_config: dict | None, n_envs: int, gamma: float, algo: str):
+    """Behaviour cloning of `heuristic` into the new model (agents/warm_start.py)."""
+    from agents import warm_start as W
+
+    # Demonstration episodes use the training seeds after the training envs' own (seed + i).
+    # At most a quarter of the run's steps: a smoke run of a few hundred steps stays a smoke run.
+    n_decisions = max(1, min(args.warm_start_steps, args.total_timesteps // 4))
+    # On RandomGrid every episode is cut at 1/25 of the decisions: 25+ grids, not two or three.
+    demo = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
+                                    seed=args.seed + n_envs,
+                                    max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None)
+    obs = demo.obs
+    if venv.norm_obs:  # the policy sees normalized observations: prime the statistics with these
+        venv.obs_rms.update(obs)
+        obs = venv.normalize_obs(obs).astype(np.float32)
+    maskable = algo == "maskable_ppo"
+    before, after, acc_site, acc_level = W.behaviour_clone(model.policy, obs, demo.masks, demo.actions,
+                                                           maskable=maskable, seed=args.seed)
+    returns = W.normalized_returns(demo.rewards, demo.episode_starts, gamma, venv)
+    r2 = W.fit_critic(model.policy, obs, returns, seed=args.seed)
+    return W.WarmStartReport(heuristic, len(demo.actions), demo.n_episodes, demo.shed_frac, acc_site,
+                             acc_level, before, after, None if not np.isfinite(r2) else r2)
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """``--init-from``: a trained model, its statistics and its recorded interface."""
+
+    model: Path
+    vecnormalize: Path | None
+    interface: dict | None
+    interface_file: Path | None
+
+
+def _init_source(spec: str) -> InitSource:
+    """The model of ``--init-from`` (a run directory, ``models/<name>``, or a .zip)."""
+    from agents.sb3_policy import read_interface_record
+
+    try:
+        files = resolve_model(spec)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--init-from: {err}") from None
+    record, where = read_interface_record(files.model)
+    return InitSource(files.model, files.vecnormalize if files.vecnormalize.is_file() else None, record, where)
+
+
+def _mode_hint(record_mode: str, current_mode: str, max_sites: int) -> str:
+    if record_mode == "relative" and current_mode != "relative":
+        return (f" The model reads the 'relative' observation with {max_sites} site slots: give the scenario "
+                f"'observation: {{mode: relative}}' and 'actions: {{max_sites: {max_sites}}}', or pass "
+                f"--env-config '{{\"observation\": {{\"mode\": \"relative\"}}, \"actions\": {{\"max_sites\": {max_sites}}}}}'.")
+    if record_mode != current_mode:
+        return f" The model reads the {record_mode!r} observation, the scenario gives {current_mode!r}."
+    return ""
+
+
+def check_init_interface(init: InitSource, interface) -> None:
+    """ConfigError naming the mismatch unless the model of `init` was made for `interface`."""
+    from gridenv.core.interface import InterfaceMismatchError, check_compatible
+
+    if init.interface is None:
+        raise ConfigError(f"--init-from {init.model}: the model has no interface record (interface.json or "
+                          "args.json), so it cannot be checked against the scenario: re-export or migrate it")
+    decl = init.interface.get("interface", {})
+    rec_mode = decl.get("mode", "slots")
+    rec_sites = (decl.get("action") or {}).get("max_sites", "?")
+    try:
+        check_compatible(init.interface, interface, what=f"--init-from {init.model}")
+    except InterfaceMismatchError as err:
+        raise ConfigError(f"{err}.{_mode_hint(rec_mode, interface.mode, rec_sites)}") from None
+
+
+def _model_from_init(init: InitSource, Algo, args: TrainArgs, venv: VecNormalize, hp: dict,
+                     run_dir: Path, normalize: dict):
+    """A new model with the architecture and weights of `init`'s policy (and its statistics)."""
+    check_init_interface(init, venv.get_attr("interface")[0])
+    try:
+        source = Algo.load(init.model, device=args.device)
+    except Exception as err:  # noqa: BLE001 - another algorithm's archive, a damaged file
+        raise ConfigError(f"--init-from {init.model}: cannot load it as {args.algo} "
+                          f"({type(err).__name__}: {err})") from None
+    if source.observation_space.shape != venv.observation_space.shape or \
+            list(source.action_space.nvec) != list(venv.action_space.nvec):
+        raise ConfigError(f"--init-from {init.model}: made for observations {source.observation_space.shape} and "
+                          f"actions {list(source.action_space.nvec)}, the scenario has "
+                          f"{venv.observation_space.shape} and {list(venv.action_space.nvec)}")
+    for key in ("policy", "net_arch", "activation_fn", "ortho_init", "site_hidden", "critic_hidden"):
+        hp.pop(key, None)  # the architecture is the source model's
+    for key in ("learning_rate", "clip_range"):
+        if isinstance(hp.get(key), str):
+            hp[key] = linear_schedule(float(hp[key][4:]))
+    model = Algo(type(source.policy), venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
+                 tensorboard_log=str(run_dir / "tb"), policy_kwargs=dict(source.policy_kwargs), **hp)
+    model.policy.load_state_dict(source.policy.state_dict())
+    if init.vecnormalize is not None:
+        import pickle
+
+        with open(init.vecnormalize, "rb") as f:
+            src = pickle.load(f).__dict__  # VecNormalize without its venv: read the attributes
+        if bool(src["norm_obs"]) != bool(venv.norm_obs):
+            raise ConfigError(f"--init-from {init.model}: trained with observation normalization "
+                              f"{'on' if src['norm_obs'] else 'off'}, the hyperparameters say "
+                              f"{'on' if venv.norm_obs else 'off'} (normalize.obs)")
+        if venv.norm_obs:
+            venv.obs_rms = src["obs_rms"]
+        venv.ret_rms = src["ret_rms"]
+    elif venv.norm_obs:
+        raise ConfigError(f"--init-from {init.model}: no vecnormalize.pkl beside it, and the hyperparameters "
+                          "normalize observations (normalize.obs)")
+    return model
 
 
 # ----------------------------------------------------------------------------- one run
@@ -491,10 +660,17 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     vec_workers = hp.pop("vec_workers", None) or 2
     for key in ("n_envs", "eval_episodes", "total_timesteps"):  # given on the command line instead
         hp.pop(key, None)
-    if env_config:  # fail here, with the flag named, rather than inside the first env
-        from gridenv.core.scenario import load_scenario
+    check_env_config(ref, env_config)  # fail here, with the flag named, rather than inside the first env
+    warm_start = None if args.warm_start.lower() in ("none", "off", "") else args.warm_start
+    if warm_start is not None:
+        from agents.heuristics import HEURISTICS
 
-        load_scenario(ref.source, env_config)
+        if warm_start not in HEURISTICS:
+            raise ConfigError(f"--warm-start: unknown heuristic {warm_start!r}; choose one of "
+                              f"{', '.join(HEURISTICS)}, or none")
+    init = None
+    if args.init_from and not ckpt:
+        init = _init_source(args.init_from)
     torch.set_num_threads(args.torch_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = print if args.verbose else (lambda *a, **k: None)
@@ -509,9 +685,15 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
 
     # 3. The model: new, or the checkpoint's (with its timestep count and optimizer state).
     Algo = MaskablePPO if args.algo == "maskable_ppo" else PPO
+    warm_report = None
     if ckpt:
         model = Algo.load(ckpt.model, env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
         log(f"resumed {ckpt.model} at {model.num_timesteps} timesteps")
+    elif init is not None:
+        # 3b. --init-from: the trained policy's architecture and weights (and its VecNormalize
+        #     statistics), the hyperparameter file's PPO settings; the interface must match.
+        model = _model_from_init(init, Algo, args, venv, hp, run_dir, normalize)
+        log(f"initialized from {init.model} (interface {venv.get_attr('interface')[0].version})")
     else:
         policy_kwargs = {
             "net_arch": hp.pop("net_arch", [64, 64]),
@@ -534,6 +716,11 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
                 hp[key] = linear_schedule(float(hp[key][4:]))
         model = Algo(policy, venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
                      tensorboard_log=str(run_dir / "tb"), policy_kwargs=policy_kwargs, **hp)
+        if warm_start is not None and args.warm_start_steps > 0:
+            # 3c. Imitation warm start (agents/warm_start.py): clone the heuristic's decisions on
+            #     training seeds after the training envs' (seed + n_envs, ...), then fit the critic.
+            warm_report = _warm_start(model, venv, warm_start, args, ref, env_config, n_envs, gamma, args.algo)
+            log(warm_report.line())
     remaining = args.total_timesteps - model.num_timesteps
 
     # 4. Record what was run (agents.schemas.RunRecord).
@@ -542,6 +729,9 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         args=dataclasses.asdict(args), scenario=ref.name, env_id=ref.env_id,
         scenario_file=ref.source if ref.is_file else None, n_envs=n_envs,
         hyperparams=saved_hp | {"env_config": env_config or {}}, eval_seeds=eval_seeds,
+        init_from=str(init.model) if init is not None else (previous.init_from if previous else None),
+        warm_start=(dataclasses.asdict(warm_report) if warm_report is not None
+                    else (previous.warm_start if previous else None)),
         interface=venv.get_attr("interface")[0].record(),  # checked by SB3Policy / export
         commands=[*(previous.commands if previous else []),
                   command or shlex.join(["python", "train.py", *sys.argv[1:]])])
@@ -559,8 +749,11 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         eval_env = make_vec_env(ref.env_id, 1, args.seed, gamma, normalize, env_config,
                                 monitor_dir=run_dir / "monitor", append_monitor=ckpt is not None,
                                 eval_seeds=eval_seeds)
+        reference = ReferenceOnEvalSeeds(ref.env_id, env_config, eval_seeds)
         eval_cb = make_eval_callback(
             args.algo, eval_env, n_eval_episodes=eval_episodes, eval_freq=max(args.eval_freq // n_envs, 1),
+            collapse_check=lambda steps, metrics, reward: eval_collapse_warning(
+                run_dir.name, steps, metrics, reward, reference),
             best_model_save_path=str(run_dir / "best_model"), log_path=str(run_dir / "eval"), deterministic=True,
             callback_on_new_best=SaveVecNormalizeCallback(run_dir / "best_model"), verbose=args.verbose,
         )
@@ -571,10 +764,16 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     # 6. Train.
     t0 = time.perf_counter()
     steps0 = model.num_timesteps
+    interrupted = False
     if remaining > 0:
         log(f"training {args.algo} on {ref.env_id} for {remaining} steps with {n_envs} envs -> {run_dir}")
-        model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=args.algo,
-                    reset_num_timesteps=ckpt is None, progress_bar=args.progress_bar)
+        try:
+            model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=args.algo,
+                        reset_num_timesteps=ckpt is None, progress_bar=args.progress_bar)
+        except KeyboardInterrupt:  # Ctrl-C: stop early, but keep what was learned (saved below)
+            interrupted = True
+            print(f"train.py: interrupted at {model.num_timesteps} steps: saving the model and its "
+                  "statistics (--resume continues from here)", file=sys.stderr, flush=True)
     else:
         log(f"{run_dir} already at {model.num_timesteps} >= --total-timesteps {args.total_timesteps}: nothing to train")
     seconds = time.perf_counter() - t0
@@ -594,16 +793,24 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     venv.close()
     result = {"run_dir": run_dir, "model": run_dir / "model.zip", "vecnormalize": run_dir / "vecnormalize.pkl",
               "timesteps": int(model.num_timesteps), "train_seconds": seconds, "steps_per_s": steps_per_s,
-              "resumed_from": ckpt, "leaderboard": None, "warnings": []}
+              "resumed_from": ckpt, "leaderboard": None, "warnings": [], "interrupted": interrupted,
+              "eval_warnings": list(getattr(eval_cb, "collapse_warnings", [])) if eval_cb is not None else []}
 
     # 8. The trained agent against the heuristics, on the scenario as published (full horizon),
     #    and a plain warning if the policy learned to shed (the usual failure of short runs).
     lb = None
-    if not args.no_eval_leaderboard:
-        result["leaderboard"], lb = leaderboard(run_dir, ref.source, args.leaderboard_seeds,
-                                                args.leaderboard_suite, log)
+    if interrupted:
+        log("interrupted: no leaderboard (evaluate.py --policies name=<run dir> ranks it later)")
+    elif not args.no_eval_leaderboard:
+        if is_random_grid(ref):  # no one grid: the held-out generated grids
+            suite = "generalization" if args.leaderboard_suite == "standard" else args.leaderboard_suite
+            result["leaderboard"], lb = leaderboard(run_dir, None, args.leaderboard_seeds, suite, log)
+        else:
+            result["leaderboard"], lb = leaderboard(run_dir, ref.source, args.leaderboard_seeds,
+                                                    args.leaderboard_suite, log)
     last_eval = getattr(eval_cb, "last_episode_metrics", None) if eval_cb is not None else None
-    warning = collapse_warning(run_dir.name, lb, last_eval)
+    warning = collapse_warning(run_dir.name, lb, last_eval,
+                               reference.result if eval_cb is not None else None)
     if warning:
         print(f"train.py: warning: {warning}", file=sys.stderr)
         result["warnings"].append(warning)
@@ -614,48 +821,151 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
 
 
 #: A policy that sheds more than this fraction of the requests has collapsed to shedding.
+#: With a reference (``random`` on the same episodes), the fraction counts only the requests
+#: random served: requests no site could take (masked everywhere) are shed by every policy.
 COLLAPSE_SHED_FRAC = 0.5
 
+#: What to do about a collapse (the end of every collapse warning).
+COLLAPSE_HINT = ("keep the imitation warm start on (--warm-start slo-greedy, the default; "
+                 "--warm-start-steps for more decisions), fine-tune the generalist "
+                 "(--init-from models/generalist, for relative-mode scenarios), or train longer "
+                 "(--total-timesteps); check the reward scale and --env-config")
 
-def collapse_warning(name: str, lb: dict | None, eval_metrics: list[dict] | None = None) -> str | None:
+
+def _shed_share(shed: float, arrived: float, ref_shed: float | None = None) -> float | None:
+    """Shed share of the requests, beyond the `ref_shed` that no policy could serve."""
+    base = ref_shed if ref_shed is not None and 0 <= ref_shed < arrived else 0.0
+    if arrived - base <= 0:
+        return None
+    return max(shed - base, 0.0) / (arrived - base)
+
+
+@dataclass
+class EvalReference:
+    """The ``random`` heuristic on the in-training evaluation's episodes (same seeds)."""
+
+    reward_mean: float  #: $ per episode
+    shed: float  #: requests shed, summed over the episodes
+    arrived: float  #: requests arrived, summed over the episodes
+
+
+class ReferenceOnEvalSeeds:
+    """Runs ``random`` once, lazily, on the evaluation seeds (what collapse is judged against)."""
+
+    def __init__(self, env_id: str, env_config: dict | None, seeds: list[int], policy: str = "random"):
+        self.env_id, self.env_config, self.seeds, self.policy = env_id, env_config, list(seeds), policy
+        self.result: EvalReference | None = None
+        self.error: str | None = None
+
+    def __call__(self) -> EvalReference | None:
+        if self.result is None and self.error is None:
+            try:
+                self.result = reference_on_seeds(self.env_id, self.env_config, self.seeds, self.policy)
+            except Exception as err:  # noqa: BLE001 - a warning aid must never stop training
+                self.error = f"{type(err).__name__}: {err}"
+        return self.result
+
+
+def reference_on_seeds(env_id: str, env_config: dict | None, seeds: list[int],
+                       policy: str = "random") -> EvalReference:
+    """Mean reward and shed counts of heuristic `policy` on episodes ``reset(seed=s)``."""
+    from agents.heuristics import make_heuristic
+
+    rewards, shed, arrived = [], 0.0, 0.0
+    for seed in seeds:
+        env = gym.make(env_id, **_env_kwargs(env_id, env_config))
+        pol = make_heuristic(policy)
+        pol.reset(seed)
+        obs, info = env.reset(seed=seed)
+        total = 0.0
+        while True:
+            obs, reward, terminated, truncated, info = env.step(pol.act(obs, info["snapshot"]))
+            total += float(reward)
+            if terminated or truncated:
+                break
+        env.close()
+        m = info["episode_metrics"]
+        rewards.append(total)
+        shed += float(m.get("shed", 0.0))
+        arrived += float(m.get("arrived", 0.0))
+    return EvalReference(float(np.mean(rewards)), shed, arrived)
+
+
+def eval_collapse_warning(name: str, timesteps: int, metrics: list[dict], mean_reward: float,
+                          reference: Callable[[], EvalReference | None] | EvalReference | None = None) -> str | None:
+    """A one-line warning if an in-training evaluation shows a collapsed policy, else None.
+
+    Collapsed: it sheds more than :data:`COLLAPSE_SHED_FRAC` of the requests (of those the
+    reference served, when there is one), or earns less per episode than the reference
+    (``random`` on the same evaluation seeds)."""
+    ref = reference() if callable(reference) else reference
+    shed = sum(float(m.get("shed", 0.0)) for m in metrics)
+    arrived = sum(float(m.get("arrived", 0.0)) for m in metrics)
+    share = _shed_share(shed, arrived, ref.shed if ref else None)
+    where = f"{name}, evaluation at {timesteps:,} steps"
+    vs = (f" (random on the same episodes: {ref.reward_mean:.3f} $, sheds {ref.shed / ref.arrived:.0%})"
+          if ref is not None and ref.arrived > 0 else "")
+    if share is not None and share > COLLAPSE_SHED_FRAC:
+        return (f"{where}: the policy has collapsed to shedding: it sheds {shed / arrived:.0%} of the "
+                f"requests and earns {mean_reward:.3f} $ per episode{vs}; {COLLAPSE_HINT}")
+    if ref is not None and mean_reward < ref.reward_mean:
+        return (f"{where}: the policy earns {mean_reward:.3f} $ per episode, less than the random "
+                f"heuristic{vs}; {COLLAPSE_HINT}")
+    return None
+
+
+def collapse_warning(name: str, lb: dict | None, eval_metrics: list[dict] | None = None,
+                     reference: EvalReference | None = None) -> str | None:
     """A one-line warning if the trained policy collapsed, else None.
 
-    From the leaderboard (the run's row on its scenario): it sheds more than
-    :data:`COLLAPSE_SHED_FRAC` of the requests, or earns less than the ``random`` heuristic.
-    Without a leaderboard, from the last in-training evaluation's shed fraction.
+    From the leaderboard (the run's rows, one per scenario): on some scenario it sheds more
+    than :data:`COLLAPSE_SHED_FRAC` of the requests (beyond what ``random`` sheds there), or
+    earns less than the ``random`` heuristic. Without a leaderboard, from the last in-training
+    evaluation (beyond what `reference`, ``random`` on the same seeds, shed, when given).
     """
-    hint = ("train longer (--total-timesteps), or check the reward scale and --env-config; "
-            "the model is saved either way")
+    hint = f"{COLLAPSE_HINT}; the model is saved either way"
     if lb is not None:
-        rows = {r["policy"]: r for r in lb["results"]}
-        mine, rnd = rows.get(name), rows.get("random")
-        if mine is None:
-            return None
-        shed = mine.get("shed_frac")
-        if shed is not None and shed > COLLAPSE_SHED_FRAC:
-            return (f"the policy of {name} collapsed to shedding: it sheds {shed:.0%} of the requests "
-                    f"on the leaderboard; {hint}")
-        if rnd is not None and mine["reward_mean"] < rnd["reward_mean"]:
-            return (f"the policy of {name} earns less than the random heuristic on the leaderboard "
-                    f"({mine['reward_mean']:.3f} vs {rnd['reward_mean']:.3f} $ per episode); {hint}")
+        rows = [r for r in lb["results"] if r["policy"] == name]
+        rnd = {r.get("scenario"): r for r in lb["results"] if r["policy"] == "random"}
+        shedding, below = [], []
+        for mine in rows:
+            sc = mine.get("scenario", "?")
+            ref = rnd.get(mine.get("scenario"))
+            shed = mine.get("shed_frac")
+            ref_shed = ref.get("shed_frac") if ref else None
+            if shed is not None:
+                share = _shed_share(shed, 1.0, ref_shed) if ref_shed is not None else shed
+                if share is not None and share > COLLAPSE_SHED_FRAC:
+                    shedding.append(f"{shed:.0%} on {sc}")
+                    continue
+            if ref is not None and mine["reward_mean"] < ref["reward_mean"]:
+                below.append(f"{sc} ({mine['reward_mean']:.3f} vs {ref['reward_mean']:.3f} $ per episode)")
+        if shedding:
+            return (f"the policy of {name} collapsed to shedding: it sheds {', '.join(shedding)} of "
+                    f"the requests on the leaderboard; {hint}")
+        if below:
+            return (f"the policy of {name} earns less than the random heuristic on the leaderboard on "
+                    f"{', '.join(below)}; {hint}")
         return None
     if eval_metrics:
         shed = sum(m.get("shed", 0.0) for m in eval_metrics)
         arrived = sum(m.get("arrived", 0.0) for m in eval_metrics)
-        if arrived > 0 and shed / arrived > COLLAPSE_SHED_FRAC:
+        share = _shed_share(shed, arrived, reference.shed if reference else None)
+        if share is not None and share > COLLAPSE_SHED_FRAC:
             return (f"the policy of {name} collapsed to shedding: it shed {shed / arrived:.0%} of the "
                     f"requests in its last evaluation; {hint}")
     return None
 
 
-def leaderboard(run_dir: Path, scenario: str, n_seeds: int, suite: str = "standard",
+def leaderboard(run_dir: Path, scenario: str | None, n_seeds: int, suite: str = "standard",
                 log=print, workers: int | None = None) -> tuple[Path | None, dict | None]:
     """The trained agent against every heuristic on `n_seeds` held-out seeds of `scenario`.
 
     Uses the first `n_seeds` seeds of `suite` (``standard``: the scenario at its full horizon,
     seeds 10000, 10001, ...: never used in training or model selection) and writes
     run_dir/leaderboard/ (leaderboard.json/.csv/.md, plots, learning curves from run_dir/tb).
-    The agent is the run directory's model (:func:`agents.runs.resolve_model`: the best model
+    `scenario` None: every scenario of `suite` (a random-grid run: the held-out generated grids
+    of ``generalization``). The agent is the run directory's model (:func:`agents.runs.resolve_model`: the best model
     of the in-training evaluation when there is one). Returns (leaderboard.json path, the
     leaderboard), or (None, None) on failure: training results are kept either way.
     """
@@ -667,9 +977,9 @@ def leaderboard(run_dir: Path, scenario: str, n_seeds: int, suite: str = "standa
     out = run_dir / "leaderboard"
     workers = workers or min(2, os.cpu_count() or 1)
     try:
-        s = get_suite(suite, scenarios=[scenario])
+        s = get_suite(suite, scenarios=[scenario] if scenario is not None else None)
         s = dataclasses.replace(s, seeds=s.seeds[:n_seeds])
-        log(f"leaderboard: {run_dir.name} vs heuristics on {s.scenarios[0]}, seeds "
+        log(f"leaderboard: {run_dir.name} vs heuristics on {', '.join(s.scenarios)}, seeds "
             f"{list(s.seeds)} -> {out}")
         t0 = time.perf_counter()
         lb = evaluate(s, parse_policies([*heuristic_names(), f"{run_dir.name}={resolve_model(run_dir).run_dir}"]),

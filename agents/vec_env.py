@@ -39,11 +39,12 @@ reads them and building n dictionaries per step is what made the old path slow.
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing as mp
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -80,22 +81,37 @@ def split_envs(n_envs: int, n_shards: int) -> list[range]:
     return out
 
 
-def _scenario_of(env_id: str) -> str:
+def shard_factory(env_id: str, config: dict | None) -> Callable[[int], GridVectorEnv]:
+    """A picklable ``factory(n)`` -> SAME_STEP vector env of `n` copies of `env_id`.
+
+    A fixed-scenario id gives ``GridVectorEnv(n, scenario, config)``; ``gridenv/RandomGrid-v1``
+    gives ``RandomGridVectorEnv(n, spec=config)`` (a new generated grid at every reset; `config`
+    holds RandomGridSpec fields there).
+    """
     spec = gym.spec(env_id)
+    if str(spec.entry_point).endswith(":RandomGridEnv"):
+        from gridenv.envs.random_grid_env import RandomGridVectorEnv
+
+        kwargs = dict(spec.kwargs or {})
+        if config:
+            kwargs["spec"] = config
+        return functools.partial(RandomGridVectorEnv, autoreset_mode=AutoresetMode.SAME_STEP,
+                                 copy=False, **kwargs)
     scenario = (spec.kwargs or {}).get("scenario")
     if scenario is None:
-        raise ValueError(f"{env_id}: GridVecEnv needs a fixed-scenario gridenv id (its spec has no "
-                         "'scenario' kwarg, e.g. a new grid every reset): use vec_backend: dummy")
-    return scenario
+        raise ValueError(f"{env_id}: GridVecEnv needs a gridenv scenario id or gridenv/RandomGrid-v1 "
+                         "(its spec has no 'scenario' kwarg): use vec_backend: dummy")
+    return functools.partial(GridVectorEnv, scenario=scenario, config=config,
+                             autoreset_mode=AutoresetMode.SAME_STEP, copy=False)
 
 
 # ----------------------------------------------------------------------------- shards
 class _LocalShard:
     """A GridVectorEnv in this process."""
 
-    def __init__(self, scenario, config, envs: range) -> None:
+    def __init__(self, factory, envs: range) -> None:
         self.envs = envs
-        self.venv = GridVectorEnv(len(envs), scenario, config, AutoresetMode.SAME_STEP, copy=False)
+        self.venv = factory(len(envs))
 
     def send_reset(self, seeds) -> None:
         self._seeds = seeds
@@ -121,10 +137,10 @@ class _LocalShard:
 class _RemoteShard:
     """A GridVectorEnv in a worker process; one pipe round trip per command."""
 
-    def __init__(self, ctx, scenario, config, envs: range, k: int) -> None:
+    def __init__(self, ctx, factory, envs: range, k: int) -> None:
         self.envs, self.k = envs, k
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve_shard, args=(child, self.conn, scenario, config, len(envs)),
+        self.process = ctx.Process(target=serve_shard, args=(child, self.conn, None, None, len(envs), factory),
                                    daemon=True, name=f"gridenv-vec-worker-{k}")
         self.process.start()
         child.close()
@@ -226,25 +242,25 @@ class GridVecEnv(VecEnv):
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.env_id = env_id
         self.backend = backend
-        scenario = _scenario_of(env_id)
+        factory = shard_factory(env_id, config)
         self.shards: list = []
         self._closed = False
         if backend == "native":
-            self.shards = [_LocalShard(scenario, config, range(n_envs))]
+            self.shards = [_LocalShard(factory, range(n_envs))]
         else:
             ctx = mp.get_context(start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"))
             try:
                 for k, envs in enumerate(split_envs(n_envs, n_workers)):
                     if backend == "hybrid" and k == 0:  # this process steps the first shard
-                        self.shards.append(_LocalShard(scenario, config, envs))
+                        self.shards.append(_LocalShard(factory, envs))
                     else:
-                        self.shards.append(_RemoteShard(ctx, scenario, config, envs, k))
+                        self.shards.append(_RemoteShard(ctx, factory, envs, k))
             except BaseException:
                 self.close()
                 raise
         _OPEN.add(self)
         # Spaces from a one-env prototype in this process (cheap: no episode is generated).
-        proto = GridVectorEnv(1, scenario, config, AutoresetMode.SAME_STEP, copy=False)
+        proto = factory(1)
         self.scenario = proto.scenario
         self.max_sites, self.n_levels = proto.max_sites, proto.n_levels
         self.interface = proto.interface

@@ -189,7 +189,7 @@ class Signal:
     """A field of the router's JSON snapshot: what the caller sends, its unit and valid range."""
 
     name: str
-    type: str  # "number", "integer", "boolean", "string"
+    type: str  # JSON type: "number", "integer", "boolean", "string", "array" (bounds: its length)
     unit: str
     minimum: float | None = None
     maximum: float | None = None
@@ -226,6 +226,12 @@ REQUEST_FIELDS: tuple[Signal, ...] = (
     Signal("residency", "boolean", "flag", None, None, True, "must be served in its origin region"),
     Signal("ttft_slo_s", "number", "s", 0.0, None, False, "TTFT SLO (> 0; default: the class's)"),
     Signal("tpot_slo_s", "number", "s", 0.0, None, False, "TPOT SLO (> 0; default: the class's)"),
+    Signal("block_hashes", "array", "hashes", 0, 8192, False,
+           "the prompt's block hashes in order, integers or strings: hash i names the prompt's whole "
+           "prefix up to the end of block i (the router service matches them against its prefix index "
+           "and records them at the endpoint it picks; default: none)"),
+    Signal("block_size_tokens", "integer", "tokens", 1, 1 << 20, False,
+           "prompt tokens per block hash (default 128, the simulated router's index entry)"),
 )
 HOUR_FIELD = Signal("hour_utc", "number", "h", 0.0, 24.0, False, "time of day in [0, 24); default: now")
 
@@ -255,6 +261,11 @@ def _compile(expr: str, what: str):
 
 
 _NS = {"np": np, "math": math, "local_hour": local_hour}
+
+try:  # the ufunc np.clip calls for float arrays, without its Python-level argument handling
+    from numpy._core.umath import clip as _clip
+except ImportError:  # numpy < 2
+    from numpy.core.umath import clip as _clip
 
 
 # ---------------------------------------------------------------------------- the interface
@@ -359,14 +370,19 @@ class Interface:
 
     # -------------------------------------------------------------- encoder
     def _build_encoder(self) -> None:
-        """Compile the declarations into templates, scale rows and one request function."""
+        """Compile the declarations into templates, scale rows and generated functions.
+
+        Per decision the encoder copies the static template of the request's origin, gathers
+        the signal rows in one conversion, scales and clips the site block in float64, and
+        writes the request part with one generated function: a handful of numpy calls whatever
+        the number of features (the encoder is on every decision's path)."""
         st = self.statics
         n, F = st.n_sites, self.n_site_features
         ns = dict(_NS, st=st)
         scale = np.ones((F, n))
-        self._signal_rows: list[tuple[int, str]] = []
-        self._request_rows: list[tuple[int, Any]] = []
-        self._request_div: list[tuple[int, Any]] = []
+        signal_rows: list[tuple[int, str]] = []
+        request_rows: list[tuple[int, str]] = []
+        request_div: list[tuple[int, str]] = []
         origin_rows: list[tuple[int, Any]] = []
         static = np.zeros((F, n))
         for i, f in enumerate(self.site_features):
@@ -380,14 +396,14 @@ class Interface:
                 attr = f.source.removeprefix("snap.")
                 if attr == f.source or not attr.isidentifier():
                     raise ValueError(f"interface declaration {what}: a signal source is snap.<field>, got {f.source!r}")
-                self._signal_rows.append((i, attr))
+                signal_rows.append((i, attr))
             elif f.kind == "request":
-                self._request_rows.append((i, code))
+                request_rows.append((i, f.source))
             else:
                 raise ValueError(f"interface declaration {what}: unknown kind {f.kind!r}")
             div = _compile(f.divide_by, f"{what} divide_by")
             if "req" in f.divide_by:
-                self._request_div.append((i, div))
+                request_div.append((i, f.divide_by))
             else:
                 scale[i] = 1.0 / np.broadcast_to(np.asarray(eval(div, ns), dtype=np.float64), (n,))
         n_regions = len(st.region_names)
@@ -398,61 +414,97 @@ class Interface:
                 template[r, i] = eval(code, dict(ns, req=req))
         self._template = template
         self._scale = scale
-        # The request part: one generated function for the scalars, offsets for the one-hots.
-        lines, self._onehots = [], []
+        # Signal rows: one tuple of the snapshot's arrays, assigned at once (a slice when the
+        # rows are contiguous).
+        rows = [i for i, _ in signal_rows]
+        if rows and rows == list(range(rows[0], rows[-1] + 1)):
+            self._signal_index = slice(rows[0], rows[-1] + 1)
+        else:
+            self._signal_index = np.asarray(rows, dtype=np.int64)
+        gather = "def _gather(snap):\n    return (" + "".join(f"snap.{a}, " for _, a in signal_rows) + ")\n"
+        # Per-request site rows (evaluated before scaling).
+        if request_rows:
+            body = [f"    site[{i}] = {src}" for i, src in request_rows]
+            site_req = "def _site_request(site, snap, st, req):\n" + "\n".join(body) + "\n"
+        else:
+            site_req = ""
+        # Per-request divisors: the scale matrix with those rows set to 1 / divisor (their static
+        # scale is 1, so x * (1 / d) is what scaling then dividing gave), memoized per value.
+        self._request_div_rows = [i for i, _ in request_div]
+        if request_div:
+            divisors = "def _divisors(snap, st, req):\n    return (" + "".join(f"{src}, " for _, src in request_div) + ")\n"
+        else:
+            divisors = ""
+        self._scale_memo: dict = {}
+        # The request part: scalars written in place, then one-hots at their offsets.
+        lines = []
         off = self.max_sites * F
-        vals = []
         for f in self.request_features:
             if f.vocab:
                 attr = f.source.removeprefix("req.")
                 if attr == f.source or not attr.isidentifier():
                     raise ValueError(f"interface declaration request feature {f.name!r}: a one-hot source "
                                      f"is req.<field>, got {f.source!r}")
-                self._onehots.append((off, attr))
+                lines.append(f"    out[{off} + req.{attr}] = 1.0")
                 off += len(self.vocabularies[f.vocab])
             else:
-                k = len(vals)
-                lines.append(f"    x = {f.source}\n    v{k} = {f.transform}")
-                vals.append(off)
+                lines.append(f"    x = {f.source}\n    out[{off}] = {f.transform}")
                 off += 1
-        src = "def _request(snap, st, req):\n" + "\n".join(lines) + \
-            f"\n    return ({', '.join(f'v{k}' for k in range(len(vals)))}{',' if len(vals) == 1 else ''})\n"
+        request = "def _request(out, snap, st, req):\n" + "\n".join(lines or ["    pass"]) + "\n"
         env = dict(_NS)
-        exec(compile(src, f"<interface {self.mode} request features>", "exec"), env)
+        src = gather + site_req + divisors + request
+        exec(compile(src, f"<interface {self.mode} encoder>", "exec"), env)
+        self._gather = env["_gather"]
+        self._site_request = env.get("_site_request")
+        self._divisors = env.get("_divisors")
         self._request_fn = env["_request"]
-        self._request_idx = np.asarray(vals, dtype=np.int64)
+        self._templates = [np.ascontiguousarray(t) for t in template]
         self._n_site_elems = n * F
+        self._site_shape = (n, F)
+        self._zero_obs = np.zeros(self.obs_size, dtype=np.float32)
+        self._mask_template = action_mask(st, np.zeros(n, dtype=bool))
+        self._n_sites = n
 
     def encode(self, snap, out: np.ndarray | None = None) -> np.ndarray:
         """The observation vector (float32) of a snapshot; `out` is reused when given."""
-        st = snap.statics
         req = snap.request
+        st = snap.statics
+        site = self._templates[req.origin].copy()  # (features, sites), float64
+        site[self._signal_index] = self._gather(snap)
+        if self._site_request is not None:
+            self._site_request(site, snap, st, req)
+        site *= self._scale if self._divisors is None else self._request_scale(self._divisors(snap, st, req))
         if out is None:
-            out = np.zeros(self.obs_size, dtype=np.float32)
+            out = self._zero_obs.copy()
         else:
             out[:] = 0.0
-        site = self._template[req.origin].copy()
-        for i, attr in self._signal_rows:
-            site[i] = getattr(snap, attr)
-        if self._request_rows or self._request_div:
-            ns = dict(_NS, snap=snap, st=st, req=req)
-            for i, code in self._request_rows:
-                site[i] = eval(code, ns)
-            site *= self._scale
-            for i, code in self._request_div:
-                site[i] *= 1.0 / eval(code, ns)
-        else:
-            site *= self._scale
-        np.clip(site, 0.0, 1.0, out=site)
-        out[: self._n_site_elems] = site.T.ravel()
-        out[self._request_idx] = self._request_fn(snap, st, req)
-        for off, attr in self._onehots:
-            out[off + getattr(req, attr)] = 1.0
+        # clipped in float64, written (cast to float32) site by site into the observation
+        _clip(site.T, 0.0, 1.0, out=out[: self._n_site_elems].reshape(self._site_shape))
+        self._request_fn(out, snap, st, req)
         return out
+
+    def _request_scale(self, divisors: tuple) -> np.ndarray:
+        """The scale matrix for a request's divisors (memoized when they are plain numbers)."""
+        memo_ok = all(type(d) is float and d != 0.0 for d in divisors)
+        if memo_ok:
+            scale = self._scale_memo.get(divisors)
+            if scale is not None:
+                return scale
+        scale = self._scale.copy()
+        for i, d in zip(self._request_div_rows, divisors):
+            scale[i] = 1.0 / d
+        if memo_ok and len(self._scale_memo) < 1024:
+            scale.flags.writeable = False
+            self._scale_memo[divisors] = scale
+        return scale
 
     def action_mask(self, snap) -> np.ndarray:
         """The flat action mask of a snapshot (see the ``action`` declaration)."""
-        return action_mask(snap.statics, snap.feasible)
+        if snap.statics is not self.statics:
+            return action_mask(snap.statics, snap.feasible)
+        m = self._mask_template.copy()  # padding false, shed and batch levels true
+        m[: self._n_sites] = snap.feasible
+        return m
 
 
 class _Origin:

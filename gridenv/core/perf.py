@@ -38,7 +38,8 @@ KV_MEMORY_FRACTION = 0.9
 #: of the stack (defaults: the catalog's figures unchanged): ``allreduce_latency_scale`` and
 #: ``allreduce_bw_scale`` multiply the GPU's a_ar and B_ar (Vidur's 2024 NCCL profiles), and
 #: ``allreduce_ring_tp_scaling`` makes both grow with TP as a ring all-reduce does (the catalog's
-#: figures are taken at TP4). None of them changes the GEMM / memory roofline.
+#: figures are taken at TP4); ``allreduce_bw_tp_scaling`` makes only the bytes term grow so.
+#: None of them changes the GEMM / memory roofline.
 SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # Modern vLLM (0.6-era, 2024): physics.md gives 0.1-2 ms per step; inference-sim (BLIS)
     # fits beta7 = 0.13 ms/step + 4.4 us/request. 1 ms per step also covers the sampling and
@@ -78,32 +79,40 @@ SOFTWARE_STACKS: dict[str, dict[str, float | bool]] = {
     # more per token at 8k-32k tokens per batch than for one prompt of 1-2k tokens, which no
     # per-token constant reproduces; the fit puts batch-1 prefill 11-27% high and batched
     # prefill 6-29% low.
-    # Refitted on the engine v2 (chunked prefill, paged KV) on 2026-11-30.
     # vLLM 0.6 (September 2024: multi-step scheduling, 10 decode steps per scheduling round),
     # fitted under load by ``python -m gridenv.fidelity.fit`` on the ``use: fit`` rows of
     # gridenv/fidelity/benchmarks.yaml (Llama-3-8B TP1/TP4 and Llama-3-70B TP4 on A100 and H100,
     # 10 and 320 ShareGPT requests sent at once; LambdaLabsML/vllm-benchmark). Held-out rows
     # (TP2, TP8, another operator's Poisson runs) check it; ``python -m gridenv.fidelity``
-    # prints both. What the data demand:
-    # * per-sequence cost per decode step, 23 us CPU (c_per_seq_s) + 8 us GPU split over the
+    # prints both. Refitted 2026-11-30 (evening) after three replay/model corrections: bursts
+    # reach the engine in random order, the A100 machine's CPU is slower (its own fitted
+    # cpu_scale 1.45 in benchmarks.yaml: these CPU terms are the H100 machine's), and the
+    # all-reduce bytes term grows with TP. What the data demand:
+    # * per-sequence cost per decode step, 22 us CPU (c_per_seq_s) + 11 us GPU split over the
     #   TP ranks (attn_per_seq_s): at 300 running sequences an 8B step on H100 takes ~20 ms at
     #   TP1 and ~12 ms at TP4 where weights and KV reads explain ~11 / ~4 ms; the part that
     #   shrinks with TP is GPU work per sequence, the rest CPU (block tables, sampling, output
     #   processing). It is what caps saturated throughput;
-    # * c_iter_s 0.30 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
-    #   light-load step is nearly the roofline (8B on H100: 7.3 ms at batch 10);
-    # * all-reduce latency x0.40 and bandwidth x0.61 of the catalog's NCCL figures: 70B TP4 /
+    # * c_iter_s 0.22 ms: multi-step scheduling pays the scheduler once per 10 steps, so the
+    #   light-load step is nearly the roofline (8B on H100: 7.3 ms at batch 10). Left free, a
+    #   separate per-round cost (paid whole by prefill iterations) fits to zero on these rows, so
+    #   what a single-step engine pays per step is not determined by them;
+    # * all-reduce latency x0.37 and bandwidth x0.58 of the catalog's NCCL figures: 70B TP4 /
     #   TP8 decode is 18.1 / 12.2 ms per step on H100 at batch 8, which the catalog's all-reduce
-    #   overstates by 25% (vLLM's custom all-reduce, CUDA graphs);
-    # * c_admit_s 2.8 ms: a 320-request burst reaches the engine only after ~0.7 s (H100) of
+    #   overstates by 25% (vLLM's custom all-reduce, CUDA graphs). allreduce_bw_tp_scaling: the
+    #   bytes term is 2(p-1)/p of the buffer at a fixed per-link bandwidth (x2/3 at TP2, x7/6 at
+    #   TP8 against the TP4 fit), the latency does not grow with p (light-load decode goes from
+    #   18.1 to 12.2 ms from TP4 to TP8 on H100: no room for a ring's 2(p-1) latency steps);
+    # * c_admit_s 2.55 ms: a 320-request burst reaches the engine only after ~0.8 s (H100) of
     #   API-server work; the engine simulator does not model the API server (the replay does).
     "vllm-0.6": {
-        "c_iter_s": 0.304e-3,
-        "c_per_seq_s": 23.05e-6,
-        "attn_per_seq_s": 8.14e-6,
-        "allreduce_latency_scale": 0.400,
-        "allreduce_bw_scale": 0.609,
-        "c_admit_s": 2.78e-3,
+        "c_iter_s": 0.217e-3,
+        "c_per_seq_s": 22.20e-6,
+        "attn_per_seq_s": 11.44e-6,
+        "allreduce_latency_scale": 0.367,
+        "allreduce_bw_scale": 0.584,
+        "allreduce_bw_tp_scaling": True,
+        "c_admit_s": 2.55e-3,
     },
     "splitwise-2023": {
         "c_iter_s": 10e-3,
@@ -157,6 +166,7 @@ class ReplicaPerf:
         allreduce_latency_scale: float = 1.0,
         allreduce_bw_scale: float = 1.0,
         allreduce_ring_tp_scaling: bool = False,
+        allreduce_bw_tp_scaling: bool = False,
         c_admit_s: float = 0.0,
         attn_per_seq_s: float = 0.0,
     ) -> None:
@@ -197,11 +207,18 @@ class ReplicaPerf:
             # and no ring scaling leave them exactly as they are.
             a_ar = gpu.allreduce_latency_s * allreduce_latency_scale
             b_ar = gpu.allreduce_bw_bytes_per_s * allreduce_bw_scale
+            ref = ALLREDUCE_REF_TP
             if allreduce_ring_tp_scaling:
                 # Ring all-reduce over p GPUs: 2(p-1) steps (latency) moving 2(p-1)/p of the
                 # buffer per GPU (bytes), relative to the catalog's reference TP.
-                ref = ALLREDUCE_REF_TP
                 a_ar *= (tp - 1) / (ref - 1)
+            if allreduce_ring_tp_scaling or allreduce_bw_tp_scaling:
+                # Bandwidth-optimal all-reduces (NCCL's ring, vLLM's two-shot custom
+                # all-reduce) move 2(p-1)/p of the buffer through each GPU's links at a
+                # per-link bus bandwidth that does not depend on p: the bytes term grows with TP
+                # (x0.67 at TP2, x1.17 at TP8 against TP4). allreduce_bw_tp_scaling alone keeps
+                # the latency flat, as vLLM's custom all-reduce (one kernel, one NVLink barrier)
+                # has it for the small decode messages.
                 b_ar /= ((tp - 1) / tp) / ((ref - 1) / ref)
             self.comm_base_s = 2.0 * model.n_layers * a_ar
             # Activations are all-reduced in 16-bit: hidden * 2 bytes per token per all-reduce.

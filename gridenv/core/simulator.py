@@ -37,7 +37,7 @@ from gridenv.core.metrics import J_PER_KWH, Metrics
 from gridenv.core.prefix_index import PrefixIndex
 from gridenv.core.scenario import SLO_CLASSES, Scenario
 from gridenv.core.schedulers import default_token_budget, scheduler
-from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, snapshot_from_lists
 from gridenv.core.topology import MODEL_NAMES, Topology
 from gridenv.core.workload import Arrivals, generate_arrivals
 
@@ -88,6 +88,9 @@ class GridSimulator:
         self._start_hour = d.start_hour_utc
         self._hours_per_s = 24.0 / d.period_s
         self._rtt_ms = self.topology.rtt_ms
+        # Python-float copies for the per-request RTT (numpy scalars would make every time on
+        # the event timeline a numpy float: same values, several times slower arithmetic).
+        self._rtt_ms_rows = self.topology.rtt_ms.tolist()
         self._link_rtt_factor = [d.rtt_factor for d in scenario.faults.degraded_links]
         self._book_consts = [
             (s.site_power_factor, s.tp * s.gpu_usd_per_h / 3600.0, s.tp, s.utc_offset_h,
@@ -125,6 +128,8 @@ class GridSimulator:
         self.site_transit_tokens = [0] * self.n_sites  # prompt tokens sent, not yet delivered
         self.site_down = [0] * self.n_sites  # number of overlapping outages in force
         self.link_factor = np.ones((topo.n_regions, self.n_sites))  # product of open windows
+        self._link_factor_rows = self.link_factor.tolist()  # the same, as Python floats
+        self._snapshot_rtt: list = [None] * topo.n_regions  # per origin: rtt_ms * link_factor row
         self._link_windows: dict[tuple[int, int], set[int]] = {}  # (region, site) -> open windows
         self._events: list = []
         self._seq = 0
@@ -141,6 +146,12 @@ class GridSimulator:
 
         self.arrivals = generate_arrivals(sc, topo, rng)
         self._next_arrival = 0
+        a = self.arrivals
+        # The columns _pop_decision reads, as numpy arrays: .item(i) gives Python scalars.
+        self._arrival_cols = tuple(np.asarray(c) for c in (
+            a.time_s, a.origin, a.prompt_tokens, a.output_tokens, a.slo_class, a.model, a.residency))
+        self._n_arrivals = len(a)
+        self._t_next_arrival = self._arrival_cols[0].item(0) if self._n_arrivals else math.inf
         # The router's approximate prefix index: one entry per `_index_stride` hash entries of
         # a request's chain; bounded per site by the site's KV capacity in those units.
         hash_k = max(1, self.arrivals.hash_block_tokens // bs) if self.arrivals.prefix_hashes is not None else 1
@@ -191,6 +202,8 @@ class GridSimulator:
         for w in sorted(open_windows):  # fixed order: the same product bit for bit
             factor *= self._link_rtt_factor[w]
         self.link_factor[key] = factor
+        self._link_factor_rows[key[0]][key[1]] = factor
+        self._snapshot_rtt[key[0]] = None
 
     # ------------------------------------------------------------------ decisions
     def decide(self, site: int, batch_level: int | None = None) -> None:
@@ -212,7 +225,7 @@ class GridSimulator:
             if batch_level is not None and batch_level != self.site_level[site]:
                 self._set_batch_level(site, batch_level)
             req.site = site
-            req.rtt_s = self._rtt_ms[req.origin, site] * self.link_factor[req.origin, site] * 1e-3
+            req.rtt_s = self._rtt_ms_rows[req.origin][site] * self._link_factor_rows[req.origin][site] * 1e-3
             self.site_waiting[site] += 1
             self.site_transit_tokens[site] += req.prompt_tokens
             if req.n_hashed:
@@ -235,10 +248,11 @@ class GridSimulator:
             for rep in self.replicas[site]:
                 if rep.state == DECODE and rep.can_admit(new) and rep.cut_segment(self.now):
                     rep.version += 1
-                    self._push(rep.wake_s, WAKE, rep, rep.version)
+                    self._seq += 1
+                    heapq.heappush(self._events, (rep.wake_s, self._seq, WAKE, rep, rep.version))
 
     def _next_decision_time(self) -> float:
-        t = self.arrivals.time_s[self._next_arrival] if self._next_arrival < len(self.arrivals) else math.inf
+        t = self._t_next_arrival  # math.inf when none is left
         while self._retry and self._retry[0][2].state == DONE:  # abandoned while awaiting re-routing
             heapq.heappop(self._retry)
         if self._retry and self._retry[0][0] < t:
@@ -322,18 +336,18 @@ class GridSimulator:
     def _pop_decision(self, t: float) -> Request:
         while self._retry and self._retry[0][2].state == DONE:
             heapq.heappop(self._retry)
-        if self._retry and self._retry[0][0] <= t and (
-            self._next_arrival >= len(self.arrivals) or self._retry[0][0] <= self.arrivals.time_s[self._next_arrival]
-        ):
+        if self._retry and self._retry[0][0] <= t and self._retry[0][0] <= self._t_next_arrival:
             return heapq.heappop(self._retry)[2]
         i = self._next_arrival
         self._next_arrival += 1
         a = self.arrivals
-        cls = int(a.slo_class[i])
+        time_s, origin, prompts, outputs, classes, models, residency = self._arrival_cols
+        self._t_next_arrival = time_s.item(i + 1) if i + 1 < self._n_arrivals else math.inf
+        cls = classes.item(i)
         ttft_slo, tpot_slo = self._slos[cls]
         m = self.metrics
         m.arrived += 1
-        prompt, output, model = int(a.prompt_tokens[i]), int(a.output_tokens[i]), int(a.model[i])
+        prompt, output, model = prompts.item(i), outputs.item(i), models.item(i)
         max_ctx = self._model_max_context.get(model, 0)
         if prompt >= max_ctx:
             m.over_context += 1  # masked everywhere: it can only be shed
@@ -342,12 +356,12 @@ class GridSimulator:
             m.output_truncated += 1
         first_s, e2e_s = self._timeouts[cls]
         if a.prefix_hashes is not None and a.prefix_blocks[i]:
-            return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
-                           bool(a.residency[i]), ttft_slo, tpot_slo, a.prefix_hashes[i],
+            return Request(i, time_s.item(i), origin.item(i), prompt, output, cls, model,
+                           residency.item(i), ttft_slo, tpot_slo, a.prefix_hashes[i],
                            a.hash_block_tokens // self.scenario.engine.block_size_tokens,
                            int(a.prefix_blocks[i]), first_s, e2e_s)
-        return Request(i, float(a.time_s[i]), int(a.origin[i]), prompt, output, cls, model,
-                       bool(a.residency[i]), ttft_slo, tpot_slo, timeout_s=first_s, e2e_timeout_s=e2e_s)
+        return Request(i, time_s.item(i), origin.item(i), prompt, output, cls, model,
+                       residency.item(i), ttft_slo, tpot_slo, timeout_s=first_s, e2e_timeout_s=e2e_s)
 
     # ------------------------------------------------------------------ events
     def _start(self, rep: Replica, t: float) -> None:
@@ -358,7 +372,8 @@ class GridSimulator:
             self.site_running[rep.site] += moved
         if busy:
             rep.version += 1
-            self._push(rep.wake_s, WAKE, rep, rep.version)
+            self._seq += 1
+            heapq.heappush(self._events, (rep.wake_s, self._seq, WAKE, rep, rep.version))
 
     def _on_wake(self, rep: Replica, t: float) -> None:
         self._book(rep.site, rep.seg_dur, rep.seg_energy, t)
@@ -537,7 +552,7 @@ class GridSimulator:
         if busy_s <= 0.0 and energy_j <= 0.0:
             return
         power_factor, usd_per_gpu_s, tp, utc_offset_h, prices, carbon = self._book_consts[site]
-        h = int(local_hour(self._start_hour + t * self._hours_per_s, utc_offset_h)) % 24
+        h = int((self._start_hour + t * self._hours_per_s + utc_offset_h) % 24.0) % 24  # local_hour, inlined
         site_j = energy_j * power_factor
         kwh = site_j / J_PER_KWH
         e_usd = kwh * prices[h]
@@ -645,27 +660,31 @@ class GridSimulator:
             self._price_now = [s.price_usd_per_kwh[self._local_hour_index(s.index, self.now)]
                                for s in self.topology.sites]
         kv = []
-        queued = list(self.site_transit_tokens)
+        queued = []
         now = self.now
-        for s, (site_reps, cap) in enumerate(zip(self.replicas, self._kv_blocks)):
+        for site_reps, cap, tokens in zip(self.replicas, self._kv_blocks, self.site_transit_tokens):
             used = 0.0
             for r in site_reps:  # Replica.kv_used_blocks, inlined (once per replica per decision)
                 pool = r.pool
                 used += pool.private + pool.n_ref
-                queued[s] += r.queued_tokens
+                tokens += r.queued_tokens
                 if r.state == DECODE and r.seg_allocs:
                     frac = (now - r.seg_start) / r.seg_dur
                     if frac < 1.0:
                         used -= r.seg_allocs * (1.0 - frac)
             kv.append(used / cap)
+            queued.append(tokens)
+        rtt = self._snapshot_rtt[req.origin]
+        if rtt is None:  # recomputed only when a degraded-link window opens or closes
+            rtt = (self._rtt_ms[req.origin] * self.link_factor[req.origin]).tolist()
+            self._snapshot_rtt[req.origin] = rtt
         if req.n_hashed:
             cached, indexed = self._prefix_signals(req)
         else:
             cached = indexed = self._zeros
-        return make_snapshot(
+        return snapshot_from_lists(
             self.statics, view, hour,
-            self.site_waiting, self.site_running, kv,
-            self._rtt_ms[req.origin] * self.link_factor[req.origin],
+            self.site_waiting, self.site_running, kv, rtt,
             self._price_now, [d == 0 for d in self.site_down], self.site_level,
             cached, indexed, queued,
         )

@@ -23,7 +23,7 @@ from gridenv.core.interface import SLO_CLASSES, action_mask, make_interface
 
 __all__ = [
     "SiteStatics", "RequestView", "RouterSnapshot", "make_snapshot", "encode",
-    "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s",
+    "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s", "snapshot_from_lists",
 ]
 
 #: Sentinel site index meaning "shed the request" in decisions (the action uses max_sites).
@@ -202,10 +202,19 @@ def _statics_arrays(st: SiteStatics) -> dict:
         ctx = np.asarray(st.max_context_tokens or [np.inf] * st.n_sites, dtype=np.float64)
         cache["max_ctx"], cache["max_ctx_min"] = ctx, float(ctx.min())
         cache["model_ok"] = [cache["site_model"] == m for m in range(len(st.model_names))]
+        cache["waiting_limit"] = [np.where(ok, cache["max_waiting"], -np.inf) for ok in cache["model_ok"]]
         cache["in_region"] = [
             (cache["site_region"] == r).astype(np.float64) for r in range(len(st.region_names))
         ]
         cache["prefill_memo"] = {}
+        # Plain-Python copies for snapshot_from_lists.
+        cache["prefill_list_memo"] = {}
+        cache["prefill_coeffs"] = list(zip(*(cache[k].tolist() for k in ("p_tok", "p_attn", "p_mem", "p_fixed", "p_lin"))))
+        cache["waiting_limit_list"] = [lim.tolist() for lim in cache["waiting_limit"]]
+        cache["kv_cap_list"] = cache["kv_cap"].tolist()
+        cache["max_ctx_list"] = cache["max_ctx"].tolist()
+        cache["replicas_list"] = cache["replicas"].tolist()
+        cache["c_zero2"] = np.zeros((2, st.n_sites))
         cache["zeros"] = (0.0,) * st.n_sites
         object.__setattr__(st, "_arrays", cache)
     return cache
@@ -241,10 +250,10 @@ def make_snapshot(
 ) -> RouterSnapshot:
     """Build a snapshot and derive its feasibility mask and predicted TTFTs.
 
-    The last three signals default to 0 (no prefix cached, no backlog known)."""
-    a = _statics_arrays(statics)
-    zeros = a["zeros"]
-    # One conversion for all live signals (rows), then views: cheap on the hot path.
+    The signals are array-likes of one number per site; they are read as float64 (one
+    conversion) and derived by :func:`snapshot_from_lists`. The last three signals default to
+    0 (no prefix cached, no backlog known)."""
+    zeros = _statics_arrays(statics)["zeros"]
     sig = np.array(
         (waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
          zeros if prefix_cached_frac is None else prefix_cached_frac,
@@ -252,37 +261,80 @@ def make_snapshot(
          zeros if queued_prompt_tokens is None else queued_prompt_tokens),
         dtype=np.float64,
     )
-    waiting, rtt_ms, up, cached = sig[0], sig[3], sig[5] > 0.0, sig[7]
-    feasible = up & a["model_ok"][request.model] & (waiting < a["max_waiting"])
-    if request.prompt_tokens >= a["kv_cap_min"]:
-        feasible &= request.prompt_tokens < a["kv_cap"]
-    if request.prompt_tokens >= a["max_ctx_min"]:  # the prompt must leave room for an answer
-        feasible &= request.prompt_tokens < a["max_ctx"]
+    if sig.ndim != 2 or sig.shape[1] != statics.n_sites:
+        raise ValueError(f"snapshot signals: expected one value per site ({statics.n_sites} sites), "
+                         f"got rows of shape {sig.shape[1:]}")
+    return snapshot_from_lists(statics, request, hour_utc, *sig.tolist())
+
+
+def snapshot_from_lists(
+    statics: SiteStatics,
+    request: RequestView,
+    hour_utc: float,
+    waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, up, batch_level,
+    prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens,
+) -> RouterSnapshot:
+    """:func:`make_snapshot` for signals already given as lists of Python numbers, one per site
+    (the simulator's hot path; the caller checks the lengths).
+
+    The few per-site values are derived in plain Python (Python floats are IEEE doubles: the
+    same values as float64 arrays, bit for bit) and every array of the snapshot comes from one
+    numpy conversion: a snapshot costs a handful of numpy calls whatever the features."""
+    a = _statics_arrays(statics)
+    p = request.prompt_tokens
+    # Feasible: up, serves the request's model with room in its queue (waiting < max_waiting;
+    # the limit is -inf where the model is not served), the prompt fits the KV cache and the
+    # context window, and residency holds.
+    feasible = [u > 0.0 and w < lim for u, w, lim in zip(up, waiting, a["waiting_limit_list"][request.model])]
+    if p >= a["kv_cap_min"]:
+        feasible = [f and p < c for f, c in zip(feasible, a["kv_cap_list"])]
+    if p >= a["max_ctx_min"]:  # the prompt must leave room for an answer
+        feasible = [f and p < c for f, c in zip(feasible, a["max_ctx_list"])]
     if request.residency:
-        feasible &= a["site_region"] == request.origin
+        origin = request.origin
+        feasible = [f and r == origin for f, r in zip(feasible, statics.site_region)]
     # Router's TTFT estimate: network + API + its own prefill (of the uncached part of the
     # prompt) behind the queued ones (assumed of similar length) spread over the site's replicas.
-    full = prefill_time_s(statics, request.prompt_tokens)
-    if cached.any():
-        own = _prefill_time_vec(a, request.prompt_tokens * (1.0 - cached))
-        ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + own + full * (waiting / a["replicas"])
+    api = statics.api_overhead_s
+    full = _prefill_time_list(statics, a, p)
+    if any(prefix_cached_frac):
+        own = [_prefill_time_of(a, coeffs, p * (1.0 - c)) for coeffs, c in zip(a["prefill_coeffs"], prefix_cached_frac)]
+        ttft = [(r * 1e-3 + api) + o + t * (w / q)
+                for r, o, t, w, q in zip(rtt_ms, own, full, waiting, a["replicas_list"])]
     else:
-        ttft = (rtt_ms * 1e-3 + statics.api_overhead_s) + full * (1.0 + waiting / a["replicas"])
+        ttft = [(r * 1e-3 + api) + t * (1.0 + w / q)
+                for r, t, w, q in zip(rtt_ms, full, waiting, a["replicas_list"])]
+    m = np.array((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level,
+                  prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens, up, feasible), dtype=np.float64)
+    flags = m[10:] > a["c_zero2"]  # up, feasible
     return RouterSnapshot(
         statics=statics, request=request, hour_utc=float(hour_utc),
-        waiting=waiting, running=sig[1], kv_util=sig[2], rtt_ms=rtt_ms,
-        energy_price_usd_per_kwh=sig[4], up=up, batch_level=sig[6].astype(np.int64),
-        prefix_cached_frac=cached, prefix_indexed_frac=sig[8], queued_prompt_tokens=sig[9],
-        feasible=feasible, ttft_pred_s=ttft,
+        waiting=m[0], running=m[1], kv_util=m[2], rtt_ms=m[3],
+        energy_price_usd_per_kwh=m[4], up=flags[0], batch_level=m[6].astype(np.int64),
+        prefix_cached_frac=m[7], prefix_indexed_frac=m[8], queued_prompt_tokens=m[9],
+        feasible=flags[1], ttft_pred_s=m[5],
     )
 
 
-def _prefill_time_vec(a: dict, tokens: np.ndarray) -> np.ndarray:
-    """Per-site prefill time of a per-site number of tokens (prefill_time_s, unmemoized)."""
-    out = a["p_tok"] * tokens + a["p_attn"] * (tokens * tokens * 0.5)
-    np.maximum(out, a["p_mem"], out=out)
-    out += a["p_fixed"]
-    out += a["p_lin"] * tokens
+def _prefill_time_of(a: dict, coeffs: tuple, tokens: float) -> float:
+    """One site's prefill time of `tokens` (prefill_time_s's operations, in the same order, on
+    Python floats)."""
+    tok, attn, mem, fixed, lin = coeffs
+    t = tok * tokens + attn * (tokens * tokens * 0.5)
+    if not (t >= mem or t != t):  # np.maximum(t, mem): NaN propagates
+        t = mem
+    return t + fixed + lin * tokens
+
+
+def _prefill_time_list(st: SiteStatics, a: dict, prompt_tokens) -> list:
+    """:func:`prefill_time_s` as a list of Python floats (memoized the same way)."""
+    memo = a["prefill_list_memo"]
+    out = memo.get(prompt_tokens)
+    if out is None:
+        L = float(prompt_tokens)
+        out = [_prefill_time_of(a, coeffs, L) for coeffs in a["prefill_coeffs"]]
+        if len(memo) < 65536:
+            memo[prompt_tokens] = out
     return out
 
 

@@ -16,6 +16,11 @@ from gridenv.core.snapshot import RouterSnapshot
 __all__ = ["GridEnv", "InvalidActionError"]
 
 
+#: Exact types taken by the action decoder's fast path (bool and np.bool_ are not among them).
+_INTEGER_TYPES = frozenset({int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                            np.uint64, np.intp, np.uintp})
+
+
 class InvalidActionError(ValueError):
     """An action outside ``action_space``, or a masked one under ``actions.invalid_action: raise``."""
 
@@ -244,6 +249,20 @@ class GridEnv(gym.Env):
         Refused, with the action named: None, strings, booleans, objects, fractional, NaN or
         infinite values, another shape, values out of range.
         """
+        # Fast path (the common cases: a pair of Python/numpy integers, or an integer array of
+        # shape (2,)) with values in range; anything else takes the general checks below, which
+        # accept and refuse exactly as before.
+        kind = type(action)
+        if kind is tuple or kind is list:
+            if len(action) == 2 and type(action[0]) in _INTEGER_TYPES and type(action[1]) in _INTEGER_TYPES:
+                site, level = int(action[0]), int(action[1])
+                if 0 <= site <= self.max_sites and 0 <= level < self.n_levels:
+                    return (SHED if site == self.max_sites else site), level
+        elif kind is np.ndarray and action.shape == (2,) and action.dtype.kind in "iu":
+            site, level = action.tolist()
+            if 0 <= site <= self.max_sites and 0 <= level < self.n_levels:
+                return (SHED if site == self.max_sites else site), level
+
         def bad(why: str) -> InvalidActionError:  # builds the message only on failure (hot path)
             shown = repr(action)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."

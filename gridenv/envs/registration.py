@@ -142,5 +142,6 @@ def register_envs() -> list[str]:
     # of the scenario ids returned here (it has no YAML file and no fixed grid).
     for alias in (RANDOM_GRID_ID, RANDOM_GRID_ID.split("/", 1)[1]):
         if alias not in gym.registry:
-            gym.register(id=alias, entry_point="gridenv.envs.random_grid_env:RandomGridEnv")
+            gym.register(id=alias, entry_point="gridenv.envs.random_grid_env:RandomGridEnv",
+                         vector_entry_point="gridenv.envs.random_grid_env:RandomGridVectorEnv")
     return ids

@@ -333,16 +333,21 @@ class GridVectorEnv(gym.vector.VectorEnv):
         return f"GridVectorEnv({self.scenario.name!r}, num_envs={self.num_envs}, autoreset_mode={self.autoreset_mode.value})"
 
 
-def serve_shard(conn, parent_conn, scenario, config, n: int) -> None:
+def serve_shard(conn, parent_conn, scenario, config, n: int, factory=None) -> None:
     """Worker-process loop: a SAME_STEP GridVectorEnv of `n` envs serving commands on `conn`.
 
     Commands ``("reset", seeds)``, ``("step", actions)``, ``("close", None)``; every reply is
     ``("ok", payload)`` or ``("error", traceback text)``. Lives here (gymnasium + numpy only) so
     a worker starts without importing torch or Stable-Baselines3 (agents/vec_env.py drives it).
+    `factory` (picklable, ``factory(n)`` -> a SAME_STEP GridVectorEnv, e.g. the random-grid
+    one) replaces ``GridVectorEnv(n, scenario, config)``.
     """
     parent_conn.close()
     try:
-        venv = GridVectorEnv(n, scenario, config, AutoresetMode.SAME_STEP, copy=False)
+        if factory is not None:
+            venv = factory(n)
+        else:
+            venv = GridVectorEnv(n, scenario, config, AutoresetMode.SAME_STEP, copy=False)
         conn.send(("ok", None))
     except BaseException:  # noqa: BLE001 (reported to the parent)
         conn.send(("error", traceback.format_exc()))

@@ -19,7 +19,7 @@ from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.scenario import in_catalog
 
 __all__ = [
-    "BENCHMARKS_PATH", "Source", "Workload", "ServerFlags", "RowWorkload", "Measured",
+    "BENCHMARKS_PATH", "Source", "Host", "Workload", "ServerFlags", "RowWorkload", "Measured",
     "BenchmarkRow", "BenchmarkFile", "load_benchmarks",
 ]
 
@@ -38,6 +38,19 @@ class Source(_Strict):
     license: str
     software: str
     workload: str
+
+
+class Host(_Strict):
+    """The machine a set of runs used: its CPU runs vLLM's API server, scheduler and output
+    processing, so the software stack's CPU-side terms depend on it."""
+
+    description: str
+    #: The reference host: the CPU-side terms of a fitted stack are this host's.
+    reference: bool = False
+    #: CPU-side time (ReplicaPerf c_iter_s, c_per_seq_s, c_admit_s) relative to the reference
+    #: host. Fitted with the stack on the host's fit rows (python -m gridenv.fidelity.fit);
+    #: 1.0 for the reference host and for a host without fit rows (unknown, not fitted).
+    cpu_scale: float = Field(1.0, gt=0)
 
 
 class Workload(_Strict):
@@ -71,6 +84,10 @@ class ServerFlags(_Strict):
     max_num_batched_tokens: int = Field(ge=1)
     #: Decode steps per scheduling round (vLLM multi-step); tokens reach the client in chunks.
     num_scheduler_steps: int = Field(1, ge=1)
+    #: The engine steps in its own process (vLLM V1's engine core, 0.8+), so it starts on the
+    #: first requests of a burst while the API server is still taking the rest in; vLLM 0.6 ran
+    #: the engine loop in the API server's process and took a burst in whole first.
+    engine_core_process: bool = False
 
 
 class RowWorkload(_Strict):
@@ -84,6 +101,9 @@ class RowWorkload(_Strict):
     seed: int = 0
     #: This run's own output lengths (first n_requests), when they differ from the workload's.
     output_tokens: list[int] | None = None
+    #: The same server had just served these same prompts (an earlier run of the same suite)
+    #: with prefix caching on: their full KV blocks are in its prefix cache when this run starts.
+    prefix_cache_warm: bool = False
 
     @model_validator(mode="after")
     def _arrival_params(self) -> "RowWorkload":
@@ -119,10 +139,14 @@ class BenchmarkRow(_Strict):
     use: Literal["fit", "holdout"]
     load: Literal["light", "saturated"]
     source: str
+    host: str
     path: str
     commit: str = Field(pattern=r"^[0-9a-f]{40}$")
     gpu: str
     gpu_memory_gb: float | None = Field(None, gt=0)
+    #: The GPU variant's memory bandwidth (datasheet), when it differs from the catalog GPU's
+    #: (A100-SXM4-40GB: 1,555 GB/s against the 80 GB part's 2,039).
+    gpu_memory_bandwidth_gbps: float | None = Field(None, gt=0)
     model: str
     model_note: str | None = None
     tp: int = Field(ge=1)
@@ -157,6 +181,7 @@ class BenchmarkFile(_Strict):
 
     version: Literal[1]
     sources: dict[str, Source]
+    hosts: dict[str, Host]
     workloads: dict[str, Workload]
     rows: list[BenchmarkRow] = Field(min_length=1)
 
@@ -166,12 +191,19 @@ class BenchmarkFile(_Strict):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"duplicate row ids: {dup}")
+        refs = [h for h, v in self.hosts.items() if v.reference]
+        if len(refs) != 1:
+            raise ValueError(f"exactly one host must be the reference, got {refs}")
+        if self.hosts[refs[0]].cpu_scale != 1.0:
+            raise ValueError(f"reference host {refs[0]!r} must have cpu_scale 1.0")
         for name, w in self.workloads.items():
             if w.source not in self.sources:
                 raise ValueError(f"workload {name!r}: unknown source {w.source!r}")
         for r in self.rows:
             if r.source not in self.sources:
                 raise ValueError(f"row {r.id!r}: unknown source {r.source!r}")
+            if r.host not in self.hosts:
+                raise ValueError(f"row {r.id!r}: unknown host {r.host!r}; known: {sorted(self.hosts)}")
             w = self.workloads.get(r.workload.name)
             if w is None:
                 raise ValueError(f"row {r.id!r}: unknown workload {r.workload.name!r}")

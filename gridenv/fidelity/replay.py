@@ -6,16 +6,23 @@ arrival process (all at once, Poisson at a fixed rate, or a closed loop at fixed
 and its per-request prompt and output lengths. No network: the benchmark client ran on the
 server.
 
-Two things of the measured runs are not in the engine and are applied here:
+What the measured runs had that the engine does not model is applied here:
 
 * the API server handles arriving requests one after another before the engine sees them
-  (HTTP, tokenization): ``ReplicaPerf.c_admit_s`` per request, and an idle engine starts its
-  next iteration only once the requests already sent are taken in (vLLM 0.6 ran both in one
-  process: the measured bursts show no first token until the whole burst was accepted). It
-  matters only in bursts;
+  (HTTP, tokenization): ``ReplicaPerf.c_admit_s`` per request. vLLM 0.6 ran the engine loop in
+  the API server's process, so an idle engine starts its next iteration only once the requests
+  already sent are taken in (the measured bursts show no first token until the whole burst was
+  accepted); vLLM V1's engine core is its own process (``engine_core_process``) and starts on
+  the first requests. It matters only in bursts;
+* a burst reaches the engine in an order the client does not set: metrics are averaged over
+  ``BURST_ORDERS`` random engine orders (``replay_row``);
 * multi-step scheduling (``num_scheduler_steps`` k > 1): tokens reach the client in chunks of
   k decode steps, so a request's last token arrives at the end of its last chunk (its TPOT is
-  ``ceil((n-1)/k) * k / (n-1)`` times the step time).
+  ``ceil((n-1)/k) * k / (n-1)`` times the step time);
+* the host: the stack's CPU-side terms scaled by the row's ``Host.cpu_scale``; a GPU variant's
+  memory (``gpu_memory_gb``) and bandwidth (``gpu_memory_bandwidth_gbps``);
+* a warm prefix cache (``prefix_cache_warm``: the same prompts served just before on the same
+  server): every prompt's full 16-token blocks are cached when the run starts.
 
 Metrics are computed as vLLM's ``benchmark_serving.py`` computes them: TTFT over every completed
 request (an empty completion is reported with TTFT 0), TPOT = (latency - TTFT) / (output - 1)
@@ -54,22 +61,42 @@ class SimulatedRun:
     metrics: dict[str, float]
 
 
-def replica_perf(row: BenchmarkRow, stack: dict) -> ReplicaPerf:
-    """The row's replica under a software stack (``ReplicaPerf`` keyword arguments)."""
+#: The stack's CPU-side terms, scaled by the row's host (``Host.cpu_scale``).
+CPU_TERMS = ("c_iter_s", "c_per_seq_s", "c_admit_s")
+
+
+def replica_perf(row: BenchmarkRow, stack: dict, cpu_scale: float = 1.0) -> ReplicaPerf:
+    """The row's replica under a software stack (``ReplicaPerf`` keyword arguments), on a host
+    whose CPU-side time is ``cpu_scale`` times the stack's reference host's."""
+    if cpu_scale != 1.0:
+        stack = dict(stack)
+        for k in CPU_TERMS:
+            if k in stack:
+                stack[k] = stack[k] * cpu_scale
     gpu = GPUS[row.gpu]
     if row.gpu_memory_gb is not None:
         gpu = dataclasses.replace(gpu, memory_bytes=row.gpu_memory_gb * 1e9)
+    if row.gpu_memory_bandwidth_gbps is not None:
+        gpu = dataclasses.replace(gpu, mem_bw_bytes_per_s=row.gpu_memory_bandwidth_gbps * 1e9)
     return ReplicaPerf(gpu, MODELS[row.model], row.tp, **stack)
 
 
 def arrival_times(row: BenchmarkRow) -> np.ndarray:
-    """Send times (s) of an open-loop row: all at 0, or Poisson from the row's seed."""
+    """Send times (s) of an open-loop row: all at 0, or Poisson as benchmark_serving.py draws it.
+
+    benchmark_serving.py seeds NumPy's global generator with ``--seed`` and, after sending each
+    request, sleeps ``np.random.gamma(burstiness, 1 / (rate * burstiness))`` (burstiness 1:
+    exponential): the first request goes at 0 and the draws are the legacy ``RandomState``
+    stream. Drawn that way, the surajssd runs' last sends plus their measured latencies land
+    within 0.15 s of their measured durations (205.2 / 63.0 / 31.6 s at 1 / 4 / 16 req/s).
+    """
     n = row.workload.n_requests
     if row.workload.arrival == "burst":
         return np.zeros(n)
     if row.workload.arrival == "poisson":
-        rng = np.random.default_rng(row.workload.seed)
-        return np.cumsum(rng.exponential(1.0 / row.workload.rate_rps, n))
+        rs = np.random.RandomState(row.workload.seed)
+        gaps = [rs.gamma(1.0, 1.0 / row.workload.rate_rps) for _ in range(n - 1)]
+        return np.concatenate([[0.0], np.cumsum(gaps)])
     raise ValueError(f"row {row.id!r}: arrival {row.workload.arrival!r} is not open-loop")
 
 
@@ -88,19 +115,78 @@ def _replica(perf: ReplicaPerf, row: BenchmarkRow) -> Replica:
                    row.server.max_num_batched_tokens)
 
 
-def _request(i: int, t: float, prompt: int, output: int) -> Request:
+#: Prefix-cache keys of request i's prompt blocks are i * _KEY_STRIDE + block: distinct prompts
+#: (ShareGPT conversations, the completions endpoint: no shared template) share no block.
+_KEY_STRIDE = 1 << 20
+
+
+def _request(i: int, t: float, prompt: int, output: int, hashed: bool = False,
+             block_size: int = 16) -> Request:
     # An empty completion still costs a prefill and one (EOS) step.
-    return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf)
+    if not hashed:
+        return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf)
+    n_full = prompt // block_size
+    hashes = range(i * _KEY_STRIDE, i * _KEY_STRIDE + n_full)
+    return Request(i, t, 0, prompt, max(output, 1), 0, 0, False, math.inf, math.inf,
+                   hashes, 1, n_full)
 
 
-def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> SimulatedRun:
-    """Simulate ``row`` under ``stack`` (a name in ``SOFTWARE_STACKS`` or keyword arguments)."""
+def warm_prefix_cache(rep: Replica, prompts: list[int]) -> int:
+    """Put every prompt's full blocks in the replica's prefix cache as evictable blocks, in
+    request order (as an earlier run of the same prompts leaves them); returns the number
+    kept (the least recently freed are evicted first when the pool is too small)."""
+    pool = rep.pool
+    bs = rep.bs
+    for i, p in enumerate(prompts):
+        for b in range(p // bs):
+            pool.donate(i * _KEY_STRIDE + b)
+    pool.reclaim()
+    return len(pool.evictable)
+
+
+#: A burst reaches the engine in an order the client does not set (the Lambda result files'
+#: TTFTs show it: in the 4 x A100 70B run about a hundred requests from the middle of the send
+#: order were prefilled first, then the first ones, then the last ones). The replay takes that order as unknown and uniformly
+#: random: a burst's metrics are the mean over this many seeded random engine orders.
+BURST_ORDERS = 8
+
+
+def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str,
+               burst_orders: int = BURST_ORDERS, cpu_scale: float | None = None) -> SimulatedRun:
+    """Simulate ``row`` under ``stack`` (a name in ``SOFTWARE_STACKS`` or keyword arguments).
+
+    A burst of more than one request is replayed in ``burst_orders`` random engine orders
+    (seeded by the row's seed; 0 = the send order) and its metrics averaged. ``cpu_scale``
+    (default: the row's host's, from the benchmark file) scales the stack's CPU-side terms.
+    """
     if isinstance(stack, str):
         stack = software_stack(stack)
-    perf = replica_perf(row, stack)
+    if cpu_scale is None:
+        cpu_scale = bench.hosts[row.host].cpu_scale
+    perf = replica_perf(row, stack, cpu_scale)
     prompts, outputs = bench.lengths(row)
     n = len(prompts)
+    if row.workload.arrival != "burst" or n < 2 or burst_orders < 1:
+        return _replay_once(row, perf, prompts, outputs)
+    rng = np.random.default_rng(row.workload.seed)
+    runs = []
+    for _ in range(burst_orders):
+        order = rng.permutation(n)
+        runs.append(_replay_once(row, perf, [prompts[i] for i in order],
+                                 [outputs[i] for i in order]))
+    metrics = {m: float(np.mean([r.metrics[m] for r in runs])) for m in runs[0].metrics}
+    return SimulatedRun(float(np.mean([r.duration_s for r in runs])), runs[0].output_tokens,
+                        metrics)
+
+
+def _replay_once(row: BenchmarkRow, perf: ReplicaPerf, prompts: list[int],
+                 outputs: list[int]) -> SimulatedRun:
+    """One replay with the requests reaching the API server in the given order."""
+    n = len(prompts)
     rep = _replica(perf, row)
+    hashed = row.workload.prefix_cache_warm
+    if hashed:
+        warm_prefix_cache(rep, prompts)
     max_batch = row.server.max_num_seqs
     c_admit = perf.c_admit_s
 
@@ -132,7 +218,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
             raise RuntimeError(f"row {row.id!r}: replay stalled with {n - n_done} requests left")
         if not busy or t_arr < rep.wake_s:
             t = max(t, t_arr)
-            if not busy:
+            if not busy and not row.server.engine_core_process:
                 # The engine loop shares the API server's thread: it starts an iteration only
                 # once the requests already sent have been taken in (a burst enters whole).
                 j = head
@@ -141,7 +227,7 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> Si
                     j += 1
             while head < len(pending) and pending[head][0] <= t:
                 i = pending[head][1]
-                rep.enqueue(_request(i, sends[i], prompts[i], outputs[i]))
+                rep.enqueue(_request(i, sends[i], prompts[i], outputs[i], hashed, rep.bs))
                 head += 1
             if not busy:
                 busy = rep.start(t, max_batch)

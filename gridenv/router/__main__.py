@@ -1,6 +1,7 @@
 """``python -m gridenv.router``: serve, bench, check or query an exported routing policy.
 
     python -m gridenv.router serve  --policy DIR [--port 8090] [--host 127.0.0.1] [--workers 1]
+                                    [--prefix-index-entries N]
     python -m gridenv.router bench  --policy DIR [--requests 4000] [--clients 8] [--workers 1]
     python -m gridenv.router check  --policy DIR            # verify policy.json + policy.onnx
     python -m gridenv.router decide --policy DIR [FILE]     # one decision for a JSON body
@@ -34,6 +35,10 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
                    help="larger bodies get 413 (default %(default)s)")
     s.add_argument("--body-timeout-s", type=positive_seconds, default=BODY_TIMEOUT_S,
                    help="a body not complete after this long gets 408 (default %(default)s)")
+    s.add_argument("--prefix-index-entries", type=positive_int, default=None, metavar="N",
+                   help="block hashes the service's prefix index remembers per endpoint, LRU beyond "
+                   "(default: each endpoint's KV capacity in 128-token entries, the simulator's bound; "
+                   "one index per worker process)")
     s.add_argument("--verbose", action="store_true", help="log every request")
 
 
@@ -62,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             from gridenv.router.server import serve
 
             serve(args.policy, host=args.host, port=args.port, workers=args.workers, verbose=args.verbose,
-                  max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout_s)
+                  max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout_s,
+                  prefix_index_entries=args.prefix_index_entries)
             return 0
         policy = RouterPolicy.load(args.policy)
         if args.cmd == "check":

@@ -1,11 +1,15 @@
 """Decision latency of an exported policy, in process and over HTTP on loopback.
 
     python -m gridenv.router bench --policy exported/metro [--requests 4000] [--clients 8] [--workers 1]
+                                   [--hashes]
 
 * In process: ``RouterPolicy.decide(snapshot_dict)``, i.e. validating the JSON-shaped dict,
   ``make_snapshot``, ``encode``, the ONNX graph and building the decision dict; one call at a
   time, timed with ``perf_counter_ns``; and the same from the JSON bytes through the body schema
-  (:mod:`gridenv.router.schemas`), which is what the service does per request.
+  (:mod:`gridenv.router.schemas`), which is what the service does per request. Each is timed
+  twice, on the same snapshots without and with ``request.block_hashes`` (then with a prefix
+  index at its default bound, as the service keeps it: lookup, decision, record), the variants
+  interleaved in rounds so a change of machine load hits them alike.
 * Over HTTP: the service (uvicorn + starlette) is started as a separate process (``python -m
   gridenv.router serve --port 0 --workers N``, or ``--url`` for one already running); ``--clients`` threads each hold one
   keep-alive ``http.client`` connection and send ``POST /v1/route`` back to back (closed loop),
@@ -13,7 +17,11 @@
   answers and exceptions are counted as errors.
 
 Snapshots are synthetic but valid for the policy's sites (seeded): random loads, KV
-utilization, RTTs, prices, a few sites down, every SLO class, origin and served model.
+utilization, RTTs, prices, a few sites down, every SLO class, origin and served model; the
+block hashes are one hash per full 128 tokens of the prompt, the leading ones (up to 2,048
+tokens) shared with the other requests of one of 32 prefixes (system prompts, conversations).
+``--hashes`` sends the bodies with hashes over HTTP too. The load average (1 min) is printed
+before and after: figures from a loaded machine say so.
 Aims: in-process p99 <= 100 us, HTTP p99 <= 5 ms.
 """
 
@@ -36,10 +44,30 @@ import numpy as np
 from gridenv.core.snapshot import SLO_CLASSES
 from gridenv.router.runtime import PolicyFileError, RouterPolicy
 
-__all__ = ["synthetic_snapshots", "bench_in_process", "bench_http", "main"]
+__all__ = ["synthetic_snapshots", "add_block_hashes", "bench_in_process", "bench_variants", "bench_http", "main"]
 
 AIM_INPROC_P99_US = 100.0
 AIM_HTTP_P99_MS = 5.0
+
+
+#: Synthetic prefixes shared between requests, and the longest shared part (in 128-token blocks).
+N_SHARED_PREFIXES = 32
+SHARED_BLOCKS = 16
+
+
+def add_block_hashes(snaps: list[dict], seed: int = 0) -> list[dict]:
+    """Copies of `snaps` whose requests carry block hashes (one per full 128 tokens), the leading
+    ones shared with the other requests of one of :data:`N_SHARED_PREFIXES` prefixes."""
+    rng = np.random.default_rng(seed + 1)
+    shared = [[int(h) for h in rng.integers(0, 1 << 62, SHARED_BLOCKS)] for _ in range(N_SHARED_PREFIXES)]
+    out = []
+    for s in snaps:
+        blocks = s["request"]["prompt_tokens"] // 128
+        k = min(blocks, int(rng.integers(0, SHARED_BLOCKS + 1)))
+        own = [int(h) for h in rng.integers(0, 1 << 62, blocks - k)]
+        req = {**s["request"], "block_hashes": shared[int(rng.integers(N_SHARED_PREFIXES))][:k] + own}
+        out.append({**s, "request": req})
+    return out
 
 
 def synthetic_snapshots(policy: RouterPolicy, n: int, seed: int = 0) -> list[dict]:
@@ -81,19 +109,41 @@ def _pct(lat_s: np.ndarray) -> dict:
             "p99": float(np.percentile(lat_s, 99)), "max": float(lat_s.max()), "mean": float(lat_s.mean())}
 
 
-def bench_in_process(policy: RouterPolicy, snaps: list[dict], n: int, warmup: int = 500) -> dict:
-    """Latency (seconds) of ``policy.decide`` on a JSON dict, one call at a time."""
-    k = len(snaps)
-    for i in range(warmup):
-        policy.decide(snaps[i % k])
-    lat = np.empty(n)
+def bench_in_process(policy: RouterPolicy, snaps: list[dict], n: int, warmup: int = 500, index=None) -> dict:
+    """Latency (seconds) of ``policy.decide`` on a JSON dict, one call at a time (with `index`:
+    the service's prefix index, looked up and updated)."""
+    return bench_variants({"x": (policy, snaps, False, index)}, n, warmup)["x"]
+
+
+def bench_variants(variants: dict, n: int, warmup: int = 500, rounds: int = 5) -> dict:
+    """Latency (seconds) per variant ``name: (policy, snapshots, through_schema, index)``: the
+    variants take turns, `rounds` times n / rounds calls each, one call at a time."""
+    from gridenv.router.schemas import parse_route_request
+
+    def call_of(policy, snaps, schema, index):
+        if schema:
+            bodies = [json.dumps(s).encode() for s in snaps]
+            return bodies, (lambda b: policy.decide(parse_route_request(b).model_dump(), index))
+        return snaps, (lambda s: policy.decide(s, index))
+
+    calls = {name: call_of(*v) for name, v in variants.items()}
+    for items, fn in calls.values():
+        for i in range(warmup):
+            fn(items[i % len(items)])
+    lat = {name: [] for name in calls}
     clock = time.perf_counter_ns
-    for i in range(n):
-        s = snaps[i % k]
-        t0 = clock()
-        policy.decide(s)
-        lat[i] = clock() - t0
-    return _pct(lat * 1e-9)
+    per = max(1, n // rounds)
+    for r in range(rounds):
+        for name, (items, fn) in calls.items():
+            k = len(items)
+            out = np.empty(per)
+            for i in range(per):
+                x = items[(r * per + i) % k]
+                t0 = clock()
+                fn(x)
+                out[i] = clock() - t0
+            lat[name].append(out)
+    return {name: _pct(np.concatenate(v) * 1e-9) for name, v in lat.items()}
 
 
 def _client(host: str, port: int, bodies: list[bytes], count: int, offset: int, lat: list, errors: list,
@@ -229,6 +279,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-http", action="store_true", help="in-process only")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the synthetic snapshots")
+    ap.add_argument("--hashes", action="store_true", help="HTTP bodies carry block hashes (the service's "
+                    "prefix index in the loop)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,10 +291,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     snaps = synthetic_snapshots(policy, 512, seed=args.seed)
-    results: dict = {"policy": str(Path(args.policy)), "scenario": policy.scenario, "sites": len(policy.site_names)}
+    hashed = add_block_hashes(snaps, seed=args.seed)
+    results: dict = {"policy": str(Path(args.policy)), "scenario": policy.scenario, "sites": len(policy.site_names),
+                     "load_avg_1min_before": os.getloadavg()[0], "cpus": os.cpu_count()}
     gc.collect()
-    results["in_process"] = bench_in_process(policy, snaps, args.inproc_requests)
-    results["in_process_validated"] = bench_validated(policy, snaps, args.inproc_requests)
+    results.update(bench_variants({
+        "in_process": (policy, snaps, False, None),
+        "in_process_hashes": (policy, hashed, False, policy.new_prefix_index()),
+        "in_process_validated": (policy, snaps, True, None),
+        "in_process_validated_hashes": (policy, hashed, True, policy.new_prefix_index()),
+    }, args.inproc_requests))
+    results["load_avg_1min_after_in_process"] = os.getloadavg()[0]
     if not args.no_http:
         proc = None
         try:
@@ -250,8 +309,8 @@ def run(args: argparse.Namespace) -> int:
                 url = args.url
             else:
                 proc, url = _start_server(str(args.policy), args.workers)
-            results["http"] = bench_http(url, snaps, args.requests, clients=args.clients)
-            results["http"].update(url=url, workers=None if args.url else args.workers)
+            results["http"] = bench_http(url, hashed if args.hashes else snaps, args.requests, clients=args.clients)
+            results["http"].update(url=url, workers=None if args.url else args.workers, hashes=args.hashes)
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -261,12 +320,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"policy {results['policy']} (scenario {results['scenario']}, {results['sites']} sites)")
-    for key, what in (("in_process", "JSON dict -> decision"), ("in_process_validated", "JSON bytes -> "
-                                                                                          "schema -> decision")):
+    print(f"policy {results['policy']} (scenario {results['scenario']}, {results['sites']} sites); load average "
+          f"{results['load_avg_1min_before']:.1f} before, {results['load_avg_1min_after_in_process']:.1f} after "
+          f"the in-process runs, {results['cpus']} CPUs")
+    for key, what in (("in_process", "JSON dict -> decision"),
+                      ("in_process_hashes", "dict + block hashes -> index -> decision"),
+                      ("in_process_validated", "JSON bytes -> schema -> decision"),
+                      ("in_process_validated_hashes", "bytes + hashes -> schema -> index -> decision")):
         ip = results[key]
         ok = "ok" if ip["p99"] * 1e6 <= AIM_INPROC_P99_US else "MISSED"
-        print(f"in process  ({ip['n']} decisions, {what}): p50 {ip['p50'] * 1e6:.1f} us  "
+        print(f"in process  ({ip['n']} decisions, {what}):\n    p50 {ip['p50'] * 1e6:.1f} us  "
               f"p90 {ip['p90'] * 1e6:.1f} us  p99 {ip['p99'] * 1e6:.1f} us  max {ip['max'] * 1e6:.0f} us  "
               f"[aim p99 <= {AIM_INPROC_P99_US:.0f} us: {ok}]")
     if "http" in results:

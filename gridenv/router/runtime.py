@@ -39,7 +39,15 @@ parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
 * ``request``: ``prompt_tokens`` an integer >= 1; ``slo_class`` one of chat, code,
   summarization; ``origin`` a region name; ``model`` a model name; ``residency`` a boolean (the
   request must stay in its origin region); ``ttft_slo_s`` / ``tpot_slo_s`` optional (> 0),
-  defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json).
+  defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json);
+  ``block_hashes`` optional, the prompt's block hashes in order (a list of at most 8,192
+  integers in [-2^63, 2^64) or strings of 1-128 characters, no more than the prompt has
+  blocks) and ``block_size_tokens`` (tokens per hash, default 128).
+* Per endpoint, optional: ``prefix_cached_frac`` (precise, from KV events),
+  ``prefix_indexed_frac`` (approximate, a router-side index) in [0, 1], and
+  ``queued_prompt_tokens`` >= 0; absent means 0, except that with a prefix index
+  (:class:`gridenv.router.prefix.RouterPrefixIndex`, passed to :meth:`RouterPolicy.decide`)
+  and block hashes, an endpoint without them gets the index's fraction for both.
 * ``hour_utc`` optional, in [0, 24): the time of day; default the current UTC time.
 
 A field that is missing or invalid raises :class:`SnapshotError` whose message starts with the
@@ -66,6 +74,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from gridenv.core.interface import (
+    REQUEST_FIELDS,
     SITE_SIGNALS,
     SLO_CLASSES,
     InterfaceMismatchError,
@@ -74,6 +83,13 @@ from gridenv.core.interface import (
 )
 from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
 from gridenv.router.policy_file import PolicyFile, first_error
+from gridenv.router.prefix import (
+    DEFAULT_BLOCK_SIZE_TOKENS,
+    HASH_INT_MAX,
+    HASH_INT_MIN,
+    MAX_HASH_CHARS,
+    RouterPrefixIndex,
+)
 
 __all__ = [
     "RouterPolicy", "PolicyFileError", "SnapshotError", "snapshot_to_json",
@@ -89,6 +105,14 @@ CONTRACT_KEY = "gridenv.contract_sha256"
 CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults", "interface")
 
 _FMAX = sys.float_info.max  # bounds checks: NaN and +-inf fail `lo <= v <= _FMAX`
+#: Site signals a request's block hashes can stand in for (filled from the service's prefix
+#: index for an endpoint that does not send them).
+_PREFIX_SIGNALS = ("prefix_cached_frac", "prefix_indexed_frac")
+_REQUEST = {s.name: s for s in REQUEST_FIELDS}
+MAX_BLOCK_HASHES = int(_REQUEST["block_hashes"].maximum)
+MAX_BLOCK_SIZE_TOKENS = int(_REQUEST["block_size_tokens"].maximum)
+_HASHES_WHAT = (f"a list of at most {MAX_BLOCK_HASHES} hashes (integers in [-2^63, 2^64) or strings of "
+                f"1-{MAX_HASH_CHARS} characters)")
 _PER_SITE = ("site_region", "site_model", "is_edge", "replicas", "max_waiting", "kv_capacity_tokens",
              "prefill_mem_s", "prefill_tok_s", "prefill_attn_s", "prefill_fixed_s", "prefill_lin_s")
 
@@ -159,6 +183,46 @@ def snapshot_to_json(snap: RouterSnapshot) -> dict:
     }
 
 
+def _block_size(req: dict) -> int:
+    b = req.get("block_size_tokens")
+    if b is None:
+        return DEFAULT_BLOCK_SIZE_TOKENS
+    if type(b) is not int or not 1 <= b <= MAX_BLOCK_SIZE_TOKENS:
+        raise SnapshotError(f"request.block_size_tokens: expected an integer in [1, {MAX_BLOCK_SIZE_TOKENS}], "
+                            f"got {_show(b)}")
+    return b
+
+
+def _block_hashes(req: dict, prompt_tokens: int) -> tuple[tuple, int]:
+    """(the request's block-hash chain, tokens per hash), validated; raises SnapshotError."""
+    hs = req["block_hashes"]
+    if type(hs) is not list or len(hs) > MAX_BLOCK_HASHES:
+        got = f"a list of {len(hs)}" if type(hs) is list else _show(hs)
+        raise SnapshotError(f"request.block_hashes: expected {_HASHES_WHAT}, got {got}")
+    if hs:
+        kinds = set(map(type, hs))
+        if kinds == {int}:
+            ok = HASH_INT_MIN <= min(hs) and max(hs) <= HASH_INT_MAX
+        elif kinds == {str}:
+            lengths = list(map(len, hs))
+            ok = 1 <= min(lengths) and max(lengths) <= MAX_HASH_CHARS
+        else:
+            ok = kinds <= {int, str}
+        if not ok or len(kinds) > 1:
+            for i, h in enumerate(hs):
+                t = type(h)
+                if not ((t is int and HASH_INT_MIN <= h <= HASH_INT_MAX)
+                        or (t is str and 1 <= len(h) <= MAX_HASH_CHARS)):
+                    raise SnapshotError(f"request.block_hashes[{i}]: expected an integer in [-2^63, 2^64) or "
+                                        f"a string of 1-{MAX_HASH_CHARS} characters, got {_show(h)}")
+    block = _block_size(req)
+    if (len(hs) - 1) * block >= prompt_tokens:
+        most = -(-prompt_tokens // block)
+        raise SnapshotError(f"request.block_hashes: {len(hs)} hashes of {block} tokens are more than the "
+                            f"prompt's {prompt_tokens} tokens have (at most {most})")
+    return tuple(hs), block
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -220,8 +284,10 @@ class RouterPolicy:
                 hi = _FMAX if sig.maximum is None else sig.maximum
                 what = (f"a number >= {sig.minimum:g}" if sig.maximum is None
                         else f"a number in [{sig.minimum:g}, {sig.maximum:g}]")
-                self._signal_checks.append((sig.name, "number" if sig.required else "optional number",
-                                            0.0, sig.minimum, hi, what))
+                kind = ("number" if sig.required else
+                        "prefix number" if sig.name in _PREFIX_SIGNALS else "optional number")
+                self._signal_checks.append((sig.name, kind, None if kind == "prefix number" else 0.0,
+                                            sig.minimum, hi, what))
             elif sig.type == "boolean":
                 self._signal_checks.append((sig.name, "boolean", False, None, None, "true or false"))
             elif sig.name == "batch_level":
@@ -229,6 +295,9 @@ class RouterPolicy:
                                             self._level_what))
             else:  # pragma: no cover - a new kind of signal needs its parser here
                 raise PolicyFileError(f"runtime cannot parse site signal {sig.name!r} of type {sig.type!r}")
+        self._prefix_cols = [k for k, c in enumerate(self._signal_checks) if c[1] == "prefix number"]
+        self._defaults_lookup = [c[2] for c in self._signal_checks]
+        self._defaults = [0.0 if c[1] == "prefix number" else c[2] for c in self._signal_checks]
         self._session = self._make_session(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
@@ -373,8 +442,16 @@ class RouterPolicy:
         return sess
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot_from_json(self, data) -> RouterSnapshot:
-        """A RouterSnapshot from the JSON form (see the module docstring); raises SnapshotError."""
+    def snapshot_from_json(self, data, prefix_index: RouterPrefixIndex | None = None) -> RouterSnapshot:
+        """A RouterSnapshot from the JSON form (see the module docstring); raises SnapshotError.
+
+        With `prefix_index` and block hashes in the request, the endpoints that send no
+        ``prefix_indexed_frac`` / ``prefix_cached_frac`` get the index's fraction (nothing is
+        recorded: :meth:`decide` records)."""
+        return self._parse(data, prefix_index)[0]
+
+    def _parse(self, data, prefix_index: RouterPrefixIndex | None):
+        """(snapshot, the request's block-hash chain or None)."""
         if type(data) is not dict:
             raise SnapshotError(f"body: expected a JSON object with endpoints and request, got {_typename(data)}")
         eps = data.get("endpoints")
@@ -384,7 +461,10 @@ class RouterPolicy:
         n = self.n_sites
         # One column per declared live signal (gridenv.core.interface.SITE_SIGNALS, in
         # make_snapshot's order), filled per endpoint by the signal's type and range.
-        cols = [[default] * n for _, _, default, _, _, _ in self._signal_checks]
+        req = data.get("request")
+        hashed = prefix_index is not None and type(req) is dict and req.get("block_hashes") is not None
+        # without an index lookup an absent prefix fraction is 0; with one, None marks it absent
+        cols = [[default] * n for default in (self._defaults_lookup if hashed else self._defaults)]
         seen = [False] * n
         index = self._site_index
         checks = self._signal_checks
@@ -405,7 +485,7 @@ class RouterPolicy:
             for k, (key, kind, _, lo, hi, what) in enumerate(checks):
                 if kind == "number":
                     cols[k][j] = _number(ep, key, where, lo, hi, what)
-                elif kind == "optional number":  # absent or null: the default (0)
+                elif kind == "optional number" or kind == "prefix number":  # absent/null: the default
                     if ep.get(key) is not None:
                         cols[k][j] = _number(ep, key, where, lo, hi, what)
                 elif kind == "boolean":
@@ -446,8 +526,22 @@ class RouterPolicy:
             hour = (time.time() % 86400.0) / 3600.0
         elif not ((type(hour) is float or type(hour) is int) and 0.0 <= hour < 24.0):
             raise SnapshotError(f"hour_utc: expected a number in [0, 24), got {_show(hour)}")
+        chain = None
+        fill = None
+        if req.get("block_hashes") is not None:
+            chain, block = _block_hashes(req, pt)
+            if prefix_index is not None and chain:
+                fill = prefix_index.fractions(chain, block, pt)
+        elif req.get("block_size_tokens") is not None:
+            _block_size(req)
+        if hashed:  # endpoints that did not send the value: the index's (0 for an empty chain)
+            for k in self._prefix_cols:
+                col = cols[k]
+                for j in range(n):
+                    if col[j] is None:
+                        col[j] = 0.0 if fill is None else fill[j]
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
-        return make_snapshot(self.statics, view, hour, *cols)
+        return make_snapshot(self.statics, view, hour, *cols), chain
 
     def check_snapshot(self, snap: RouterSnapshot) -> None:
         """Raise ValueError when `snap` comes from other sites than the policy's."""
@@ -490,14 +584,26 @@ class RouterPolicy:
             obs = self.interface.encode(snap)
         return self._decision(self.run(obs, snap.action_mask))
 
-    def decide(self, data) -> dict:
-        """The decision for a JSON snapshot (a parsed dict); raises SnapshotError."""
-        snap = self.snapshot_from_json(data)
-        return self._decision(self.run(self.interface.encode(snap), snap.action_mask))
+    def decide(self, data, prefix_index: RouterPrefixIndex | None = None) -> dict:
+        """The decision for a JSON snapshot (a parsed dict); raises SnapshotError.
 
-    def score(self, data) -> dict:
-        """llm-d scorer style: a score in [0, 1] per endpoint, plus the best one and shed share."""
-        d = self.decide(data)
+        With `prefix_index` (the service's :class:`~gridenv.router.prefix.RouterPrefixIndex`)
+        and ``request.block_hashes``: the index fills the prefix fractions the caller did not
+        send, and records the hashes at the chosen endpoint (not when shedding)."""
+        snap, chain = self._parse(data, prefix_index)
+        d = self._decision(self.run(self.interface.encode(snap), snap.action_mask))
+        if chain and prefix_index is not None and not d["shed"]:
+            prefix_index.record(d["site_index"], chain)
+        return d
+
+    def new_prefix_index(self, capacity_entries: int | None = None) -> RouterPrefixIndex:
+        """An empty prefix index for this policy's endpoints (default bound: their KV capacity)."""
+        return RouterPrefixIndex.for_statics(self.statics, capacity_entries)
+
+    def score(self, data, prefix_index: RouterPrefixIndex | None = None) -> dict:
+        """llm-d scorer style: a score in [0, 1] per endpoint, plus the best one and shed share
+        (with `prefix_index`, the hashes are recorded at ``best``, as a max-score picker sends it)."""
+        d = self.decide(data, prefix_index)
         return {"scores": d["scores"], "shed_score": d["shed_score"], "best": d["endpoint"],
                 "shed": d["shed"], "batch_level": d["batch_level"], "max_batch_size": d["max_batch_size"]}
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from gridenv.core.interface import HOUR_FIELD, REQUEST_FIELDS, SITE_SIGNALS, SLO_CLASSES, Signal
+from gridenv.router.prefix import HASH_INT_MAX, HASH_INT_MIN, MAX_HASH_CHARS
 
 __all__ = [
     "field_of", "ENDPOINT_SIGNALS", "REQUEST_FIELDS", "HOUR_FIELD", "EndpointState", "RequestInfo", "RouteRequest",
@@ -47,6 +48,11 @@ _TYPES = {"number": float, "integer": int, "boolean": bool, "string": str}
 _EXCLUSIVE = {"ttft_slo_s": "minimum", "tpot_slo_s": "minimum", "hour_utc": "maximum"}
 #: Field types narrower than the declaration's JSON type.
 _CHOICES = {"slo_class": Literal[SLO_CLASSES]}  # type: ignore[valid-type]
+#: One block hash: a 64-bit integer (signed or unsigned) or a short string.
+BlockHash = Union[Annotated[int, Field(ge=HASH_INT_MIN, le=HASH_INT_MAX)],
+                  Annotated[str, StringConstraints(min_length=1, max_length=MAX_HASH_CHARS)]]
+#: Item type of each declared "array" field (its declared bounds are its length's).
+_ITEMS = {"block_hashes": BlockHash}
 #: ``name`` identifies the endpoint; the interface declares the signals besides it.
 ENDPOINT_NAME = Signal("name", "string", "name", None, None, True,
                        "endpoint (site) name, one of the policy's sites")
@@ -54,8 +60,18 @@ ENDPOINT_NAME = Signal("name", "string", "name", None, None, True,
 
 def field_of(sig: Signal):
     """(type, pydantic Field) for a declared signal: its JSON type, range, unit and meaning."""
-    typ = _CHOICES.get(sig.name, _TYPES[sig.type])
     kw: dict = {}
+    if sig.type == "array":
+        typ = list[_ITEMS[sig.name]]  # type: ignore[index]
+        if sig.minimum is not None:
+            kw["min_length"] = int(sig.minimum)
+        if sig.maximum is not None:
+            kw["max_length"] = int(sig.maximum)
+        desc = sig.description + f" [{sig.unit}]"
+        if sig.required:
+            return (typ, Field(..., description=desc, **kw))
+        return (Optional[typ], Field(None, description=desc + " (optional)", **kw))
+    typ = _CHOICES.get(sig.name, _TYPES[sig.type])
     if sig.minimum is not None:
         kw["gt" if _EXCLUSIVE.get(sig.name) == "minimum" else "ge"] = sig.minimum
     if sig.maximum is not None:
@@ -187,8 +203,15 @@ def _allowed(loc: tuple) -> str:
 def format_errors(err: ValidationError) -> list[dict]:
     """A ValidationError as ``[{"loc": "endpoints[1].kv_util", "msg": ..., "type": ...}]``."""
     out = []
+    hash_items = set()  # a bad block hash fails both union branches: one error per item
     for e in err.errors(include_url=False):
         loc, kind = e["loc"], e["type"]
+        if len(loc) >= 3 and loc[-3] == "block_hashes" and isinstance(loc[-2], int):
+            if loc[:-1] not in hash_items:
+                hash_items.add(loc[:-1])
+                out.append({"loc": _loc(loc[:-1]), "msg": f"expected an integer in [-2^63, 2^64) or a string of "
+                            f"1-{MAX_HASH_CHARS} characters, got {_show(e.get('input'))}", "type": "block_hash"})
+            continue
         if kind == "json_invalid":
             msg = f"invalid JSON: {e.get('ctx', {}).get('error', e['msg'])}"
             out.append({"loc": "body", "msg": msg, "type": kind})

@@ -11,7 +11,8 @@ with httptools and uvloop). Endpoints (JSON in, JSON out, HTTP/1.1 keep-alive):
 ``POST /v1/score``
     Same body; llm-d scorer style answer :class:`~gridenv.router.schemas.ScoreAnswer`.
 ``GET /healthz``
-    ``{"status": "ok", "policy_sha256", "scenario", "env_id", "sites", ...}``.
+    ``{"status": "ok", "policy_sha256", "scenario", "env_id", "sites", ..., "prefix_index": {...}}``
+    (the prefix index's entries and bound per endpoint, in the worker that answers).
 ``GET /openapi.json``
     The OpenAPI 3.1 document, with the bodies' JSON Schemas narrowed to the served policy.
 
@@ -25,6 +26,13 @@ not arrive within ``body_timeout_s`` (e.g. shorter than its Content-Length); 413
 is read with a size cap before parsing, and parsed by pydantic-core (bounded nesting), so no
 body can exhaust the stack or hang a worker. The service binds 127.0.0.1 unless told otherwise:
 it has no authentication.
+
+Prefix index: a body with ``request.block_hashes`` is matched against the service's own
+approximate index (:mod:`gridenv.router.prefix`), which fills ``prefix_indexed_frac`` (and,
+when the caller sends no precise value, ``prefix_cached_frac``) for the endpoints that do not
+carry them, and records the hashes at the endpoint the answer names (``/v1/route``: the
+decision; ``/v1/score``: ``best``). Its bound per endpoint is ``prefix_index_entries`` (default:
+the endpoint's KV capacity in 128-token entries). Each worker process keeps its own index.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ KEEP_ALIVE_S = 60
 _ENV_POLICY = "GRIDENV_ROUTER_POLICY"
 _ENV_MAX_BODY = "GRIDENV_ROUTER_MAX_BODY_BYTES"
 _ENV_BODY_TIMEOUT = "GRIDENV_ROUTER_BODY_TIMEOUT_S"
+_ENV_INDEX_ENTRIES = "GRIDENV_ROUTER_PREFIX_INDEX_ENTRIES"
 
 log = logging.getLogger("gridenv.router")
 
@@ -119,10 +128,12 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
 
 
 def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
-               body_timeout_s: float = BODY_TIMEOUT_S) -> Starlette:
-    """The ASGI app serving `policy` (a RouterPolicy or a policy directory)."""
+               body_timeout_s: float = BODY_TIMEOUT_S, prefix_index_entries: int | None = None) -> Starlette:
+    """The ASGI app serving `policy` (a RouterPolicy or a policy directory), with its own prefix
+    index (`prefix_index_entries` per endpoint; None: each endpoint's KV capacity in entries)."""
     if not isinstance(policy, RouterPolicy):
         policy = RouterPolicy.load(policy)
+    index = policy.new_prefix_index(prefix_index_entries)
     health = policy.health()
     st = policy.statics
     info = {**health, "regions": list(st.region_names),
@@ -147,7 +158,7 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
 
     def decide(fn, data) -> Response:
         try:
-            return _json(fn(data))
+            return _json(fn(data, index))
         except SnapshotError as err:  # policy-specific: endpoint names, regions, models, levels
             msg = str(err)
             loc = msg.split(":", 1)[0]
@@ -166,7 +177,7 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
         return _error(400, "client disconnected before the body was complete")
 
     async def healthz(request: Request) -> Response:
-        return _json(health)
+        return _json({**health, "prefix_index": index.stats()})
 
     async def openapi_json(request: Request) -> Response:
         return _json(openapi)
@@ -199,14 +210,17 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
         exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone, Exception: internal_error},
     )
     app.state.policy = policy
+    app.state.prefix_index = index
     app.state.openapi = openapi
     return app
 
 
 def app_from_env() -> Starlette:
     """App factory for uvicorn worker processes: the policy directory is in $GRIDENV_ROUTER_POLICY."""
+    entries = os.environ.get(_ENV_INDEX_ENTRIES)
     return create_app(os.environ[_ENV_POLICY], int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES)),
-                      float(os.environ.get(_ENV_BODY_TIMEOUT, BODY_TIMEOUT_S)))
+                      float(os.environ.get(_ENV_BODY_TIMEOUT, BODY_TIMEOUT_S)),
+                      int(entries) if entries else None)
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -245,6 +259,7 @@ class RunningServer:
     thread: threading.Thread
     url: str
     policy: RouterPolicy
+    prefix_index: object = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -257,11 +272,12 @@ class RunningServer:
 
 
 def start_in_thread(policy: RouterPolicy | str, host: str = "127.0.0.1", port: int = 0,
-                    max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> RunningServer:
+                    max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S,
+                    prefix_index_entries: int | None = None) -> RunningServer:
     """Serve in a daemon thread with uvicorn (one event loop); waits until it accepts connections."""
     import uvicorn
 
-    app = create_app(policy, max_body_bytes, body_timeout_s)
+    app = create_app(policy, max_body_bytes, body_timeout_s, prefix_index_entries)
     sock = bind_socket(host, port)
     server = uvicorn.Server(_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gridenv-router", daemon=True)
@@ -272,32 +288,37 @@ def start_in_thread(policy: RouterPolicy | str, host: str = "127.0.0.1", port: i
         threading.Event().wait(0.01)
     if not server.started:
         raise RuntimeError("the router service did not start")
-    return RunningServer(server, thread, _url(sock), app.state.policy)
+    return RunningServer(server, thread, _url(sock), app.state.policy, app.state.prefix_index)
 
 
 def serve(policy_dir: str, host: str = "127.0.0.1", port: int = 8090, workers: int = 1, verbose: bool = False,
-          max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S,
+          prefix_index_entries: int | None = None) -> None:
     """Load the policy and serve until interrupted (prints ``listening on URL`` first).
 
     The policy is loaded (and verified) here first, so a broken one fails before binding; with
-    ``workers > 1`` each uvicorn worker process loads it again and they share one socket.
+    ``workers > 1`` each uvicorn worker process loads it again and they share one socket (and
+    each keeps its own prefix index).
     """
     import uvicorn
 
     policy = RouterPolicy.load(policy_dir)
+    caps = policy.new_prefix_index(prefix_index_entries).capacity_entries
     sock = bind_socket(host, port)
     print(f"gridenv router: policy {policy.path} (scenario {policy.scenario}, {len(policy.site_names)} sites, "
-          f"sha256 {policy.sha256[:12]}...), {workers} worker{'s' if workers > 1 else ''}", flush=True)
+          f"sha256 {policy.sha256[:12]}...), {workers} worker{'s' if workers > 1 else ''}, prefix index "
+          f"{min(caps)}-{max(caps)} entries per endpoint{' per worker' if workers > 1 else ''}", flush=True)
     print(f"listening on {_url(sock)}", flush=True)
     try:
         if workers == 1:
-            uvicorn.Server(_config(create_app(policy, max_body_bytes, body_timeout_s), verbose=verbose)).run(
-                sockets=[sock])
+            uvicorn.Server(_config(create_app(policy, max_body_bytes, body_timeout_s, prefix_index_entries),
+                                   verbose=verbose)).run(sockets=[sock])
         else:
             from uvicorn.supervisors import Multiprocess
 
             os.environ.update({_ENV_POLICY: str(policy.path), _ENV_MAX_BODY: str(max_body_bytes),
-                               _ENV_BODY_TIMEOUT: repr(body_timeout_s)})
+                               _ENV_BODY_TIMEOUT: repr(body_timeout_s),
+                               _ENV_INDEX_ENTRIES: "" if prefix_index_entries is None else str(prefix_index_entries)})
             config = _config("gridenv.router.server:app_from_env", workers=workers, verbose=verbose, factory=True)
             Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:

@@ -223,3 +223,39 @@ def test_bench_training_reports_every_variant(tmp_path):
     for r in data["rows"]:
         assert r["steps"] >= 64 and r["steps_per_s"] > 0
         assert r["env_s"] + r["policy_s"] + r["update_s"] == pytest.approx(r["wall_s"])
+
+
+@pytest.mark.parametrize("backend", ["native", "hybrid"])
+def test_random_grid_same_data_as_the_dummy_vec_env_path(backend):
+    """gridenv/RandomGrid-v1 through GridVecEnv (RandomGridVectorEnv shards, also in a worker):
+    the DummyVecEnv path's observations, rewards and episode ends, new grids at the resets."""
+    from gridenv.envs.registration import RANDOM_GRID_ID
+
+    spec = {"horizon_s": 4.0}
+    n, seed = 2, 3
+    old = DummyVecEnv([T.make_env(RANDOM_GRID_ID, spec) for _ in range(n)])
+    old.seed(seed)
+    new = GridVecEnv(RANDOM_GRID_ID, n, spec, backend=backend, n_workers=2, info_keywords=T.EPISODE_METRICS)
+    try:
+        new.seed(seed)
+        assert np.array_equal(old.reset(), new.reset())
+        assert new.interface.mode == "relative"
+        rng = np.random.default_rng(1)
+        ends = 0
+        for t in range(3000):
+            m = get_action_masks(new)
+            assert np.array_equal(m, get_action_masks(old)), t
+            acts = random_actions(m, new.max_sites, rng)
+            o_old, r_old, d_old, i_old = old.step(acts)
+            o_new, r_new, d_new, i_new = new.step(acts)
+            assert np.array_equal(o_old, o_new) and np.array_equal(r_old, r_new), t
+            assert np.array_equal(d_old, d_new), t
+            for i in np.flatnonzero(d_new):
+                ends += 1
+                assert i_old[i]["episode"]["r"] == i_new[i]["episode"]["r"]
+            if ends >= 2 * n:
+                break
+        assert ends >= 2 * n
+    finally:
+        old.close()
+        new.close()

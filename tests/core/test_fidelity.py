@@ -60,8 +60,11 @@ def test_workload_lengths_match_the_cited_totals(bench):
     assert sum(bench.workloads["sharegpt-llama3-70b-320"].output_tokens) == 56543
     for r in bench.rows:
         _, outputs = bench.lengths(r)
-        if r.source == "lambda-vllm-benchmark" and r.measured.output_tokens is not None:
-            # own lengths (10-request rows) exactly; the shared 320-request list within 2%
+        if r.workload.output_tokens is not None:
+            # a run's own lengths (10-request rows, the surajssd runs) add up exactly
+            assert sum(outputs) == r.measured.output_tokens, r.id
+        elif r.measured.output_tokens is not None:
+            # the shared 320-request list within 2%
             assert sum(outputs) == pytest.approx(r.measured.output_tokens, rel=0.02), r.id
 
 
@@ -157,28 +160,28 @@ def test_empty_completions_count_with_ttft_zero_as_the_benchmark_does(bench):
 # ------------------------------------------------------------------------- fidelity (accuracy)
 @pytest.mark.parametrize("row_id", [
     "lambda-h100-70b-tp4-n10",
-    # Held out; after the refit on engine v2 its TTFT is 18% low (README: Fidelity under load).
+    # Held out; its TTFT is 15.0% (median) / 15.1% (mean) low: the H100 TP8 prefill is slower
+    # than the model's GEMM + all-reduce terms give (README: Fidelity under load).
     pytest.param("lambda-h100-70b-tp8-n10", marks=pytest.mark.xfail(
-        strict=True, reason="held-out TTFT p50 -18% after the engine-v2 refit (documented)")),
+        strict=True, reason="held-out TTFT mean -15.1% (documented)")),
     "lambda-a100-70b-tp8-n10",
 ])
 def test_light_load_rows_within_target(bench, row_id):
-    """A fit row and a held-out row at light load stay within the issue's targets: a change
-    of the perf model that moves decode or prefill time by more than that fails here."""
+    """A fit row and held-out rows at light load stay within the issue's targets on every
+    metric: a change of the perf model that moves decode or prefill time by more than that
+    fails here."""
     res = compare_row(bench, bench.by_id[row_id], FITTED_STACK)
-    for m in ("output_throughput_tps", "tpot_median_ms", "tpot_mean_ms", "ttft_median_ms"):
+    for m in TOLERANCES:
         assert abs(res["metrics"][m]["error"]) <= TOLERANCES[m], (m, res["metrics"][m])
 
 
 def test_saturated_rows_within_target_for_throughput(bench):
-    """Saturated throughput within 10%, fit rows and held-out TP8 / TP2 rows; the one that
-    misses since the engine-v2 refit (A100 70B TP8, +14%: README) is checked to stay within 15%."""
+    """Saturated throughput within 10%: the Lambda fit rows and held-out TP8 / TP2 rows."""
     for rid in ("lambda-a100-8b-tp1-n320", "lambda-h100-8b-tp4-n320", "lambda-h100-8b-tp1-n320",
-                "lambda-h100-70b-tp4-n320", "lambda-h100-70b-tp8-n320", "lambda-h100-8b-tp2-n320"):
+                "lambda-h100-70b-tp4-n320", "lambda-a100-70b-tp4-n320", "lambda-h100-70b-tp8-n320",
+                "lambda-a100-70b-tp8-n320", "lambda-h100-8b-tp2-n320"):
         res = compare_row(bench, bench.by_id[rid], FITTED_STACK)
         assert abs(res["metrics"]["output_throughput_tps"]["error"]) <= 0.10, rid
-    res = compare_row(bench, bench.by_id["lambda-a100-70b-tp8-n320"], FITTED_STACK)
-    assert 0.10 < abs(res["metrics"]["output_throughput_tps"]["error"]) <= 0.15
 
 
 def test_old_stacks_unchanged():
@@ -212,9 +215,9 @@ def test_fit_objective_reads_fit_rows_only(monkeypatch):
     seen = []
     real = fit_mod.replay_row
 
-    def spy(bench, row, stack):
+    def spy(bench, row, stack, **kw):
         seen.append(row.use)
-        return real(bench, row, stack)
+        return real(bench, row, stack, **kw)
 
     class _Res:
         def __init__(self, x):
@@ -227,6 +230,8 @@ def test_fit_objective_reads_fit_rows_only(monkeypatch):
     import scipy.optimize
     monkeypatch.setattr(fit_mod, "replay_row", spy)
     monkeypatch.setattr(scipy.optimize, "least_squares", one_eval)
-    stack, _ = fit_mod.fit_stack()
+    stack, scales, _ = fit_mod.fit_stack()
     assert seen and set(seen) == {"fit"}
-    assert set(stack) == {p[0] for p in fit_mod.PARAMS}
+    assert set(stack) == {p[0] for p in fit_mod.PARAMS} | set(fit_mod.FIXED)
+    # one CPU scale per non-reference host that has fit rows (the A100 machine)
+    assert set(scales) == {"lambda-a100"}

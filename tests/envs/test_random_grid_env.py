@@ -111,3 +111,39 @@ def test_generalization_suite_is_the_heldout_files():
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs/generalization").glob("*.yaml"))
     assert sorted(suite.scenarios) == files
     assert min(suite.seeds) >= 10000  # evaluation seeds, disjoint from training's
+
+
+def test_vector_env_follows_random_grid_env_bit_for_bit():
+    """RandomGridVectorEnv sub-env i == RandomGridEnv reset with seed + i (grids, obs, rewards)."""
+    from gymnasium.vector import AutoresetMode
+
+    from gridenv.envs.random_grid_env import RandomGridVectorEnv
+
+    n, seed = 3, 40
+    venv = gym.make_vec("gridenv/RandomGrid-v1", num_envs=n, spec={"horizon_s": 4.0},
+                        autoreset_mode=AutoresetMode.SAME_STEP)
+    assert isinstance(venv.unwrapped, RandomGridVectorEnv)
+    envs = [RandomGridEnv({"horizon_s": 4.0}) for _ in range(n)]
+    obs_v, _ = venv.reset(seed=seed)
+    obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+    assert np.array_equal(obs_v, np.stack(obs))
+    rng = np.random.default_rng(0)
+    grids = [{int(e.grid_seed)} for e in envs]
+    ends = 0
+    for t in range(2000):
+        masks = venv.unwrapped.action_masks
+        acts = np.array([[rng.choice(np.flatnonzero(m[:13])), rng.integers(3)] for m in masks])
+        obs_v, rew_v, _, trunc_v, _ = venv.step(acts)
+        for i, e in enumerate(envs):
+            o, r, _, tr, _ = e.step(acts[i])
+            assert tr == trunc_v[i] and r == rew_v[i], (t, i)
+            if tr:
+                ends += 1
+                o, _ = e.reset()
+                grids[i].add(int(e.grid_seed))
+            assert np.array_equal(o, obs_v[i]), (t, i)
+            assert venv.unwrapped.grid_seed[i] == e.grid_seed
+        if ends >= n:
+            break
+    assert ends >= n and any(len(g) > 1 for g in grids)  # new grids were drawn at the resets
+    venv.close()

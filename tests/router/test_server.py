@@ -186,9 +186,11 @@ def test_body_models_follow_the_interface_declarations():
             branch = prop["anyOf"][0] if "anyOf" in prop else prop
             assert branch["type"] == sig.type, sig.name
             assert (sig.name in schema.get("required", [])) == sig.required, sig.name
-            if sig.minimum is not None:
+            if sig.type == "array":  # declared bounds are the length's
+                assert (branch["minItems"], branch["maxItems"]) == (sig.minimum, sig.maximum), sig.name
+            elif sig.minimum is not None:
                 assert branch.get("minimum", branch.get("exclusiveMinimum")) == sig.minimum, sig.name
-            if sig.maximum is not None:
+            if sig.maximum is not None and sig.type != "array":
                 assert branch.get("maximum", branch.get("exclusiveMaximum")) == sig.maximum, sig.name
             assert sig.description in prop["description"], sig.name
 
@@ -481,6 +483,59 @@ def test_example_request_file_with_the_readme_curl():
         _stop(proc)
 
 
+@pytest.mark.skipif(not (METRO_MODEL / "policy.onnx").is_file(), reason="models/metro/onnx not present")
+def test_example_request_with_block_hashes_with_the_readme_curl():
+    """The README's `curl ... -d @examples/route_request_prefix.json`: the service matches the hashes
+    against its own index and records them at the endpoint it picks (seen in /healthz); a bad
+    hash is a 400 naming the item."""
+    from gridenv.router.runtime import RouterPolicy
+
+    example = ROOT / "examples" / "route_request_prefix.json"
+    body = json.loads(example.read_text())
+    RouteRequest.model_validate_json(example.read_bytes())
+    hashes = body["request"]["block_hashes"]
+    policy = RouterPolicy.load(METRO_MODEL)
+    index = policy.new_prefix_index()
+    want = [policy.decide(body, index) for _ in range(2)]  # the same sequence in process
+    line = "curl -s -X POST localhost:8090/v1/route -d @examples/route_request_prefix.json"
+    assert line in (ROOT / "README.md").read_text()
+    proc, port = _start_cli_server(METRO_MODEL)
+    try:
+        got = []
+        for _ in range(2):
+            if shutil.which("curl"):
+                cmd = line.replace("localhost:8090", f"localhost:{port}").split()
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+                assert r.returncode == 0, r.stderr
+                got.append(json.loads(r.stdout))
+            else:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+                c.request("POST", "/v1/route", example.read_bytes().replace(b"\n", b""))
+                got.append(json.loads(c.getresponse().read()))
+                c.close()
+        assert got == want and got[0]["endpoint"] in SITES
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+        c.request("GET", "/healthz")
+        pi = json.loads(c.getresponse().read())["prefix_index"]
+        chosen = {g["endpoint"] for g in got}
+        assert pi["entries"] == {s: (len(hashes) if s in chosen else 0) for s in SITES}
+        assert pi["records"] == 2 and pi["capacity_entries"] == dict(zip(SITES, index.capacity_entries))
+        bad = json.loads(json.dumps(body))
+        bad["request"]["block_hashes"][3] = 2.5
+        c.request("POST", "/v1/route", json.dumps(bad).encode())
+        r = c.getresponse()
+        err = json.loads(r.read())
+        assert r.status == 400 and err["error"].startswith("request.block_hashes[3]: expected an integer"), err
+        bad["request"]["block_hashes"] = hashes * 2  # 22 hashes of 128 tokens for a 1,500-token prompt
+        c.request("POST", "/v1/route", json.dumps(bad).encode())
+        r = c.getresponse()
+        err = json.loads(r.read())
+        assert r.status == 400 and err["error"].startswith("request.block_hashes: 22 hashes"), err
+        c.close()
+    finally:
+        _stop(proc)
+
+
 def test_serve_cli_two_workers(policy_dir):
     proc, port = _start_cli_server(policy_dir, "--workers", "2")
     try:
@@ -506,6 +561,7 @@ def test_serve_cli_two_workers(policy_dir):
     (["serve", "--policy", "P", "--body-timeout-s", "nan"], ["--body-timeout-s", "finite", "nan"]),
     (["serve", "--policy", "P", "--body-timeout-s", "inf"], ["--body-timeout-s", "inf"]),
     (["serve", "--policy", "P", "--max-body-bytes", "0"], ["--max-body-bytes", "0"]),
+    (["serve", "--policy", "P", "--prefix-index-entries", "0"], ["--prefix-index-entries", "0"]),
     (["bench", "--policy", "P", "--requests", "0"], ["--requests", "0"]),
     (["bench", "--policy", "P", "--clients", "-8"], ["--clients", "-8"]),
     (["bench", "--policy", "P", "--inproc-requests", "1.5"], ["--inproc-requests", "1.5"]),
