@@ -130,7 +130,6 @@ class LlmdPrecise(_LlmdWeighted):
     KV_WEIGHT = 1.0
     QUEUE_WEIGHT = 1.0
     admission_default = True
-    may_shed = True
 
     def prefix_match(self, snap):
         return snap.prefix_cached_frac

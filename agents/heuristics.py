@@ -336,7 +336,7 @@ def _with_admission(cls: type[Heuristic]) -> type[Heuristic]:
     """``cls`` behind llm-d's saturation gate, registered as ``<name>+admit``; defined at module
     level (``<Class>Admit``) so instances pickle."""
     sub = type(f"{cls.__name__}Admit", (cls,), {
-        "name": f"{cls.name}+admit", "admission_default": True, "may_shed": True,
+        "name": f"{cls.name}+admit", "admission_default": True,
         "__module__": __name__,
         "__doc__": f"``{cls.name}`` behind a gateway that sheds when every candidate site is "
                    "saturated (llm-d's saturation detector defaults: agents.admission).",
