@@ -19,6 +19,12 @@ live signals through its deployment's ``record_routing_stats()`` (``{"site": "ed
 which Serve exposes to the router as ``replica.routing_stats``. A shed decision maps to an empty
 ranking plus an error the caller turns into HTTP 429; here it falls back to all replicas.
 
+Cache affinity: add the prompt's block hashes to the request object,
+``"block_hashes": gridenv.router.prefix.prompt_block_hashes(token_ids)`` (128-token blocks), and
+the service matches them against its own prefix index and remembers where it sent them
+(approximate mode); a router that receives its engines' KV events sends each endpoint's
+``"prefix_cached_frac"`` instead (precise mode).
+
 The same service plugs into the other routers of ``shared/reference/routers.md`` with a few lines:
 
 * vLLM production-stack: subclass ``RoutingInterface`` and implement

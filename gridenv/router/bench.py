@@ -336,7 +336,8 @@ def run(args: argparse.Namespace) -> int:
         h = results["http"]
         ok = "ok" if h["p99"] * 1e3 <= AIM_HTTP_P99_MS and not h["errors"] else "MISSED"
         workers = f", {h['workers']} server worker{'s' if h['workers'] != 1 else ''}" if h["workers"] else ""
-        print(f"HTTP        ({h['n']} requests, {h['clients']} clients, keep-alive{workers}, {h['url']}): "
+        bodies = ", bodies with block hashes" if h.get("hashes") else ""
+        print(f"HTTP        ({h['n']} requests{bodies}, {h['clients']} clients, keep-alive{workers}, {h['url']}): "
               f"p50 {h['p50'] * 1e3:.2f} ms  p90 {h['p90'] * 1e3:.2f} ms  p99 {h['p99'] * 1e3:.2f} ms  "
               f"max {h['max'] * 1e3:.1f} ms  {h['throughput_rps']:.0f} req/s  errors {h['errors']}  "
               f"[aim p99 <= {AIM_HTTP_P99_MS:.0f} ms: {ok}]")

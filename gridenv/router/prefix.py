@@ -24,11 +24,12 @@ Thread-safe (one lock around each lookup and each record). One index per process
 
 from __future__ import annotations
 
+import os
 import threading
 
 from gridenv.core.prefix_index import PrefixIndex
 
-__all__ = ["RouterPrefixIndex", "DEFAULT_BLOCK_SIZE_TOKENS", "MAX_HASH_CHARS", "HASH_INT_MIN", "HASH_INT_MAX",
+__all__ = ["RouterPrefixIndex", "prompt_block_hashes", "DEFAULT_BLOCK_SIZE_TOKENS", "MAX_HASH_CHARS", "HASH_INT_MIN", "HASH_INT_MAX",
            "default_capacity_entries"]
 
 #: Prompt tokens per block hash when the body does not say (the simulator's router index entry,
@@ -39,6 +40,28 @@ MAX_HASH_CHARS = 128
 #: Integer hashes: signed or unsigned 64-bit.
 HASH_INT_MIN = -(1 << 63)
 HASH_INT_MAX = (1 << 64) - 1
+
+
+def prompt_block_hashes(token_ids, block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS) -> list[int]:
+    """The chained hashes of a prompt's full blocks, for ``request.block_hashes``.
+
+    Hash ``i`` digests hash ``i - 1`` and the token ids of block ``i`` (BLAKE2b, 8 bytes, as
+    an unsigned 63-bit integer), so it names the whole prefix up to the end of block ``i``, the
+    way vLLM's prefix-cache block hashes chain. A partial last block gets no hash. Any stable
+    chained hash works: the service only compares them."""
+    import hashlib
+
+    if type(block_size_tokens) is not int or block_size_tokens < 1:
+        raise ValueError(f"block_size_tokens: expected an integer >= 1, got {block_size_tokens!r}")
+    ids = [int(t) for t in token_ids]
+    out: list[int] = []
+    parent = b""
+    for start in range(0, len(ids) - block_size_tokens + 1, block_size_tokens):
+        h = hashlib.blake2b(parent, digest_size=8)
+        h.update(b",".join(str(t).encode() for t in ids[start:start + block_size_tokens]))
+        parent = h.digest()
+        out.append(int.from_bytes(parent, "little") >> 1)
+    return out
 
 
 def default_capacity_entries(statics) -> list[int]:
@@ -95,7 +118,8 @@ class RouterPrefixIndex:
         with self._lock:
             sizes = [self._index.size(i) for i in range(len(self.site_names))]
             lookups, records = self.lookups, self.records
-        return {"scope": "per worker process", "default_block_size_tokens": DEFAULT_BLOCK_SIZE_TOKENS,
+        return {"scope": "per worker process", "worker_pid": os.getpid(),
+                "default_block_size_tokens": DEFAULT_BLOCK_SIZE_TOKENS,
                 "entries": dict(zip(self.site_names, sizes)),
                 "capacity_entries": dict(zip(self.site_names, self.capacity_entries)),
                 "lookups": lookups, "records": records}

@@ -3,14 +3,17 @@ traffic, and the service's own prefix index against the simulator's.
 
 The workload is Metro with shared prefixes in every class (multi-turn chat, a few code system
 prompts, a few summarized documents), so the snapshots carry non-zero ``prefix_cached_frac`` /
-``prefix_indexed_frac``. The policy is a MaskablePPO trained for a few hundred steps on that
-workload (its inputs for the cache signals are not zero) and its ONNX export.
+``prefix_indexed_frac``. The policies: a MaskablePPO trained for a few hundred steps on that
+workload (its inputs for the cache signals are not zero) and its ONNX export; and the committed
+metro agent (models/metro: best_model.zip + vecnormalize.pkl, exported in the test), which sees
+``prefix_cached_frac`` through its TTFT estimate.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,14 +69,33 @@ def policy(policy_dir):
     return RouterPolicy.load(policy_dir)
 
 
-def _sb3(run):
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "metro"
+
+
+def _sb3(model_zip: Path, vecnormalize: Path):
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    model = MaskablePPO.load(run / "model.zip", device="cpu")
-    vn = VecNormalize.load(str(run / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make(METRO)]))
+    model = MaskablePPO.load(model_zip, device="cpu")
+    vn = VecNormalize.load(str(vecnormalize), DummyVecEnv([lambda: gym.make(METRO)]))
     vn.training = False
     return model, vn
+
+
+@pytest.fixture(params=["tiny-cache-run", "committed-metro"])
+def env_and_exported(request, cache_run, policy, tmp_path):
+    """(SB3 model, VecNormalize, exported RouterPolicy): the tiny run trained on prefix-sharing
+    traffic, and the committed metro agent (models/metro) exported now (policy.json records the
+    sites' statics at export time: an export older than the catalog's last refit predicts TTFT
+    with the old prefill terms)."""
+    if request.param == "tiny-cache-run":
+        return (*_sb3(cache_run / "model.zip", cache_run / "vecnormalize.pkl"), policy)
+    if not (COMMITTED / "best_model.zip").is_file():
+        pytest.skip("models/metro not present")
+    from agents.export import export_policy
+
+    export_policy(COMMITTED, tmp_path / "metro", verify_states=0)
+    return (*_sb3(COMMITTED / "best_model.zip", COMMITTED / "vecnormalize.pkl"), RouterPolicy.load(tmp_path / "metro"))
 
 
 def _without(body: dict, *keys: str) -> dict:
@@ -85,12 +107,12 @@ def _without(body: dict, *keys: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- parity
-def test_parity_on_1000_recorded_snapshots_with_cache_signals(cache_run, policy):
+def test_parity_on_1000_recorded_snapshots_with_cache_signals(env_and_exported):
     """1,000 snapshots recorded from the environment (info["snapshot"]) on prefix-sharing traffic,
     sent as JSON: the runtime's decision is MaskablePPO.predict's on the env observation, and
     the JSON encodes to that observation bit for bit. The cache signals are in play: they are
     non-zero in most snapshots and dropping them from the JSON changes the policy's scores."""
-    model, vn = _sb3(cache_run)
+    model, vn, policy = env_and_exported
     env = gym.make(METRO, config=CACHE_CONFIG)
     n = cached = indexed = changed = sheds = 0
     seed = 11
@@ -292,3 +314,52 @@ def test_block_size_default_is_the_simulators():
     from gridenv.core.simulator import ROUTER_BLOCK_TOKENS
 
     assert DEFAULT_BLOCK_SIZE_TOKENS == ROUTER_BLOCK_TOKENS
+
+
+def test_bench_times_decisions_with_and_without_hashes(capsys):
+    """`python -m gridenv.router bench ... --no-http --json`: the four in-process variants; the
+    synthetic hashed bodies are valid for the schema and share prefixes (the index matches)."""
+    from gridenv.router.__main__ import main
+    from gridenv.router.bench import add_block_hashes, synthetic_snapshots
+    from gridenv.router.schemas import parse_route_request
+
+    model = COMMITTED / "onnx"
+    if not (model / "policy.onnx").is_file():
+        pytest.skip("models/metro/onnx not present")
+    assert main(["bench", "--policy", str(model), "--no-http", "--inproc-requests", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("in_process", "in_process_hashes", "in_process_validated", "in_process_validated_hashes"):
+        assert out[key]["n"] == 50 and 0 < out[key]["p50"] <= out[key]["p99"], key
+    assert out["load_avg_1min_before"] >= 0
+    policy = RouterPolicy.load(model)
+    bodies = add_block_hashes(synthetic_snapshots(policy, 200, seed=0), seed=0)
+    index = policy.new_prefix_index()
+    hits = 0
+    for b in bodies:
+        parse_route_request(json.dumps(b))
+        hits += any(index.matched(b["request"]["block_hashes"])) if b["request"]["block_hashes"] else 0
+        policy.decide(b, index)
+    assert hits > 20
+
+
+def test_prompt_block_hashes_chain_the_prefix(policy):
+    """Shared leading blocks give shared leading hashes; a change in block k changes hash k and
+    every later one; only full blocks are hashed; and the service matches what was shared."""
+    from gridenv.router.prefix import prompt_block_hashes
+
+    system = list(range(5000, 5000 + 512))  # a 512-token system prompt: 4 blocks of 128
+    a = prompt_block_hashes(system + list(range(300)))
+    b = prompt_block_hashes(system + list(range(1, 301)))
+    assert len(a) == len(b) == (512 + 300) // 128 == 6
+    assert a[:4] == b[:4] and all(x != y for x, y in zip(a[4:], b[4:]))
+    c = prompt_block_hashes([0] + system[1:] + list(range(300)))
+    assert all(x != y for x, y in zip(a, c))  # the first block differs: nothing is shared
+    assert prompt_block_hashes(list(range(127))) == [] and len(prompt_block_hashes(list(range(16)), 16)) == 1
+    assert all(0 <= h < 1 << 63 for h in a) and prompt_block_hashes(system) == a[:4]  # deterministic
+    with pytest.raises(ValueError, match="block_size_tokens"):
+        prompt_block_hashes(system, 0)
+    index = policy.new_prefix_index()
+    index.record(1, a)
+    body = _body()
+    body["request"].update(prompt_tokens=812, block_hashes=b)
+    assert policy.snapshot_from_json(body, index).prefix_indexed_frac[1] == pytest.approx(4 * 128 / 812)
