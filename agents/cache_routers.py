@@ -54,6 +54,15 @@ def _pod_load(snap: RouterSnapshot) -> np.ndarray:
     return per_replica(snap, outstanding(snap))
 
 
+def _cache_footprint_tokens(snap: RouterSnapshot) -> np.ndarray:
+    """Stand-in for the size of a worker's entry in a router's approximate prefix tree: tokens
+    a replica holds in KV plus the prompt tokens queued for it or in transit. Like the tree, it
+    grows the moment the router sends a prompt (``kv_util`` alone lags by the transit and the
+    queue, and following it herds requests onto one site)."""
+    cap = np.asarray(snap.statics.kv_capacity_tokens, dtype=np.float64)
+    return snap.kv_util * cap + per_replica(snap, snap.queued_prompt_tokens)
+
+
 def _order(snap: RouterSnapshot, *keys: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
     """Sites of `among` (default: feasible) sorted by `keys` (first key most significant, each
     ascending), then by predicted TTFT, then index."""
@@ -121,7 +130,6 @@ class LlmdPrecise(_LlmdWeighted):
     KV_WEIGHT = 1.0
     QUEUE_WEIGHT = 1.0
     admission_default = True
-    may_shed = True
 
     def prefix_match(self, snap):
         return snap.prefix_cached_frac
@@ -253,8 +261,9 @@ class SglangCacheAware(Heuristic):
     gridenv: load = ``(waiting + running) / replicas``; match = ``prefix_indexed_frac``
     (approximate). Ambiguous or missing: (1) the Rust library's own ``CacheAwareConfig::default``
     says 0.5 / 32 / 1.1; the launcher's values are the ones a deployment gets, so those are
-    used. (2) The tree size per worker is not in the snapshot; the smallest ``kv_util`` stands in
-    for "the worker with the most cache room". (3) SGLang takes the loads of all workers and
+    used. (2) The tree size per worker is not in the snapshot; the smallest cache footprint per
+    replica (tokens in KV plus prompt tokens queued or in transit, which grows as soon as a prompt
+    is sent, like the tree) stands in for it. (3) SGLang takes the loads of all workers and
     falls back to the first healthy one when the best match is unhealthy; here loads and
     matches are taken over the feasible sites only.
     """
@@ -279,7 +288,7 @@ class SglangCacheAware(Heuristic):
         f = snap.feasible
         if f.any() and float(match[f].max()) > self.CACHE_THRESHOLD:
             return _order(snap, -match)
-        return _order(snap, snap.kv_util)
+        return _order(snap, _cache_footprint_tokens(snap))
 
     def choose(self, snap):
         order = self._order(snap)
@@ -338,9 +347,9 @@ class RayPrefix(Heuristic):
     replicas the one with the shortest queue.
 
     gridenv: queue length = ``(waiting + running) / replicas``; match = ``prefix_indexed_frac``
-    (the router's approximate prefix tree); smallest tenants = the sites with the least
-    ``kv_util`` (the tree size is not in the snapshot; the source's docstring describes it as KV
-    usage). Left out: the locality and multiplex tiers applied before the prefix match
+    (the router's approximate prefix tree); smallest tenants = the sites with the smallest cache
+    footprint per replica (tokens in KV plus prompt tokens queued or in transit: the tree size is
+    not in the snapshot; the source's docstring describes it as "smallest KV cache usage"). Left out: the locality and multiplex tiers applied before the prefix match
     (``apply_locality_routing`` prefers same-node / same-zone replicas); gridenv's locality
     heuristics cover that separately.
     """
@@ -363,7 +372,8 @@ class RayPrefix(Heuristic):
         m = snap.prefix_indexed_frac
         if float(m[f].max()) >= self.MATCH_RATE_THRESHOLD:
             return f & (m == m[f].max())
-        return f & (snap.kv_util == snap.kv_util[f].min())
+        size = _cache_footprint_tokens(snap)
+        return f & (size == size[f].min())
 
     def choose(self, snap):
         cand = np.flatnonzero(snap.feasible)

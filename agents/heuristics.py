@@ -46,12 +46,12 @@ dynamo-kv      NVIDIA Dynamo KV router          argmin ``max(0, (queued_prompt/r
                                                 ``temperature`` T > 0, softmax(-normalized cost / T)
 sglang-cache   SGLang model gateway cache_aware least loaded pod when ``max - min > 64`` and
                                                 ``max > 1.5*min``; else the longest approximate match if
-                                                > 0.3, else the least ``kv_util`` (smallest tree)
+                                                > 0.3, else the smallest cache footprint (smallest tree)
 vllm-ps-prefix vLLM production-stack prefixaware longest approximate match, uniformly random among equal
                                                 matches (all sites when nothing matches); no load term
 ray-prefix     Ray Serve PrefixCacheAffinityRouter power of two choices when queue lengths differ by > 10;
                                                 else the highest approximate match if >= 0.1 (else the
-                                                least ``kv_util``), the shortest queue among those
+                                                smallest cache footprint), the shortest queue of those
 aibrix-prefix  AIBrix prefix-cache              if running requests differ by > 8, only the least loaded;
                                                 among matched sites by match % then load, the first with
                                                 load <= mean + 1 std; else least-request
@@ -336,7 +336,7 @@ def _with_admission(cls: type[Heuristic]) -> type[Heuristic]:
     """``cls`` behind llm-d's saturation gate, registered as ``<name>+admit``; defined at module
     level (``<Class>Admit``) so instances pickle."""
     sub = type(f"{cls.__name__}Admit", (cls,), {
-        "name": f"{cls.name}+admit", "admission_default": True, "may_shed": True,
+        "name": f"{cls.name}+admit", "admission_default": True,
         "__module__": __name__,
         "__doc__": f"``{cls.name}`` behind a gateway that sheds when every candidate site is "
                    "saturated (llm-d's saturation detector defaults: agents.admission).",

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from itertools import chain, islice, takewhile
 
 from gridenv.core.kvcache import KVBlockPool
 from gridenv.core.perf import ReplicaPerf
@@ -52,6 +53,19 @@ IDLE, PREFILL, DECODE = 0, 1, 2
 TRANSIT, QUEUED, PREFILLING, DECODING, RETRY, DONE = range(6)
 
 _EMPTY: tuple = ()
+
+
+def block_keys(hashes, k: int, start: int, stop: int):
+    """Prefix-cache keys of blocks start..stop-1 of a hash chain naming k blocks per entry
+    (:meth:`Request.block_key` of each, in order), as a lazy iterator: the per-block work runs
+    in C (islice, range), not in a Python loop."""
+    if stop <= start:
+        return iter(())
+    if k == 1:
+        return islice(hashes, start, stop)
+    first, skip = divmod(start, k)
+    keys = chain.from_iterable(range(h * k, h * k + k) for h in islice(hashes, first, None))
+    return islice(keys, skip, skip + stop - start)
 
 
 class Request:
@@ -190,19 +204,7 @@ class Replica:
         ref = self.pool.ref
         if not ref or n_max <= 0:
             return 0
-        hashes, k = r.hashes, r.hash_k
-        n = 0
-        if k == 1:
-            for i in range(n_max):
-                if hashes[i] not in ref:
-                    break
-                n += 1
-        else:
-            for i in range(n_max):
-                if hashes[i // k] * k + i % k not in ref:
-                    break
-                n += 1
-        return n
+        return len(list(takewhile(ref.__contains__, block_keys(r.hashes, r.hash_k, 0, n_max))))
 
     def kv_used_blocks(self, now: float) -> float:
         """KV blocks in use at `now` (router signal): a decode segment's blocks are booked at
@@ -256,7 +258,7 @@ class Replica:
             if cap > r.n_hashed:
                 cap = r.n_hashed
             if cap > 0:
-                keys = [r.block_key(i) for i in range(cap)]
+                keys = list(block_keys(r.hashes, r.hash_k, 0, cap))
                 n_hit, n_hit_free = self.pool.lookup(keys)
         done = n_hit * bs
         q = target - done
@@ -338,8 +340,8 @@ class Replica:
             full = computed_tokens // self.bs
             if full > r.n_hashed:
                 full = r.n_hashed
-            for i in range(full - 1, n_sh - 1, -1):
-                pool.donate(r.block_key(i))
+            for key in reversed(list(block_keys(r.hashes, r.hash_k, n_sh, full))):
+                pool.donate(key)
         if n_sh:
             pool.release(reversed(shared))
             r.shared = []
@@ -507,11 +509,10 @@ class Replica:
                 full = r.prompt_tokens // bs
                 if full > r.n_hashed:
                     full = r.n_hashed
-                for i in range(len(r.shared), full):
-                    key = r.block_key(i)
-                    pool.promote(key)
-                    r.shared.append(key)
-                    r.priv -= 1
+                keys = list(block_keys(r.hashes, r.hash_k, len(r.shared), full))
+                pool.promote_all(keys)
+                r.shared += keys
+                r.priv -= len(keys)
             if r.gen == 0:
                 r.first_token_s = now
                 first.append(r)

@@ -414,14 +414,9 @@ class Interface:
                 template[r, i] = eval(code, dict(ns, req=req))
         self._template = template
         self._scale = scale
-        # Signal rows: one tuple of the snapshot's arrays, assigned at once (a slice when the
-        # rows are contiguous).
-        rows = [i for i, _ in signal_rows]
-        if rows and rows == list(range(rows[0], rows[-1] + 1)):
-            self._signal_index = slice(rows[0], rows[-1] + 1)
-        else:
-            self._signal_index = np.asarray(rows, dtype=np.int64)
-        gather = "def _gather(snap):\n    return (" + "".join(f"snap.{a}, " for _, a in signal_rows) + ")\n"
+        # Signal rows: one generated function assigning each row from the snapshot (a row at a
+        # time: converting a tuple of arrays of mixed dtypes at once costs several times more).
+        gather = "def _gather(site, snap):\n" + "".join(f"    site[{i}] = snap.{a}\n" for i, a in signal_rows) + "    return site\n"
         # Per-request site rows (evaluated before scaling).
         if request_rows:
             body = [f"    site[{i}] = {src}" for i, src in request_rows]
@@ -438,6 +433,7 @@ class Interface:
         self._scale_memo: dict = {}
         # The request part: scalars written in place, then one-hots at their offsets.
         lines = []
+        sources: dict[str, str] = {}
         off = self.max_sites * F
         for f in self.request_features:
             if f.vocab:
@@ -447,8 +443,11 @@ class Interface:
                                      f"is req.<field>, got {f.source!r}")
                 lines.append(f"    out[{off} + req.{attr}] = 1.0")
                 off += len(self.vocabularies[f.vocab])
-            else:
-                lines.append(f"    x = {f.source}\n    out[{off}] = {f.transform}")
+            else:  # a source shared by several features (the local hour's sin and cos) is evaluated once
+                if f.source not in sources:
+                    sources[f.source] = f"x{len(sources)}"
+                    lines.append(f"    {sources[f.source]} = {f.source}")
+                lines.append(f"    x = {sources[f.source]}\n    out[{off}] = {f.transform}")
                 off += 1
         request = "def _request(out, snap, st, req):\n" + "\n".join(lines or ["    pass"]) + "\n"
         env = dict(_NS)
@@ -469,17 +468,16 @@ class Interface:
         """The observation vector (float32) of a snapshot; `out` is reused when given."""
         req = snap.request
         st = snap.statics
-        site = self._templates[req.origin].copy()  # (features, sites), float64
-        site[self._signal_index] = self._gather(snap)
+        site = self._gather(self._templates[req.origin].copy(), snap)  # (features, sites), float64
         if self._site_request is not None:
             self._site_request(site, snap, st, req)
         site *= self._scale if self._divisors is None else self._request_scale(self._divisors(snap, st, req))
+        _clip(site, 0.0, 1.0, out=site)
         if out is None:
             out = self._zero_obs.copy()
         else:
             out[:] = 0.0
-        # clipped in float64, written (cast to float32) site by site into the observation
-        _clip(site.T, 0.0, 1.0, out=out[: self._n_site_elems].reshape(self._site_shape))
+        out[: self._n_site_elems].reshape(self._site_shape)[...] = site.T  # site by site, as float32
         self._request_fn(out, snap, st, req)
         return out
 

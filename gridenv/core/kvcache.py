@@ -98,6 +98,23 @@ class KVBlockPool:
                 self.n_ref += 1
             self.ref[key] = c + 1
 
+    def promote_all(self, keys) -> None:
+        """:meth:`promote` each key, in order."""
+        ref, ev = self.ref, self.evictable
+        n_ref = self.n_ref
+        for key in keys:
+            c = ref.get(key)
+            if c is None:
+                ref[key] = 1
+                n_ref += 1
+            else:
+                if c == 0:
+                    del ev[key]
+                    n_ref += 1
+                ref[key] = c + 1
+        self.n_ref = n_ref
+        self.private -= len(keys)
+
     def release(self, keys) -> None:
         """Drop one reference to each key, in the order given (pass tail first); blocks that
         nobody references become evictable, most recently released last."""

@@ -16,6 +16,7 @@ This module imports numpy only, so a router host needs neither gymnasium nor tor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -25,6 +26,8 @@ __all__ = [
     "SiteStatics", "RequestView", "RouterSnapshot", "make_snapshot", "encode",
     "feature_spec", "obs_size", "SLO_CLASSES", "SHED", "prefill_time_s", "snapshot_from_lists",
 ]
+
+_chain = chain.from_iterable
 
 #: Sentinel site index meaning "shed the request" in decisions (the action uses max_sites).
 SHED = -1
@@ -304,16 +307,17 @@ def snapshot_from_lists(
     else:
         ttft = [(r * 1e-3 + api) + t * (1.0 + w / q)
                 for r, t, w, q in zip(rtt_ms, full, waiting, a["replicas_list"])]
-    m = np.array((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level,
-                  prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens, up, feasible), dtype=np.float64)
+    # (np.fromiter over the chained rows converts each number exactly as np.array does, at
+    # half the cost: no type discovery)
+    m = np.fromiter(_chain((waiting, running, kv_util, rtt_ms, energy_price_usd_per_kwh, ttft, batch_level,
+                            prefix_cached_frac, prefix_indexed_frac, queued_prompt_tokens, up, feasible)),
+                    np.float64, 12 * statics.n_sites).reshape(12, statics.n_sites)
     flags = m[10:] > a["c_zero2"]  # up, feasible
-    return RouterSnapshot(
-        statics=statics, request=request, hour_utc=float(hour_utc),
-        waiting=m[0], running=m[1], kv_util=m[2], rtt_ms=m[3],
-        energy_price_usd_per_kwh=m[4], up=flags[0], batch_level=m[6].astype(np.int64),
-        prefix_cached_frac=m[7], prefix_indexed_frac=m[8], queued_prompt_tokens=m[9],
-        feasible=flags[1], ttft_pred_s=m[5],
-    )
+    # Positional, in field order (statics, request, hour_utc, waiting, running, kv_util, rtt_ms,
+    # energy_price_usd_per_kwh, up, batch_level, prefix_cached_frac, prefix_indexed_frac,
+    # queued_prompt_tokens, feasible, ttft_pred_s): cheaper than keywords on this hot path.
+    return RouterSnapshot(statics, request, float(hour_utc), m[0], m[1], m[2], m[3], m[4], flags[0],
+                          m[6].astype(np.int64), m[7], m[8], m[9], flags[1], m[5])
 
 
 def _prefill_time_of(a: dict, coeffs: tuple, tokens: float) -> float:

@@ -110,6 +110,10 @@ def test_sglang_needs_a_match_above_its_cache_threshold_else_the_emptiest_cache(
     kv = [0.5, 0.3, 0.4, 0.2, 0.6]
     assert picks("sglang-cache", snap(indexed=[0, 0, 0.31, 0, 0], kv=kv))[0] == 2
     assert picks("sglang-cache", snap(indexed=[0, 0, 0.30, 0, 0], kv=kv))[0] == 3  # least kv_util
+    # The smallest "tree" counts prompts just sent (queued or in transit), not only KV in use:
+    # site 3 was just sent 2 x 40000 prompt tokens (> 0.1 x 103530 per replica): site 1 next.
+    assert picks("sglang-cache", snap(indexed=[0, 0, 0.30, 0, 0], kv=kv, queued=[0, 0, 0, 80000, 0]))[0] == 1
+    assert picks("ray-prefix", snap(indexed=[0, 0, 0.09, 0, 0], kv=kv, queued=[0, 0, 0, 80000, 0]))[0] == 1
 
 
 # ---------------------------------------------------------------------------- Ray Serve
