@@ -98,6 +98,7 @@ def test_observation_unchanged_when_the_catalog_grows(monkeypatch) -> None:
     obs_before = [make_interface(s.statics, "slots").encode(s) for s in before]
     hash_before = make_interface(before[0].statics, "slots").content_hash
     extra = "aaa-extra-1b"  # sorts first: would shift every model index of a catalog-wide one-hot
+    n_models_before = len(catalog.MODELS)
     monkeypatch.setitem(catalog.MODELS, extra, catalog.MODELS["llama-3-8b"])
     names = tuple(sorted(catalog.MODELS))
     monkeypatch.setattr(topology, "MODEL_NAMES", names)
@@ -107,7 +108,7 @@ def test_observation_unchanged_when_the_catalog_grows(monkeypatch) -> None:
     monkeypatch.setattr(workload, "MODEL_NAMES", names)
     monkeypatch.setattr(simulator, "MODEL_NAMES", names)
     after = snapshots("metro", 60, seed=4)
-    assert len(obs_before) == len(after) and len(names) == 4
+    assert len(obs_before) == len(after) and len(names) == n_models_before + 1
     assert make_interface(after[0].statics, "slots").content_hash == hash_before
     for a, s in zip(obs_before, after):
         np.testing.assert_array_equal(a, make_interface(s.statics, "slots").encode(s))
