@@ -72,6 +72,8 @@ COMMANDS: dict[str, tuple] = {
     """python -m agents.bench_training --scenario random-grid --steps 16384 --variants fast --extra '{"dummy4": {"hyperparams": "configs/ppo.yaml", "vec_backend": "dummy", "n_envs": 4, "n_steps": 512}}'""": ("twin", "tests/agents/test_vec_env.py::test_bench_training_reports_every_variant"),
     f"H={H}": ("twin", "(shell variable of the next two lines)"),
     "python evaluate.py --suite standard --scenarios metro --policies $H,ppo-metro=models/metro/best_model.zip": ("parse", "evaluate.py"),
+    "python train.py --scenario coding-agent --hyperparams configs/ppo_fast.yaml --warm-start llmd-precise --warm-start-steps 20000 --total-timesteps 600000 --eval-freq 100000 --seed 0": ("parse", "train.py"),
+    "python evaluate.py --suite standard --scenarios coding-agent --policies random,jsq,llm-d,cost-greedy,slo-greedy,local-spill,llmd-precise,llmd-approx,sglang-cache,dynamo-kv,ppo-coding-agent=models/coding-agent/best_model.zip": ("parse", "evaluate.py"),
     "python evaluate.py --suite standard --scenarios continental --policies $H,ppo-continental=models/continental/best_model.zip": ("parse", "evaluate.py"),
     "pip install -e '.[export,router]'": ("twin", ".ci/run"),
     "python -m agents.export runs/metro_maskable_ppo_s0 --out exported/metro": ("twin", "tests/agents/test_export.py"),
