@@ -20,7 +20,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["PrefixIndex"]
+__all__ = ["PrefixIndex", "ROUTER_BLOCK_TOKENS"]
+
+#: Tokens per entry of a router's index by default (a router hashes its prompts in coarser
+#: blocks than the engine's 16-token KV blocks): the simulator's index and the HTTP service's
+#: default ``request.block_size_tokens``.
+ROUTER_BLOCK_TOKENS = 128
 
 
 class PrefixIndex:
@@ -70,6 +75,12 @@ class PrefixIndex:
                 n += 1
             out.append(n)
         return out
+
+    def fractions(self, chain, entry_tokens: float, prompt_tokens: int) -> list[float]:
+        """Per endpoint, the share of a `prompt_tokens` prompt its matched entries of
+        `entry_tokens` tokens cover (at most 1)."""
+        per_entry = entry_tokens / prompt_tokens
+        return [min(m * per_entry, 1.0) for m in self.match_all(chain)]
 
     def insert(self, endpoint: int, chain) -> None:
         """The router sent a prompt with `chain` to `endpoint`: remember (refresh) its hashes,

@@ -34,7 +34,7 @@ from gridenv.core.engine import (
 )
 from gridenv.core.interface import local_hour
 from gridenv.core.metrics import J_PER_KWH, Metrics
-from gridenv.core.prefix_index import PrefixIndex
+from gridenv.core.prefix_index import ROUTER_BLOCK_TOKENS, PrefixIndex
 from gridenv.core.scenario import SLO_CLASSES, Scenario
 from gridenv.core.schedulers import default_token_budget, scheduler
 from gridenv.core.snapshot import SHED, RequestView, RouterSnapshot, SiteStatics, snapshot_from_lists
@@ -44,11 +44,6 @@ from gridenv.core.workload import Arrivals, generate_arrivals
 __all__ = ["GridSimulator", "SHED"]
 
 WAKE, DELIVER, SITE_DOWN, SITE_UP, LINK, TIMEOUT_E2E = range(6)
-
-#: Tokens per entry of the router's approximate prefix index (a router hashes its prompts in
-#: coarser blocks than the engine's 16-token KV blocks; a trace's own hash blocks, e.g.
-#: Mooncake's 512 tokens, are used as they are when they are at least this long).
-ROUTER_BLOCK_TOKENS = 128
 
 
 class GridSimulator:
@@ -153,7 +148,9 @@ class GridSimulator:
         self._n_arrivals = len(a)
         self._t_next_arrival = self._arrival_cols[0].item(0) if self._n_arrivals else math.inf
         # The router's approximate prefix index: one entry per `_index_stride` hash entries of
-        # a request's chain; bounded per site by the site's KV capacity in those units.
+        # a request's chain (ROUTER_BLOCK_TOKENS per entry; a trace's own hash blocks, e.g.
+        # Mooncake's 512 tokens, as they are when longer); bounded per site by the site's KV
+        # capacity in those units.
         hash_k = max(1, self.arrivals.hash_block_tokens // bs) if self.arrivals.prefix_hashes is not None else 1
         self._index_stride = max(1, ROUTER_BLOCK_TOKENS // (bs * hash_k))
         self._index_entry_tokens = self._index_stride * hash_k * bs
@@ -695,6 +692,5 @@ class GridSimulator:
         and the fraction the router's own index says it sent there recently (approximate)."""
         per_block = self.scenario.engine.block_size_tokens / req.prompt_tokens
         cached = [self._pick_replica(s, req)[1] * per_block for s in range(self.n_sites)]
-        per_entry = self._index_entry_tokens / req.prompt_tokens
-        indexed = [min(m * per_entry, 1.0) for m in self.prefix_index.match_all(self._router_chain(req))]
+        indexed = self.prefix_index.fractions(self._router_chain(req), self._index_entry_tokens, req.prompt_tokens)
         return cached, indexed

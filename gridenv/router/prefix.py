@@ -27,14 +27,13 @@ from __future__ import annotations
 import os
 import threading
 
-from gridenv.core.prefix_index import PrefixIndex
+from gridenv.core.prefix_index import ROUTER_BLOCK_TOKENS, PrefixIndex
 
 __all__ = ["RouterPrefixIndex", "prompt_block_hashes", "DEFAULT_BLOCK_SIZE_TOKENS", "MAX_HASH_CHARS", "HASH_INT_MIN", "HASH_INT_MAX",
            "default_capacity_entries"]
 
-#: Prompt tokens per block hash when the body does not say (the simulator's router index entry,
-#: ``gridenv.core.simulator.ROUTER_BLOCK_TOKENS``).
-DEFAULT_BLOCK_SIZE_TOKENS = 128
+#: Prompt tokens per block hash when the body does not say (the simulator's router index entry).
+DEFAULT_BLOCK_SIZE_TOKENS = ROUTER_BLOCK_TOKENS
 #: Longest string hash accepted (a hex SHA-256 is 64 characters).
 MAX_HASH_CHARS = 128
 #: Integer hashes: signed or unsigned 64-bit.
@@ -92,10 +91,8 @@ class RouterPrefixIndex:
     def fractions(self, chain, block_size_tokens: int, prompt_tokens: int) -> list[float]:
         """Per endpoint: the fraction of the prompt whose hashes the index holds there."""
         with self._lock:
-            matched = self._index.match_all(chain)
             self.lookups += 1
-        per_entry = block_size_tokens / prompt_tokens
-        return [min(m * per_entry, 1.0) for m in matched]
+            return self._index.fractions(chain, block_size_tokens, prompt_tokens)
 
     def matched(self, chain) -> list[int]:
         """Per endpoint: leading hashes of `chain` held there."""
