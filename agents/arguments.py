@@ -65,6 +65,10 @@ class TrainArgs:
     """imitation warm start: clone this heuristic's decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
     warm_start_steps: int = 10_000
     """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
+    warm_start_level: Annotated[Optional[int], _unset("the heuristic's own: it keeps each site's current level", "INT")] = None
+    """batch level index the cloned heuristic requests at every site it picks (0 = the smallest of the scenario's batch_levels); e.g. 2 for 128 on the cache scenarios, where that level beats the initial one for every cache-aware router"""
+    warm_start_core_level: Annotated[Optional[int], _unset("--warm-start-level", "INT")] = None
+    """batch level index the cloned heuristic requests at core sites (kind: core), --warm-start-level then applying to edge sites only; e.g. 1 at the L4 edges and 2 at the H100 core on coding-agent"""
     init_from: Annotated[Optional[str], _unset("a new policy", "DIR")] = None
     """fine-tune a trained policy: its weights, architecture and statistics (models/generalist, a run directory or a .zip; its observation interface must be the scenario's)"""
     hyperparams: str = "configs/ppo.yaml"
@@ -176,6 +180,10 @@ def _check_train(a: TrainArgs) -> None:
         int_list(a.seeds, "--seeds")
     if a.warm_start_steps < 0:
         raise UsageError(f"--warm-start-steps must be at least 0, got {a.warm_start_steps}")
+    if a.warm_start_level is not None and a.warm_start_level < 0:
+        raise UsageError(f"--warm-start-level must be a batch level index >= 0, got {a.warm_start_level}")
+    if a.warm_start_core_level is not None and a.warm_start_core_level < 0:
+        raise UsageError(f"--warm-start-core-level must be a batch level index >= 0, got {a.warm_start_core_level}")
     if a.init_from and a.resume:
         raise UsageError("--init-from starts a new run from a trained policy; --resume continues a run: pass one")
     if a.resume and a.overwrite:

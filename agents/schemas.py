@@ -174,6 +174,7 @@ class HyperparamEntry(BaseModel):
     policy: Optional[Literal["mlp", "site_scoring"]] = None
     site_hidden: Optional[list[PositiveInt]] = None
     critic_hidden: Optional[list[PositiveInt]] = None
+    level_from_site: Optional[bool] = None  # site_scoring: the batch-level head reads the chosen site's features
     # policy_kwargs
     net_arch: Optional[Union[list[PositiveInt], NetArch]] = None
     activation_fn: Optional[Literal["tanh", "relu"]] = None

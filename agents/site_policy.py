@@ -8,7 +8,13 @@ scoring):
     site logit_i  = f([site_i features, request features, mean of all site features])
     [shed logit, batch-level logits] = g([request features, mean of all site features])
 
-with one MLP ``f`` shared by every slot. The critic is an ordinary MLP over the whole
+with one MLP ``f`` shared by every slot. With ``level_from_site`` (a policy keyword, off by
+default so older models load unchanged), ``g`` also reads the features of the site the actor is
+about to choose: the softmax (over feasible slots, stop-gradient) of the site logits weights the
+site features, which after training is nearly the argmax site's. The action stays SB3's
+MultiDiscrete of independent heads, but the level distribution can now depend on where the
+request goes (on the cache scenarios batch level 128 pays at the H100 core and loses at the L4
+edges). The critic is an ordinary MLP over the whole
 observation. The actor's output *is* the MultiDiscrete logit vector, so ``action_net`` is the
 identity and the standard export path (``extract_features -> mlp_extractor.forward_actor ->
 action_net``, agents/export.py) still holds.
@@ -31,6 +37,8 @@ from gridenv.core.interface import SLOT_SITE_FEATURES
 
 #: Site features per slot of the slots mode (the default layout).
 N_SITE_FEATURES = len(SLOT_SITE_FEATURES)
+#: Position of the ``feasible`` flag among them (the slots layout's; ``train.py`` passes the env's).
+FEASIBLE_INDEX = [f.name for f in SLOT_SITE_FEATURES].index("feasible")
 
 __all__ = ["SiteScoringExtractor", "MaskableSiteScoringPolicy", "SiteScoringPolicy"]
 
@@ -49,8 +57,11 @@ class SiteScoringExtractor(nn.Module):
 
     def __init__(self, obs_dim: int, max_sites: int, n_levels: int, site_hidden: list[int],
                  critic_hidden: list[int], activation: type[nn.Module],
-                 n_site_features: int = N_SITE_FEATURES) -> None:
+                 n_site_features: int = N_SITE_FEATURES, level_from_site: bool = False,
+                 feasible_index: int = FEASIBLE_INDEX) -> None:
         super().__init__()
+        self.level_from_site = bool(level_from_site)
+        self.feasible_index = int(feasible_index)
         self.max_sites = max_sites
         self.n_site_features = F = int(n_site_features)
         self.n_site_obs = max_sites * F
@@ -59,7 +70,9 @@ class SiteScoringExtractor(nn.Module):
             raise ValueError(f"observation of size {obs_dim} has no request part for {max_sites} sites")
         ctx = self.req_dim + F
         self.site_mlp = _mlp([F + ctx, *site_hidden, 1], activation)
-        self.global_mlp = _mlp([ctx, *site_hidden, 1 + n_levels], activation)
+        if self.level_from_site and not 0 <= self.feasible_index < self.n_site_features:
+            raise ValueError(f"feasible_index {self.feasible_index} is not one of the {self.n_site_features} site features")
+        self.global_mlp = _mlp([ctx + (F if self.level_from_site else 0), *site_hidden, 1 + n_levels], activation)
         self.critic = _mlp([obs_dim, *critic_hidden], activation)
         self.critic_act = activation()
         self.latent_dim_pi = max_sites + 1 + n_levels
@@ -73,6 +86,12 @@ class SiteScoringExtractor(nn.Module):
         ctx = torch.cat([req, pooled], dim=1)
         per_site = torch.cat([sites, ctx.unsqueeze(1).expand(b, self.max_sites, ctx.shape[1])], dim=2)
         site_logits = self.site_mlp(per_site).squeeze(-1)
+        if self.level_from_site:
+            # infeasible slots get -1e4 (finite: no NaN when no slot is feasible, then uniform)
+            feasible = sites[:, :, self.feasible_index]
+            weights = torch.softmax(site_logits.detach() + (feasible - 1.0) * 1e4, dim=1)
+            chosen = (weights.unsqueeze(-1) * sites).sum(dim=1)
+            ctx = torch.cat([ctx, chosen], dim=1)
         return torch.cat([site_logits, self.global_mlp(ctx)], dim=1)
 
     def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
@@ -86,10 +105,13 @@ class _SiteScoringMixin:
     """Replaces the MLP extractor and makes ``action_net`` the identity."""
 
     def __init__(self, *args, site_hidden=(64, 64), critic_hidden=(128, 128),
-                 n_site_features=N_SITE_FEATURES, **kwargs):
+                 n_site_features=N_SITE_FEATURES, level_from_site=False, feasible_index=FEASIBLE_INDEX,
+                 **kwargs):
         self._site_hidden = list(site_hidden)
         self._critic_hidden = list(critic_hidden)
         self._n_site_features = int(n_site_features)
+        self._level_from_site = bool(level_from_site)
+        self._feasible_index = int(feasible_index)
         kwargs.pop("net_arch", None)  # the architecture is this class's own
         super().__init__(*args, **kwargs)
 
@@ -98,6 +120,7 @@ class _SiteScoringMixin:
         self.mlp_extractor = SiteScoringExtractor(
             self.features_dim, int(nvec[0]) - 1, int(nvec[1]), self._site_hidden,
             self._critic_hidden, self.activation_fn, self._n_site_features,
+            level_from_site=self._level_from_site, feasible_index=self._feasible_index,
         )
 
     def _build(self, lr_schedule) -> None:
@@ -114,6 +137,8 @@ class _SiteScoringMixin:
         data = super()._get_constructor_parameters()
         data.update(site_hidden=self._site_hidden, critic_hidden=self._critic_hidden,
                     n_site_features=self._n_site_features)
+        if self._level_from_site:  # only when on: older models' saved kwargs stay as they were
+            data.update(level_from_site=True, feasible_index=self._feasible_index)
         return data
 
 

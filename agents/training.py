@@ -488,7 +488,8 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
     # On RandomGrid every episode is cut at 1/25 of the decisions: 25+ grids, not two or three.
     demo = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
                                     seed=args.seed + n_envs,
-                                    max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None)
+                                    max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None,
+                                    level=args.warm_start_level, core_level=args.warm_start_core_level)
     obs = demo.obs
     if venv.norm_obs:  # the policy sees normalized observations: prime the statistics with these
         venv.obs_rms.update(obs)
@@ -499,7 +500,8 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
     returns = W.normalized_returns(demo.rewards, demo.episode_starts, gamma, venv)
     r2 = W.fit_critic(model.policy, obs, returns, seed=args.seed)
     return W.WarmStartReport(heuristic, len(demo.actions), demo.n_episodes, demo.shed_frac, acc_site,
-                             acc_level, before, after, None if not np.isfinite(r2) else r2)
+                             acc_level, before, after, None if not np.isfinite(r2) else r2,
+                             level=args.warm_start_level, core_level=args.warm_start_core_level)
 
 
 @dataclass(frozen=True)
@@ -564,7 +566,7 @@ def _model_from_init(init: InitSource, Algo, args: TrainArgs, venv: VecNormalize
         raise ConfigError(f"--init-from {init.model}: made for observations {source.observation_space.shape} and "
                           f"actions {list(source.action_space.nvec)}, the scenario has "
                           f"{venv.observation_space.shape} and {list(venv.action_space.nvec)}")
-    for key in ("policy", "net_arch", "activation_fn", "ortho_init", "site_hidden", "critic_hidden"):
+    for key in ("policy", "net_arch", "activation_fn", "ortho_init", "site_hidden", "critic_hidden", "level_from_site"):
         hp.pop(key, None)  # the architecture is the source model's
     for key in ("learning_rate", "clip_range"):
         if isinstance(hp.get(key), str):
@@ -702,14 +704,21 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         }
         policy_name = hp.pop("policy", "mlp")
         site_hidden, critic_hidden = hp.pop("site_hidden", [64, 64]), hp.pop("critic_hidden", [128, 128])
+        level_from_site = bool(hp.pop("level_from_site", False))
         if policy_name == "site_scoring":  # agents/site_policy.py: one network scores every site
             from agents.site_policy import MaskableSiteScoringPolicy, SiteScoringPolicy
 
             policy = MaskableSiteScoringPolicy if args.algo == "maskable_ppo" else SiteScoringPolicy
             policy_kwargs.pop("net_arch")
+            iface = venv.get_attr("interface")[0]
             policy_kwargs.update(site_hidden=site_hidden, critic_hidden=critic_hidden,
-                                 n_site_features=venv.get_attr("interface")[0].n_site_features)
+                                 n_site_features=iface.n_site_features)
+            if level_from_site:  # the batch-level head also reads the chosen site's features
+                policy_kwargs.update(level_from_site=True,
+                                     feasible_index=[f.name for f in iface.site_features].index("feasible"))
         else:
+            if level_from_site:
+                raise ConfigError("level_from_site needs policy: site_scoring")
             policy = "MlpPolicy"
         for key in ("learning_rate", "clip_range"):
             if isinstance(hp.get(key), str):  # "lin_3e-4"

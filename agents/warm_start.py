@@ -54,18 +54,29 @@ class WarmStartReport:
     nll_before: float
     nll_after: float
     critic_r2: float | None
+    level: int | None = None  #: batch level index the heuristic was made to request (None: its own)
+    core_level: int | None = None  #: the same at core sites (None: `level`)
 
     def line(self) -> str:
         r2 = "n/a" if self.critic_r2 is None else f"{self.critic_r2:.2f}"
-        return (f"warm start: cloned {self.heuristic} on {self.n_decisions} decisions ({self.n_episodes} "
+        who = self.heuristic
+        if self.level is not None or self.core_level is not None:
+            who += (f" (batch level {self.level})" if self.core_level is None
+                    else f" (batch level {self.level} at edges, {self.core_level} at the core)")
+        return (f"warm start: cloned {who} on {self.n_decisions} decisions ({self.n_episodes} "
                 f"episode(s), {self.shed_frac:.1%} shed): site choice agrees {self.accuracy_site:.1%}, "
                 f"batch level {self.accuracy_level:.1%}, NLL {self.nll_before:.3f} -> {self.nll_after:.3f}; "
                 f"critic R^2 {r2}")
 
 
 def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int,
-                           max_per_episode: int | None = None) -> Demonstrations:
+                           max_per_episode: int | None = None, level: int | None = None,
+                           core_level: int | None = None) -> Demonstrations:
     """Run heuristic `heuristic` for `n_decisions` decisions in envs from ``make_env()``.
+
+    `level`: the batch level index the heuristic requests at every site it picks (None: its
+    own behaviour, keeping each site's current level); `core_level`: the one it requests at core
+    sites instead (None: `level`).
 
     Episode k is reset with seed ``seed + k`` (the heuristic too), so the demonstrations are
     reproducible. The last episode is cut at `n_decisions`, every episode at `max_per_episode`
@@ -75,10 +86,15 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
 
     if n_decisions < 1:
         raise ValueError(f"warm start needs at least 1 decision, got {n_decisions}")
-    policy = make_heuristic(heuristic)
+    policy = make_heuristic(heuristic, level=level)
     obs_l, mask_l, act_l, rew_l, start_l = [], [], [], [], []
     env = make_env()
     shed_slot = int(np.asarray(env.action_space.nvec)[0]) - 1
+    n_levels = int(np.asarray(env.action_space.nvec)[1])
+    for lv in (level, core_level):
+        if lv is not None and not 0 <= lv < n_levels:
+            env.close()
+            raise ValueError(f"warm start level {lv}: the scenario has {n_levels} batch levels (0..{n_levels - 1})")
     k = 0
     try:
         while len(act_l) < n_decisions:
@@ -90,6 +106,8 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
             while len(act_l) < min(n_decisions, stop):
                 snap = info["snapshot"]
                 action = np.asarray(policy.act(obs, snap), dtype=np.int64)
+                if core_level is not None and action[0] < shed_slot and not snap.statics.is_edge[action[0]]:
+                    action[1] = core_level
                 obs_l.append(np.asarray(obs, dtype=np.float32))
                 mask_l.append(np.asarray(info["action_mask"], dtype=bool))
                 act_l.append(action)
