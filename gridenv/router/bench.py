@@ -118,12 +118,12 @@ def bench_in_process(policy: RouterPolicy, snaps: list[dict], n: int, warmup: in
 def bench_variants(variants: dict, n: int, warmup: int = 500, rounds: int = 5) -> dict:
     """Latency (seconds) per variant ``name: (policy, snapshots, through_schema, index)``: the
     variants take turns, `rounds` times n / rounds calls each, one call at a time."""
-    from gridenv.router.schemas import parse_route_request
+    from gridenv.router.schemas import parse_route_body
 
     def call_of(policy, snaps, schema, index):
         if schema:
             bodies = [json.dumps(s).encode() for s in snaps]
-            return bodies, (lambda b: policy.decide(parse_route_request(b).model_dump(), index))
+            return bodies, (lambda b: policy.decide(parse_route_body(b), index))
         return snaps, (lambda s: policy.decide(s, index))
 
     calls = {name: call_of(*v) for name, v in variants.items()}
@@ -201,19 +201,19 @@ def bench_http(url: str, snaps: list[dict], n: int, clients: int = 8, warmup: in
 
 def bench_validated(policy: RouterPolicy, snaps: list[dict], n: int, warmup: int = 500) -> dict:
     """Latency (seconds) of what the service does per body: schema validation of the JSON bytes
-    (:func:`gridenv.router.schemas.parse_route_request`) + ``policy.decide``."""
-    from gridenv.router.schemas import parse_route_request
+    (:func:`gridenv.router.schemas.parse_route_body`) + ``policy.decide``."""
+    from gridenv.router.schemas import parse_route_body
 
     bodies = [json.dumps(s).encode() for s in snaps]
     k = len(bodies)
     for i in range(warmup):
-        policy.decide(parse_route_request(bodies[i % k]).model_dump())
+        policy.decide(parse_route_body(bodies[i % k]))
     lat = np.empty(n)
     clock = time.perf_counter_ns
     for i in range(n):
         b = bodies[i % k]
         t0 = clock()
-        policy.decide(parse_route_request(b).model_dump())
+        policy.decide(parse_route_body(b))
         lat[i] = clock() - t0
     return _pct(lat * 1e-9)
 

@@ -81,7 +81,7 @@ from gridenv.core.interface import (
     check_compatible,
     make_interface,
 )
-from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot, snapshot_from_lists
 from gridenv.router.policy_file import PolicyFile, first_error
 from gridenv.router.prefix import (
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -223,6 +223,55 @@ def _block_hashes(req: dict, prompt_tokens: int) -> tuple[tuple, int]:
     return tuple(hs), block
 
 
+def _compile_endpoints_parser(checks: list, site_index: dict, n_sites: int):
+    """A generated function ``parse(eps, cols) -> bool`` that validates the endpoint objects and
+    fills `cols` (one list per signal, pre-filled with the defaults), for the decision's hot path.
+
+    It accepts exactly what the generic loop of :meth:`RouterPolicy._parse_endpoints` accepts
+    (the same type and range test per signal, unrolled: no per-signal dispatch or call), and
+    converts the numbers to float as :func:`make_snapshot` does. It returns False at the first
+    problem without saying which: the caller then runs the generic loop, which raises the error
+    naming the field (tests/router/test_runtime.py checks the two agree)."""
+    ns = {"_index": site_index, "_n": n_sites, "_float": float, "_int": int, "_bool": bool, "_dict": dict,
+          "_str": str, "_type": type}
+    lines = ["def parse(eps, cols):",
+             "    if len(eps) != _n:",
+             "        return False",
+             "    " + ", ".join(f"c{k}" for k in range(len(checks))) + ", = cols",
+             "    seen = set()",
+             "    for ep in eps:",
+             "        if _type(ep) is not _dict:",
+             "            return False",
+             "        name = ep.get('name')",
+             "        j = _index.get(name) if _type(name) is _str else None",
+             "        if j is None or j in seen:",
+             "            return False",
+             "        seen.add(j)",
+             "        get = ep.get"]
+    for k, (key, kind, _, lo, hi, _) in enumerate(checks):
+        ns[f"lo{k}"], ns[f"hi{k}"] = lo, hi
+        if kind == "number":
+            lines += [f"        v = get({key!r})", "        t = _type(v)",
+                      f"        if not ((t is _float or t is _int) and lo{k} <= v <= hi{k}):",
+                      "            return False", f"        c{k}[j] = _float(v)"]
+        elif kind in ("optional number", "prefix number"):
+            lines += [f"        v = get({key!r})", "        if v is not None:", "            t = _type(v)",
+                      f"            if not ((t is _float or t is _int) and lo{k} <= v <= hi{k}):",
+                      "                return False", f"            c{k}[j] = _float(v)"]
+        elif kind == "boolean":
+            lines += [f"        v = get({key!r})", "        if _type(v) is not _bool:", "            return False",
+                      f"        c{k}[j] = v"]
+        elif kind == "index":
+            lines += [f"        v = get({key!r})", "        if v is not None:",
+                      f"            if _type(v) is not _int or not lo{k} <= v <= hi{k}:",
+                      "                return False", f"            c{k}[j] = v"]
+        else:  # pragma: no cover - a new kind of signal needs its parser here
+            raise PolicyFileError(f"runtime cannot parse site signal {key!r} of kind {kind!r}")
+    lines.append("    return len(seen) == _n")
+    exec(compile("\n".join(lines) + "\n", "<router endpoints parser>", "exec"), ns)  # noqa: S102
+    return ns["parse"]
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -298,6 +347,7 @@ class RouterPolicy:
         self._prefix_cols = [k for k, c in enumerate(self._signal_checks) if c[1] == "prefix number"]
         self._defaults_lookup = [c[2] for c in self._signal_checks]
         self._defaults = [0.0 if c[1] == "prefix number" else c[2] for c in self._signal_checks]
+        self._parse_endpoints_fast = _compile_endpoints_parser(self._signal_checks, self._site_index, self.n_sites)
         self._session = self._make_session(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
@@ -464,43 +514,12 @@ class RouterPolicy:
         req = data.get("request")
         hashed = prefix_index is not None and type(req) is dict and req.get("block_hashes") is not None
         # without an index lookup an absent prefix fraction is 0; with one, None marks it absent
-        cols = [[default] * n for default in (self._defaults_lookup if hashed else self._defaults)]
-        seen = [False] * n
-        index = self._site_index
-        checks = self._signal_checks
-        for i, ep in enumerate(eps):
-            where = f"endpoints[{i}]"
-            if type(ep) is not dict:
-                raise SnapshotError(f"{where}: expected an endpoint object, got {_typename(ep)}")
-            name = ep.get("name")
-            j = index.get(name) if type(name) is str else None
-            if j is None:
-                if "name" not in ep:
-                    raise SnapshotError(f"{where}.name: missing")
-                raise SnapshotError(f"{where}.name: unknown endpoint {_show(name)}; this policy routes "
-                                    f"between {', '.join(self.site_names)}")
-            if seen[j]:
-                raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
-            seen[j] = True
-            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
-                if kind == "number":
-                    cols[k][j] = _number(ep, key, where, lo, hi, what)
-                elif kind == "optional number" or kind == "prefix number":  # absent/null: the default
-                    if ep.get(key) is not None:
-                        cols[k][j] = _number(ep, key, where, lo, hi, what)
-                elif kind == "boolean":
-                    cols[k][j] = _boolean(ep, key, where)
-                else:  # an optional index (batch_level)
-                    b = ep.get(key)
-                    if b is not None:
-                        if type(b) is not int or not lo <= b <= hi:
-                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
-                        cols[k][j] = b
-        if not all(seen):
-            missing = [self.site_names[k] for k in range(n) if not seen[k]]
-            raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
-                                "must be present)")
-        req = data.get("request")
+        defaults = self._defaults_lookup if hashed else self._defaults
+        cols = [[default] * n for default in defaults]
+        fast = self._parse_endpoints_fast(eps, cols)
+        if not fast:  # the generic loop: raises the error naming the field
+            cols = [[default] * n for default in defaults]
+            self._parse_endpoints(eps, cols)
         if type(req) is not dict:
             raise SnapshotError("request: missing" if req is None else
                                 f"request: expected an object, got {_typename(req)}")
@@ -541,7 +560,49 @@ class RouterPolicy:
                     if col[j] is None:
                         col[j] = 0.0 if fill is None else fill[j]
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
+        if fast:  # numbers already floats, one per site: make_snapshot's derivation minus its conversion
+            return snapshot_from_lists(self.statics, view, hour, *cols), chain
         return make_snapshot(self.statics, view, hour, *cols), chain
+
+    def _parse_endpoints(self, eps: list, cols: list) -> None:
+        """Validate the endpoint objects into `cols`, one signal at a time (the generic form of
+        the generated parser); raises SnapshotError naming the field at fault."""
+        n = self.n_sites
+        seen = [False] * n
+        index = self._site_index
+        checks = self._signal_checks
+        for i, ep in enumerate(eps):
+            where = f"endpoints[{i}]"
+            if type(ep) is not dict:
+                raise SnapshotError(f"{where}: expected an endpoint object, got {_typename(ep)}")
+            name = ep.get("name")
+            j = index.get(name) if type(name) is str else None
+            if j is None:
+                if "name" not in ep:
+                    raise SnapshotError(f"{where}.name: missing")
+                raise SnapshotError(f"{where}.name: unknown endpoint {_show(name)}; this policy routes "
+                                    f"between {', '.join(self.site_names)}")
+            if seen[j]:
+                raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
+            seen[j] = True
+            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
+                if kind == "number":
+                    cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "optional number" or kind == "prefix number":  # absent/null: the default
+                    if ep.get(key) is not None:
+                        cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "boolean":
+                    cols[k][j] = _boolean(ep, key, where)
+                else:  # an optional index (batch_level)
+                    b = ep.get(key)
+                    if b is not None:
+                        if type(b) is not int or not lo <= b <= hi:
+                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
+                        cols[k][j] = b
+        if not all(seen):
+            missing = [self.site_names[k] for k in range(n) if not seen[k]]
+            raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
+                                "must be present)")
 
     def check_snapshot(self, snap: RouterSnapshot) -> None:
         """Raise ValueError when `snap` comes from other sites than the policy's."""
