@@ -349,6 +349,7 @@ class RouterPolicy:
         self._defaults = [0.0 if c[1] == "prefix number" else c[2] for c in self._signal_checks]
         self._parse_endpoints_fast = _compile_endpoints_parser(self._signal_checks, self._site_index, self.n_sites)
         self._session = self._make_session(onnx_bytes, intra_op_threads)
+        self._decide_run, self.decision_session = self._make_decision_runner(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -455,15 +456,24 @@ class RouterPolicy:
             _get(meta, k)
         self.statics = st
 
-    def _make_session(self, onnx_bytes: bytes, threads: int):
+    @staticmethod
+    def _session_options(threads: int, batch_dims: tuple = ()):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        for dim in batch_dims:  # a batch of one: ONNX Runtime folds the graph's shape arithmetic
+            so.add_free_dimension_override_by_name(dim, 1)
         so.intra_op_num_threads = max(int(threads), 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        return so
+
+    def _make_session(self, onnx_bytes: bytes, threads: int):
+        import onnxruntime as ort
+
+        so = self._session_options(threads)
         try:
             sess = ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
@@ -490,6 +500,51 @@ class RouterPolicy:
                                   f"for ({CONTRACT_KEY} {str(bound)[:16]}...)")
         self._out_names = ["logits", "site_scores", "site", "batch_level"]
         return sess
+
+    #: Outputs a decision reads (the masked logits are for :meth:`run`).
+    _DECISION_OUTPUTS = ["site_scores", "site", "batch_level"]
+
+    def _make_decision_runner(self, onnx_bytes: bytes, threads: int, n_probes: int = 64):
+        """(run(obs_row, mask_row) -> (site_scores, site, batch_level), which session it uses).
+
+        One decision is a batch of one: a second session with the graph's batch dimension fixed
+        to 1 lets ONNX Runtime fold the shape arithmetic away (fewer nodes per call), and it is
+        called without the Python wrapper's per-call feed validation (the feed is built here,
+        its names checked at load). It is used only if it gives the general session's outputs
+        bit for bit on `n_probes` random inputs; otherwise decisions use the general session."""
+        import onnxruntime as ort
+
+        general = self._session
+        names = self._DECISION_OUTPUTS
+
+        def runner(sess):
+            call = getattr(sess, "_sess", None)  # onnxruntime's C++ session under its wrapper
+            if call is not None and hasattr(call, "run"):
+                run = call.run
+                return lambda obs, mask: run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)},
+                                             None)
+            return lambda obs, mask: sess.run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)})
+
+        dims = tuple(sorted({i.shape[0] for i in general.get_inputs() if isinstance(i.shape[0], str)}))
+        if not dims:
+            return runner(general), "general"
+        try:
+            one = ort.InferenceSession(onnx_bytes, sess_options=self._session_options(threads, dims),
+                                       providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - keep the general session
+            return runner(general), "general"
+        fast = runner(one)
+        rng = np.random.default_rng(0)
+        n_mask = self.max_sites + 1 + self.n_levels
+        for _ in range(n_probes):
+            obs = (rng.random(self.obs_size) * 2.0 - 0.5).astype(np.float32)
+            mask = rng.random(n_mask) < 0.7
+            mask[self.max_sites] = mask[-1] = True
+            ref = general.run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)})
+            got = fast(obs, mask)
+            if not all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, ref)):
+                return runner(general), "general"
+        return fast, "batch-1"
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_from_json(self, data, prefix_index: RouterPrefixIndex | None = None) -> RouterSnapshot:
@@ -623,7 +678,8 @@ class RouterPolicy:
         return self._session.run(self._out_names, {"obs": obs, "action_mask": mask})
 
     def _decision(self, outs) -> dict:
-        _, scores, site, level = outs
+        """The decision dict from the graph's (site_scores, site, batch_level)."""
+        scores, site, level = outs
         s = int(site[0])
         b = int(level[0])
         row = scores[0].tolist()
@@ -643,7 +699,7 @@ class RouterPolicy:
         """The decision for an in-process RouterSnapshot (`obs`: its ``encode``, if at hand)."""
         if obs is None:
             obs = self.interface.encode(snap)
-        return self._decision(self.run(obs, snap.action_mask))
+        return self._decision(self._decide_run(obs, self.interface.action_mask(snap)))
 
     def decide(self, data, prefix_index: RouterPrefixIndex | None = None) -> dict:
         """The decision for a JSON snapshot (a parsed dict); raises SnapshotError.
@@ -652,7 +708,7 @@ class RouterPolicy:
         and ``request.block_hashes``: the index fills the prefix fractions the caller did not
         send, and records the hashes at the chosen endpoint (not when shedding)."""
         snap, chain = self._parse(data, prefix_index)
-        d = self._decision(self.run(self.interface.encode(snap), snap.action_mask))
+        d = self._decision(self._decide_run(self.interface.encode(snap), self.interface.action_mask(snap)))
         if chain and prefix_index is not None and not d["shed"]:
             prefix_index.record(d["site_index"], chain)
         return d
@@ -675,6 +731,7 @@ class RouterPolicy:
             "max_sites": self.max_sites, "batch_levels": list(self.batch_levels),
             "obs_size": self.obs_size, "path": str(self.path),
             "interface_version": self.interface.version, "interface_hash": self.interface.content_hash,
+            "decision_session": self.decision_session,
         }
 
     def __repr__(self) -> str:
