@@ -4,9 +4,9 @@
                                    [--hashes]
 
 * In process: ``RouterPolicy.decide(snapshot_dict)``, i.e. validating the JSON-shaped dict,
-  ``make_snapshot``, ``encode``, the ONNX graph and building the decision dict; one call at a
+  deriving the snapshot, ``encode``, the ONNX graph and building the decision dict; one call at a
   time, timed with ``perf_counter_ns``; and the same from the JSON bytes through the body schema
-  (:mod:`gridenv.router.schemas`), which is what the service does per request. Each is timed
+  (:func:`gridenv.router.schemas.parse_route_body`), which is what the service does per request. Each is timed
   twice, on the same snapshots without and with ``request.block_hashes`` (then with a prefix
   index at its default bound, as the service keeps it: lookup, decision, record), the variants
   interleaved in rounds so a change of machine load hits them alike.

@@ -50,6 +50,12 @@ parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
   and block hashes, an endpoint without them gets the index's fraction for both.
 * ``hour_utc`` optional, in [0, 24): the time of day; default the current UTC time.
 
+The decision path (one call: tens of microseconds, so its costs are counted): the endpoints are
+checked by a parser generated at load from the same checks (the generic loop runs only to name
+the field at fault), the snapshot is derived by ``gridenv.core.snapshot.snapshot_from_lists``
+and encoded by the declared interface, and the graph runs in a second ONNX Runtime session with
+its batch dimension fixed to 1 (used only when it matches the general one bit for bit at load).
+
 A field that is missing or invalid raises :class:`SnapshotError` whose message starts with the
 field's path: ``endpoints[2].kv_util: expected a number in [0, 1], got 1.7``.
 
