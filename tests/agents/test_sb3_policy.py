@@ -233,6 +233,11 @@ def test_train_records_the_interface_and_the_policy_checks_it(runs):
                 r["interface"]["vocabularies"].update(model=["llama-2-70b", "llama-3-70b", "llama-3-8b"])),
      r"version: recorded 'slots-1', current 'slots-3'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
      r"only in recorded"),
+    # a model saved under slots-2, before the cache signals: refused naming each added feature
+    (lambda r: (r.update(version="slots-2"), r["interface"].update(version="slots-2"),
+                r["interface"].update(site_features=r["interface"]["site_features"][:12])),
+     r"version: recorded 'slots-2', current 'slots-3'.*site feature 'prefix_cached' added.*"
+     r"site feature 'prefix_indexed' added.*site feature 'prefill_backlog' added"),
     (lambda r: r["interface"]["site_features"][7].update(divide_by="100.0"),
      r"site feature 'rtt': divide_by recorded '100.0', current '200.0'"),
 ])
