@@ -260,14 +260,15 @@ def test_policy_saved_under_another_interface_is_refused(runs, tmp_path, edit, m
     SB3Policy(run / "model.zip").act(obs, info["snapshot"])
 
 
-@pytest.mark.parametrize("scenario", ["metro", "continental"])
-def test_committed_agents_load_and_match_their_onnx_export(scenario):
-    """models/<scenario>: migrated to slots-3 (agents/migrate.py); SB3 and ONNX agree."""
+@pytest.mark.parametrize("folder,env_id", [("metro", "gridenv/Metro-v1"), ("continental", "gridenv/Continental-v1"),
+                                           ("metro-fast", "gridenv/Metro-v1")])
+def test_committed_agents_load_and_match_their_onnx_export(folder, env_id):
+    """models/<folder>: migrated to slots-3 (agents/migrate.py) or trained on it; SB3 and ONNX agree."""
     from agents.onnx_policy import ONNXPolicy
 
-    policy = SB3Policy(ROOT / "models" / scenario / "best_model.zip")
-    onnx = ONNXPolicy(ROOT / "models" / scenario / "onnx")
-    env = gym.make(f"gridenv/{scenario.capitalize()}-v1", config={"horizon_s": 20})
+    policy = SB3Policy(ROOT / "models" / folder / "best_model.zip")
+    onnx = ONNXPolicy(ROOT / "models" / folder / "onnx")
+    env = gym.make(env_id, config={"horizon_s": 20})
     assert policy.interface_record["content_hash"] == env.unwrapped.interface.content_hash
     obs, info = env.reset(seed=11)
     for _ in range(150):
