@@ -38,12 +38,15 @@ def _optional(module: str):
 
 def overview() -> str:
     from gridenv.core.scenario import load_scenario, scenario_names
-    from gridenv.envs.registration import env_id
+    from gridenv.envs.registration import env_id, extra_scenario_ids, resolve_scenario
 
     lines = ["Scenarios (a name, an env id, or the path of a scenario YAML file works everywhere):"]
     for name in scenario_names():
         desc = load_scenario(name).description
         lines.append(f"  {name:<18} {env_id(name):<28} {desc}")
+    for eid in extra_scenario_ids():  # registered scenario files outside configs/scenarios
+        ref = resolve_scenario(eid)
+        lines.append(f"  {ref.name:<18} {eid:<28} {load_scenario(ref.source).description} (not in standard)")
     heur = _optional("agents.heuristics")
     lines += ["", "Heuristic policies:"]
     lines += ([f"  {', '.join(heur.heuristic_names())}"] if heur else

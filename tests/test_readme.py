@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple] = {
     "python train.py --scenario my-grid.yaml --total-timesteps 20000 --eval-freq 10000 --leaderboard-suite smoke": ("twin", "tests/agents/test_training.py::test_train_on_a_scenario_yaml_path"),
     "python evaluate.py --suite smoke --scenarios my-grid.yaml --policies jsq,llm-d,mine=runs/my-grid_maskable_ppo_s0": ("twin", "tests/agents/test_evaluation.py::test_a_scenario_yaml_path_works_in_evaluate"),
     "python train.py --hyperparams configs/ppo_fast.yaml": ("parse", "train.py"),
+    "python train.py --scenario metro --hyperparams configs/ppo_fast.yaml --warm-start cost-greedy --total-timesteps 600000 --eval-freq 50000 --seed 1": ("parse", "train.py"),
     "python -m agents.bench_training --steps 20480 --repeats 2": ("twin", "tests/agents/test_vec_env.py::test_bench_training_reports_every_variant"),
     "python evaluate.py --suite smoke --out /tmp/lb": ("run", 600),
     "python evaluate.py --suite standard --policies ppo-metro=models/metro,jsq,llm-d": ("parse", "evaluate.py"),

@@ -21,8 +21,10 @@ Validation rules, applied to files, dicts and overrides alike:
   ``workload.arrivals`` drops the base file's settings of the old arrival process (so
   ``config={"workload": {"arrivals": "trace", "trace": {...}}}`` works on any scenario), while
   anything the override itself gives is checked.
-* **Relative paths** (``workload.trace.path``) resolve against the current working directory,
-  and the file must exist.
+* **Relative paths** (``workload.trace.path``) resolve against the current working directory;
+  when no file is there and the scenario was loaded from a YAML file, against that file's
+  folder (so a scenario file and the trace beside it work from any directory). The file must
+  exist.
 * **Bounded episodes**: the expected number of requests per episode
   (``rate_rps * (1 + amplitude) * horizon_s``) must not exceed :data:`MAX_REQUESTS_PER_EPISODE`.
 """
@@ -35,7 +37,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.interface import MODES, SLO_CLASSES
@@ -254,8 +264,13 @@ class Diurnal(_Strict):
     start_hour_utc: float = Field(0.0, ge=0, lt=24, description="UTC hour at simulated t = 0")
 
 
+#: Validation-context key of the folder of the scenario file being loaded (relative trace paths).
+SCENARIO_FOLDER_KEY = "scenario_folder"
+
+
 class TraceReplay(_Strict):
-    path: str = Field(description="trace file; a relative path is relative to the working directory")
+    path: str = Field(description="trace file; a relative path is relative to the working directory, "
+                      "else to the scenario file's folder")
     format: Literal["azure", "mooncake"] | None = None
     rate_scale: float = Field(1.0, gt=0, description="arrival rate multiplier (timestamps / scale)")
     loop: bool = Field(False, description="restart the trace when it ends before the horizon")
@@ -263,14 +278,24 @@ class TraceReplay(_Strict):
 
     @field_validator("path")
     @classmethod
-    def _existing_file(cls, v: str) -> str:
-        """Resolve against the working directory (not the scenario file) and require the file."""
+    def _existing_file(cls, v: str, info: ValidationInfo) -> str:
+        """Resolve against the working directory, else (relative path not found there) against
+        the folder of the scenario file being loaded (``load_scenario`` passes it in the
+        validation context); require the file."""
         p = Path(v).expanduser()
-        resolved = (p if p.is_absolute() else Path.cwd() / p).resolve()
-        if not resolved.is_file():
-            raise ValueError(f"trace file {v!r} not found (looked at {resolved}; relative paths "
-                             "resolve against the working directory)")
-        return str(resolved)
+        if p.is_absolute():
+            tried = [p.resolve()]
+        else:
+            tried = [(Path.cwd() / p).resolve()]
+            base = (info.context or {}).get(SCENARIO_FOLDER_KEY)
+            if base is not None:
+                tried.append((Path(base) / p).resolve())
+        for resolved in tried:
+            if resolved.is_file():
+                return str(resolved)
+        raise ValueError(f"trace file {v!r} not found (looked at {' and '.join(map(str, tried))}; "
+                         "relative paths resolve against the working directory, then the "
+                         "scenario file's folder)")
 
 
 class Workload(_Strict):
@@ -641,6 +666,7 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
     or ``(override)``. See the module docstring for the rules.
     """
     lines: dict = {}
+    context: dict = {}
     if isinstance(name_or_path, dict):
         raw, where = dict(name_or_path), "scenario dict"
     else:
@@ -659,12 +685,13 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
             raise ScenarioError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
         where = str(path)
         raw.setdefault("source", str(path))
+        context[SCENARIO_FOLDER_KEY] = str(path.resolve().parent)
     if overrides is not None and not isinstance(overrides, dict):
         raise ScenarioError(f"{where}: overrides must be a mapping of scenario keys, got {_show(overrides)}")
     if overrides:
         raw = deep_merge(_switch_arrivals(raw, overrides), overrides)
         where += " with overrides"
     try:
-        return Scenario.model_validate(raw)
+        return Scenario.model_validate(raw, context=context)
     except ValidationError as e:
         raise ScenarioError(_format_error(e, where, lines, overrides)) from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["env_id", "register_envs", "register_scenario", "resolve_scenario", "ScenarioRef",
-           "ENV_VERSION", "ENTRY_POINT", "RANDOM_GRID_ID"]
+           "ENV_VERSION", "ENTRY_POINT", "RANDOM_GRID_ID", "EXTRA_SCENARIO_FILES", "extra_scenario_ids"]
 
 #: Bump when dynamics, reward or the observation change (and add a line to GridEnv's Version
 #: History). v1: observation interface slots-2, revised to slots-3 (gridenv.core.interface). Old ids are not
@@ -27,6 +27,13 @@ __all__ = ["env_id", "register_envs", "register_scenario", "resolve_scenario", "
 ENV_VERSION = 1
 ENTRY_POINT = "gridenv.envs.grid_env:GridEnv"
 
+
+#: Scenario files outside ``configs/scenarios`` that ``import gridenv`` registers by name and id
+#: as well (paths relative to the checkout's ``configs/``): replays of trace files kept beside
+#: them (the trace path resolves against the YAML's folder, so they work from any directory).
+#: They are not built-in scenarios: not in :func:`~gridenv.core.scenario.scenario_names`, so not
+#: in the ``standard`` suite; the file's ``name:`` must be its stem.
+EXTRA_SCENARIO_FILES: tuple[str, ...] = ("mooncake/mooncake-replay.yaml",)
 
 #: A new generated grid every reset (gridenv.envs.random_grid_env.RandomGridEnv).
 RANDOM_GRID_ID = f"gridenv/RandomGrid-v{ENV_VERSION}"
@@ -69,6 +76,7 @@ def resolve_scenario(spec: str | os.PathLike) -> ScenarioRef:
     for n in names:
         if text in (env_id(n), env_id(n).removeprefix("gridenv/")):
             return ScenarioRef(n, env_id(n), n, False)
+    extra_scenario_ids()  # also without gymnasium (then nothing is registered with it)
     for ref in _FILES.values():  # a scenario file registered earlier, named or by id
         if text in (ref.name, ref.env_id, ref.env_id.removeprefix("gridenv/")):
             return ref
@@ -128,8 +136,24 @@ def register_scenario(spec: str | os.PathLike) -> str:
     return ref.env_id
 
 
+def extra_scenario_ids() -> list[str]:
+    """Register the :data:`EXTRA_SCENARIO_FILES` (name and id, without loading them: no import
+    cost); their ids. A file missing from the checkout is skipped."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    ids = []
+    for rel in EXTRA_SCENARIO_FILES:
+        path = (configs / rel).resolve()
+        if not path.is_file():
+            continue
+        ref = ScenarioRef(path.stem, env_id(path.stem), str(path), True)
+        _FILES.setdefault(str(path), ref)
+        _register(ref.env_id, ref.source)
+        ids.append(ref.env_id)
+    return ids
+
+
 def register_envs() -> list[str]:
-    """Register every built-in scenario; their ids."""
+    """Register every built-in scenario (their ids are returned) and the extra scenario files."""
     import gymnasium as gym
 
     from gridenv.core.scenario import scenario_names
@@ -138,6 +162,7 @@ def register_envs() -> list[str]:
     for name in scenario_names():
         _register(env_id(name), name)
         ids.append(env_id(name))
+    extra_scenario_ids()
     # A new generated grid every reset (gridenv.envs.random_grid_env): registered, but not one
     # of the scenario ids returned here (it has no YAML file and no fixed grid).
     for alias in (RANDOM_GRID_ID, RANDOM_GRID_ID.split("/", 1)[1]):

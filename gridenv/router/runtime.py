@@ -50,6 +50,12 @@ parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
   and block hashes, an endpoint without them gets the index's fraction for both.
 * ``hour_utc`` optional, in [0, 24): the time of day; default the current UTC time.
 
+The decision path (one call: tens of microseconds, so its costs are counted): the endpoints are
+checked by a parser generated at load from the same checks (the generic loop runs only to name
+the field at fault), the snapshot is derived by ``gridenv.core.snapshot.snapshot_from_lists``
+and encoded by the declared interface, and the graph runs in a second ONNX Runtime session with
+its batch dimension fixed to 1 (used only when it matches the general one bit for bit at load).
+
 A field that is missing or invalid raises :class:`SnapshotError` whose message starts with the
 field's path: ``endpoints[2].kv_util: expected a number in [0, 1], got 1.7``.
 
@@ -81,7 +87,7 @@ from gridenv.core.interface import (
     check_compatible,
     make_interface,
 )
-from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot
+from gridenv.core.snapshot import RequestView, RouterSnapshot, SiteStatics, make_snapshot, snapshot_from_lists
 from gridenv.router.policy_file import PolicyFile, first_error
 from gridenv.router.prefix import (
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -223,6 +229,55 @@ def _block_hashes(req: dict, prompt_tokens: int) -> tuple[tuple, int]:
     return tuple(hs), block
 
 
+def _compile_endpoints_parser(checks: list, site_index: dict, n_sites: int):
+    """A generated function ``parse(eps, cols) -> bool`` that validates the endpoint objects and
+    fills `cols` (one list per signal, pre-filled with the defaults), for the decision's hot path.
+
+    It accepts exactly what the generic loop of :meth:`RouterPolicy._parse_endpoints` accepts
+    (the same type and range test per signal, unrolled: no per-signal dispatch or call), and
+    converts the numbers to float as :func:`make_snapshot` does. It returns False at the first
+    problem without saying which: the caller then runs the generic loop, which raises the error
+    naming the field (tests/router/test_runtime.py checks the two agree)."""
+    ns = {"_index": site_index, "_n": n_sites, "_float": float, "_int": int, "_bool": bool, "_dict": dict,
+          "_str": str, "_type": type}
+    lines = ["def parse(eps, cols):",
+             "    if len(eps) != _n:",
+             "        return False",
+             "    " + ", ".join(f"c{k}" for k in range(len(checks))) + ", = cols",
+             "    seen = set()",
+             "    for ep in eps:",
+             "        if _type(ep) is not _dict:",
+             "            return False",
+             "        name = ep.get('name')",
+             "        j = _index.get(name) if _type(name) is _str else None",
+             "        if j is None or j in seen:",
+             "            return False",
+             "        seen.add(j)",
+             "        get = ep.get"]
+    for k, (key, kind, _, lo, hi, _) in enumerate(checks):
+        ns[f"lo{k}"], ns[f"hi{k}"] = lo, hi
+        if kind == "number":
+            lines += [f"        v = get({key!r})", "        t = _type(v)",
+                      f"        if not ((t is _float or t is _int) and lo{k} <= v <= hi{k}):",
+                      "            return False", f"        c{k}[j] = _float(v)"]
+        elif kind in ("optional number", "prefix number"):
+            lines += [f"        v = get({key!r})", "        if v is not None:", "            t = _type(v)",
+                      f"            if not ((t is _float or t is _int) and lo{k} <= v <= hi{k}):",
+                      "                return False", f"            c{k}[j] = _float(v)"]
+        elif kind == "boolean":
+            lines += [f"        v = get({key!r})", "        if _type(v) is not _bool:", "            return False",
+                      f"        c{k}[j] = v"]
+        elif kind == "index":
+            lines += [f"        v = get({key!r})", "        if v is not None:",
+                      f"            if _type(v) is not _int or not lo{k} <= v <= hi{k}:",
+                      "                return False", f"            c{k}[j] = v"]
+        else:  # pragma: no cover - a new kind of signal needs its parser here
+            raise PolicyFileError(f"runtime cannot parse site signal {key!r} of kind {kind!r}")
+    lines.append("    return len(seen) == _n")
+    exec(compile("\n".join(lines) + "\n", "<router endpoints parser>", "exec"), ns)  # noqa: S102
+    return ns["parse"]
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -298,7 +353,9 @@ class RouterPolicy:
         self._prefix_cols = [k for k, c in enumerate(self._signal_checks) if c[1] == "prefix number"]
         self._defaults_lookup = [c[2] for c in self._signal_checks]
         self._defaults = [0.0 if c[1] == "prefix number" else c[2] for c in self._signal_checks]
+        self._parse_endpoints_fast = _compile_endpoints_parser(self._signal_checks, self._site_index, self.n_sites)
         self._session = self._make_session(onnx_bytes, intra_op_threads)
+        self._decide_run, self.decision_session = self._make_decision_runner(onnx_bytes, intra_op_threads)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -405,15 +462,24 @@ class RouterPolicy:
             _get(meta, k)
         self.statics = st
 
-    def _make_session(self, onnx_bytes: bytes, threads: int):
+    @staticmethod
+    def _session_options(threads: int, batch_dims: tuple = ()):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        for dim in batch_dims:  # a batch of one: ONNX Runtime folds the graph's shape arithmetic
+            so.add_free_dimension_override_by_name(dim, 1)
         so.intra_op_num_threads = max(int(threads), 1)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        return so
+
+    def _make_session(self, onnx_bytes: bytes, threads: int):
+        import onnxruntime as ort
+
+        so = self._session_options(threads)
         try:
             sess = ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
@@ -441,6 +507,51 @@ class RouterPolicy:
         self._out_names = ["logits", "site_scores", "site", "batch_level"]
         return sess
 
+    #: Outputs a decision reads (the masked logits are for :meth:`run`).
+    _DECISION_OUTPUTS = ["site_scores", "site", "batch_level"]
+
+    def _make_decision_runner(self, onnx_bytes: bytes, threads: int, n_probes: int = 64):
+        """(run(obs_row, mask_row) -> (site_scores, site, batch_level), which session it uses).
+
+        One decision is a batch of one: a second session with the graph's batch dimension fixed
+        to 1 lets ONNX Runtime fold the shape arithmetic away (fewer nodes per call), and it is
+        called without the Python wrapper's per-call feed validation (the feed is built here,
+        its names checked at load). It is used only if it gives the general session's outputs
+        bit for bit on `n_probes` random inputs; otherwise decisions use the general session."""
+        import onnxruntime as ort
+
+        general = self._session
+        names = self._DECISION_OUTPUTS
+
+        def runner(sess):
+            call = getattr(sess, "_sess", None)  # onnxruntime's C++ session under its wrapper
+            if call is not None and hasattr(call, "run"):
+                run = call.run
+                return lambda obs, mask: run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)},
+                                             None)
+            return lambda obs, mask: sess.run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)})
+
+        dims = tuple(sorted({i.shape[0] for i in general.get_inputs() if isinstance(i.shape[0], str)}))
+        if not dims:
+            return runner(general), "general"
+        try:
+            one = ort.InferenceSession(onnx_bytes, sess_options=self._session_options(threads, dims),
+                                       providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - keep the general session
+            return runner(general), "general"
+        fast = runner(one)
+        rng = np.random.default_rng(0)
+        n_mask = self.max_sites + 1 + self.n_levels
+        for _ in range(n_probes):
+            obs = (rng.random(self.obs_size) * 2.0 - 0.5).astype(np.float32)
+            mask = rng.random(n_mask) < 0.7
+            mask[self.max_sites] = mask[-1] = True
+            ref = general.run(names, {"obs": obs.reshape(1, -1), "action_mask": mask.reshape(1, -1)})
+            got = fast(obs, mask)
+            if not all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, ref)):
+                return runner(general), "general"
+        return fast, "batch-1"
+
     # ------------------------------------------------------------------ snapshots
     def snapshot_from_json(self, data, prefix_index: RouterPrefixIndex | None = None) -> RouterSnapshot:
         """A RouterSnapshot from the JSON form (see the module docstring); raises SnapshotError.
@@ -464,43 +575,12 @@ class RouterPolicy:
         req = data.get("request")
         hashed = prefix_index is not None and type(req) is dict and req.get("block_hashes") is not None
         # without an index lookup an absent prefix fraction is 0; with one, None marks it absent
-        cols = [[default] * n for default in (self._defaults_lookup if hashed else self._defaults)]
-        seen = [False] * n
-        index = self._site_index
-        checks = self._signal_checks
-        for i, ep in enumerate(eps):
-            where = f"endpoints[{i}]"
-            if type(ep) is not dict:
-                raise SnapshotError(f"{where}: expected an endpoint object, got {_typename(ep)}")
-            name = ep.get("name")
-            j = index.get(name) if type(name) is str else None
-            if j is None:
-                if "name" not in ep:
-                    raise SnapshotError(f"{where}.name: missing")
-                raise SnapshotError(f"{where}.name: unknown endpoint {_show(name)}; this policy routes "
-                                    f"between {', '.join(self.site_names)}")
-            if seen[j]:
-                raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
-            seen[j] = True
-            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
-                if kind == "number":
-                    cols[k][j] = _number(ep, key, where, lo, hi, what)
-                elif kind == "optional number" or kind == "prefix number":  # absent/null: the default
-                    if ep.get(key) is not None:
-                        cols[k][j] = _number(ep, key, where, lo, hi, what)
-                elif kind == "boolean":
-                    cols[k][j] = _boolean(ep, key, where)
-                else:  # an optional index (batch_level)
-                    b = ep.get(key)
-                    if b is not None:
-                        if type(b) is not int or not lo <= b <= hi:
-                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
-                        cols[k][j] = b
-        if not all(seen):
-            missing = [self.site_names[k] for k in range(n) if not seen[k]]
-            raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
-                                "must be present)")
-        req = data.get("request")
+        defaults = self._defaults_lookup if hashed else self._defaults
+        cols = [[default] * n for default in defaults]
+        fast = self._parse_endpoints_fast(eps, cols)
+        if not fast:  # the generic loop: raises the error naming the field
+            cols = [[default] * n for default in defaults]
+            self._parse_endpoints(eps, cols)
         if type(req) is not dict:
             raise SnapshotError("request: missing" if req is None else
                                 f"request: expected an object, got {_typename(req)}")
@@ -541,7 +621,49 @@ class RouterPolicy:
                     if col[j] is None:
                         col[j] = 0.0 if fill is None else fill[j]
         view = RequestView(pt, cls, origin, model, residency, float(ttft), float(tpot))
+        if fast:  # numbers already floats, one per site: make_snapshot's derivation minus its conversion
+            return snapshot_from_lists(self.statics, view, hour, *cols), chain
         return make_snapshot(self.statics, view, hour, *cols), chain
+
+    def _parse_endpoints(self, eps: list, cols: list) -> None:
+        """Validate the endpoint objects into `cols`, one signal at a time (the generic form of
+        the generated parser); raises SnapshotError naming the field at fault."""
+        n = self.n_sites
+        seen = [False] * n
+        index = self._site_index
+        checks = self._signal_checks
+        for i, ep in enumerate(eps):
+            where = f"endpoints[{i}]"
+            if type(ep) is not dict:
+                raise SnapshotError(f"{where}: expected an endpoint object, got {_typename(ep)}")
+            name = ep.get("name")
+            j = index.get(name) if type(name) is str else None
+            if j is None:
+                if "name" not in ep:
+                    raise SnapshotError(f"{where}.name: missing")
+                raise SnapshotError(f"{where}.name: unknown endpoint {_show(name)}; this policy routes "
+                                    f"between {', '.join(self.site_names)}")
+            if seen[j]:
+                raise SnapshotError(f"{where}.name: duplicate endpoint {name!r}")
+            seen[j] = True
+            for k, (key, kind, _, lo, hi, what) in enumerate(checks):
+                if kind == "number":
+                    cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "optional number" or kind == "prefix number":  # absent/null: the default
+                    if ep.get(key) is not None:
+                        cols[k][j] = _number(ep, key, where, lo, hi, what)
+                elif kind == "boolean":
+                    cols[k][j] = _boolean(ep, key, where)
+                else:  # an optional index (batch_level)
+                    b = ep.get(key)
+                    if b is not None:
+                        if type(b) is not int or not lo <= b <= hi:
+                            raise SnapshotError(f"{where}.{key}: expected {what}, got {_show(b)}")
+                        cols[k][j] = b
+        if not all(seen):
+            missing = [self.site_names[k] for k in range(n) if not seen[k]]
+            raise SnapshotError(f"endpoints: missing {', '.join(missing)} (every site of the policy "
+                                "must be present)")
 
     def check_snapshot(self, snap: RouterSnapshot) -> None:
         """Raise ValueError when `snap` comes from other sites than the policy's."""
@@ -562,7 +684,8 @@ class RouterPolicy:
         return self._session.run(self._out_names, {"obs": obs, "action_mask": mask})
 
     def _decision(self, outs) -> dict:
-        _, scores, site, level = outs
+        """The decision dict from the graph's (site_scores, site, batch_level)."""
+        scores, site, level = outs
         s = int(site[0])
         b = int(level[0])
         row = scores[0].tolist()
@@ -582,7 +705,7 @@ class RouterPolicy:
         """The decision for an in-process RouterSnapshot (`obs`: its ``encode``, if at hand)."""
         if obs is None:
             obs = self.interface.encode(snap)
-        return self._decision(self.run(obs, snap.action_mask))
+        return self._decision(self._decide_run(obs, self.interface.action_mask(snap)))
 
     def decide(self, data, prefix_index: RouterPrefixIndex | None = None) -> dict:
         """The decision for a JSON snapshot (a parsed dict); raises SnapshotError.
@@ -591,7 +714,7 @@ class RouterPolicy:
         and ``request.block_hashes``: the index fills the prefix fractions the caller did not
         send, and records the hashes at the chosen endpoint (not when shedding)."""
         snap, chain = self._parse(data, prefix_index)
-        d = self._decision(self.run(self.interface.encode(snap), snap.action_mask))
+        d = self._decision(self._decide_run(self.interface.encode(snap), self.interface.action_mask(snap)))
         if chain and prefix_index is not None and not d["shed"]:
             prefix_index.record(d["site_index"], chain)
         return d
@@ -614,6 +737,7 @@ class RouterPolicy:
             "max_sites": self.max_sites, "batch_levels": list(self.batch_levels),
             "obs_size": self.obs_size, "path": str(self.path),
             "interface_version": self.interface.version, "interface_hash": self.interface.content_hash,
+            "decision_session": self.decision_session,
         }
 
     def __repr__(self) -> str:

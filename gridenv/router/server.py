@@ -54,7 +54,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridenv.router.runtime import RouterPolicy, SnapshotError
-from gridenv.router.schemas import format_errors, openapi_document, parse_route_request, summary
+from gridenv.router.schemas import format_errors, openapi_document, parse_route_body, summary
 
 __all__ = ["create_app", "app_from_env", "serve", "start_in_thread", "RunningServer", "bind_socket",
            "MAX_BODY_BYTES", "BODY_TIMEOUT_S"]
@@ -151,7 +151,7 @@ def create_app(policy: RouterPolicy | str, max_body_bytes: int = MAX_BODY_BYTES,
             msg = 'empty body: expected a JSON object {"endpoints": [...], "request": {...}}'
             return _error(400, msg, [{"loc": "body", "msg": msg, "type": "missing"}])
         try:
-            return parse_route_request(raw).model_dump()
+            return parse_route_body(raw)
         except ValidationError as err:
             errors = format_errors(err)
             return _error(400, summary(errors), errors)

@@ -233,6 +233,11 @@ def test_train_records_the_interface_and_the_policy_checks_it(runs):
                 r["interface"]["vocabularies"].update(model=["llama-2-70b", "llama-3-70b", "llama-3-8b"])),
      r"version: recorded 'slots-1', current 'slots-3'.*vocabulary 'model': entries \['llama-2-70b', 'llama-3-70b'\] "
      r"only in recorded"),
+    # a model saved under slots-2, before the cache signals: refused naming each added feature
+    (lambda r: (r.update(version="slots-2"), r["interface"].update(version="slots-2"),
+                r["interface"].update(site_features=r["interface"]["site_features"][:12])),
+     r"version: recorded 'slots-2', current 'slots-3'.*site feature 'prefix_cached' added.*"
+     r"site feature 'prefix_indexed' added.*site feature 'prefill_backlog' added"),
     (lambda r: r["interface"]["site_features"][7].update(divide_by="100.0"),
      r"site feature 'rtt': divide_by recorded '100.0', current '200.0'"),
 ])
@@ -255,14 +260,15 @@ def test_policy_saved_under_another_interface_is_refused(runs, tmp_path, edit, m
     SB3Policy(run / "model.zip").act(obs, info["snapshot"])
 
 
-@pytest.mark.parametrize("scenario", ["metro", "continental"])
-def test_committed_agents_load_and_match_their_onnx_export(scenario):
-    """models/<scenario>: migrated to slots-3 (agents/migrate.py); SB3 and ONNX agree."""
+@pytest.mark.parametrize("folder,env_id", [("metro", "gridenv/Metro-v1"), ("continental", "gridenv/Continental-v1"),
+                                           ("metro-fast", "gridenv/Metro-v1")])
+def test_committed_agents_load_and_match_their_onnx_export(folder, env_id):
+    """models/<folder>: migrated to slots-3 (agents/migrate.py) or trained on it; SB3 and ONNX agree."""
     from agents.onnx_policy import ONNXPolicy
 
-    policy = SB3Policy(ROOT / "models" / scenario / "best_model.zip")
-    onnx = ONNXPolicy(ROOT / "models" / scenario / "onnx")
-    env = gym.make(f"gridenv/{scenario.capitalize()}-v1", config={"horizon_s": 20})
+    policy = SB3Policy(ROOT / "models" / folder / "best_model.zip")
+    onnx = ONNXPolicy(ROOT / "models" / folder / "onnx")
+    env = gym.make(env_id, config={"horizon_s": 20})
     assert policy.interface_record["content_hash"] == env.unwrapped.interface.content_hash
     obs, info = env.reset(seed=11)
     for _ in range(150):

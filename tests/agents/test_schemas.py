@@ -106,6 +106,6 @@ def test_python_m_gridenv_lists_scenarios_heuristics_suites_and_commands():
     out = proc.stdout
     from gridenv.envs.registration import env_id
 
-    for text in (env_id("metro"), "distributed-edge", "slo-greedy", "cost-greedy", "smoke", "standard",
+    for text in (env_id("metro"), "distributed-edge", "gridenv/MooncakeReplay-v1", "slo-greedy", "cost-greedy", "smoke", "standard",
                  "python train.py", "python evaluate.py", "python -m gridenv.bench", "python -m gridenv schemas"):
         assert text in out, text

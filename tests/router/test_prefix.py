@@ -127,7 +127,13 @@ def test_parity_on_1000_recorded_snapshots_with_cache_signals(env_and_exported):
             assert {"prefix_cached_frac", "prefix_indexed_frac", "queued_prompt_tokens"} <= set(body["endpoints"][0])
             d = policy.decide(body)
             assert d["action"] == np.asarray(ref).tolist(), f"snapshot {n} (seed {seed - 1})"
-            np.testing.assert_array_equal(policy.interface.encode(policy.snapshot_from_json(body)), obs)
+            snap_j = policy.snapshot_from_json(body)
+            obs_j = policy.interface.encode(snap_j)
+            np.testing.assert_array_equal(obs_j, obs)
+            # decisions run the batch-1 session: the general session's outputs, bit for bit
+            for one, general in zip(policy._decide_run(obs_j, policy.interface.action_mask(snap_j)),
+                                    policy.run(obs_j, snap_j.action_mask)[1:]):
+                assert one.dtype == general.dtype and np.array_equal(one, general), f"snapshot {n}"
             cached += bool(np.any(snap.prefix_cached_frac > 0))
             indexed += bool(np.any(snap.prefix_indexed_frac > 0))
             if cached and n % 10 == 0:  # the signals reach the graph
@@ -141,6 +147,7 @@ def test_parity_on_1000_recorded_snapshots_with_cache_signals(env_and_exported):
           f"indexed > 0: {indexed}; scores changed without the cache signals in {changed} of "
           f"{N_SNAPSHOTS // 10} probes; {sheds} sheds")
     assert n == N_SNAPSHOTS
+    assert policy.decision_session == "batch-1"  # the fast session passed its load-time check
     assert cached > N_SNAPSHOTS // 2 and indexed > N_SNAPSHOTS // 2
     assert changed > 0
 

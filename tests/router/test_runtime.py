@@ -172,6 +172,60 @@ def test_invalid_snapshot_names_the_field(policy, mutate, message):
         policy.decide(_bad(mutate))
 
 
+#: Values that are wrong for some signals and right for others (every type, every bound).
+_PROBE_VALUES = [None, True, False, -1, -0.5, 0, 0.0, 0.5, 1, 1.0, 1.5, 2, 7, 1e308, 10**400, float("nan"),
+                 float("inf"), -float("inf"), "1", [1], {}]
+
+
+def test_generated_endpoint_parser_agrees_with_the_generic_loop(policy):
+    """The hot path validates the endpoints with a generated parser; on a problem the generic
+    loop names it. The two must accept exactly the same endpoint objects and fill the same
+    values (as make_snapshot would convert them): every signal probed with every kind of value,
+    absent, and the names missing, unknown or repeated."""
+    from gridenv.core.snapshot import make_snapshot
+
+    n = policy.n_sites
+    keys = [c[0] for c in policy._signal_checks]
+
+    def both(eps):
+        fast = [[d] * n for d in policy._defaults]
+        ok = policy._parse_endpoints_fast(eps, fast)
+        slow = [[d] * n for d in policy._defaults]
+        try:
+            policy._parse_endpoints(eps, slow)
+        except SnapshotError:
+            slow = None
+        return ok, fast, slow
+
+    cases = [_snapshot()["endpoints"]]
+    for k in keys:
+        for j in (0, n - 1):
+            for v in [*_PROBE_VALUES, "absent"]:
+                eps = _snapshot()["endpoints"]
+                if v == "absent":
+                    eps[j].pop(k, None)
+                else:
+                    eps[j][k] = v
+                cases.append(eps)
+    for change in (lambda e: e[0].pop("name"), lambda e: e[1].update(name="edge-mars"),
+                   lambda e: e[1].update(name=e[0]["name"]), lambda e: e.pop(), lambda e: e.append(7),
+                   lambda e: e.__setitem__(2, []), lambda e: e[0].update(name=3), lambda e: e.append(dict(e[0]))):
+        eps = _snapshot()["endpoints"]
+        change(eps)
+        cases.append(eps)
+    accepted = 0
+    req = policy.snapshot_from_json(_snapshot()).request
+    for eps in cases:
+        ok, fast, slow = both(eps)
+        assert ok == (slow is not None), eps
+        if ok:
+            accepted += 1
+            assert make_snapshot(policy.statics, req, 3.0, *fast) == make_snapshot(policy.statics, req, 3.0, *slow)
+            assert all(type(x) is float for c, chk in zip(fast, policy._signal_checks) if "number" in chk[1]
+                       for x in c), "numbers are floats, as make_snapshot's conversion gives"
+    assert 50 < accepted < len(cases) - 100  # both kinds well represented
+
+
 def test_not_an_object(policy):
     with pytest.raises(SnapshotError, match="^body: expected a JSON object"):
         policy.decide([1, 2])

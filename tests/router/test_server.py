@@ -610,3 +610,50 @@ def test_cli_decide_validates_the_body(policy_dir, tmp_path):
     snap["endpoints"][2]["kv_util"] = float("nan")
     bad.write_text(json.dumps(snap))  # json.dumps writes NaN
     assert main(["decide", "--policy", str(policy_dir), str(bad)]) == 2
+
+
+# ------------------------------------------------------------------ the service's dict form of the body
+def _both(raw: bytes):
+    """(RouteRequest + model_dump, parse_route_body): each a dict or the formatted errors."""
+    from pydantic import ValidationError
+
+    from gridenv.router.schemas import format_errors, parse_route_body, parse_route_request
+
+    out = []
+    for parse in (lambda b: parse_route_request(b).model_dump(), parse_route_body):
+        try:
+            out.append(parse(raw))
+        except ValidationError as err:
+            out.append(format_errors(err))
+    return out
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_dict_form_refuses_what_the_models_refuse_with_the_same_errors(case):
+    """The service validates bodies into dicts (parse_route_body); the models (RouteRequest) are
+    the documented schema: every bad body gets the same errors, in the same order, from both."""
+    model, plain = _both(BAD_BODIES[case][0]())
+    if isinstance(model, dict):  # policy-level problems (names) pass the schema in both forms
+        assert plain == model
+    else:
+        assert plain == model and model, case
+
+
+def test_dict_form_of_valid_bodies_is_the_model_dump():
+    several = _snapshot()
+    several["endpoints"][0].update(prefix_cached_frac=0.5, queued_prompt_tokens=12, batch_level=2)
+    several["request"].update(block_hashes=[1, 2, 3], block_size_tokens=64, ttft_slo_s=0.3)
+    del several["hour_utc"]
+    mixed = json.loads(json.dumps(several))
+    mixed["request"]["block_hashes"] = ["ab", "cd"]
+    problems = _snapshot()  # several problems at several levels, unknown fields among them
+    problems["endpoints"][1].update(zz=1, kv_util=3, aa=2)
+    problems["request"].update(q=1, prompt_tokens=0, block_hashes=[1, "", 2.0])
+    problems["x"] = 1
+    for body in (_snapshot(), several, mixed, EXAMPLE.read_bytes(), problems):
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        model, plain = _both(raw)
+        assert plain == model
+        assert type(plain) is (list if body is problems else dict)
+    assert [e["loc"] for e in _both(json.dumps(problems).encode())[1]][:3] == [
+        "x", "endpoints[1].zz", "endpoints[1].aa"]  # unknown fields first at each level, as the models
