@@ -85,3 +85,32 @@ def test_the_site_conditioned_head_stays_permutation_equivariant_and_saves_its_f
     assert policy._get_constructor_parameters()["level_from_site"] is True
     assert "level_from_site" not in _policy(False)._get_constructor_parameters()  # older models' kwargs unchanged
     assert bumped(top).sub(a[0, n + 1:]).abs().sum() > 0
+
+
+@pytest.mark.parametrize("scenario,env_id", [("chat-multiturn", "gridenv/ChatMultiturn-v1"),
+                                             ("coding-agent", CODING)])
+def test_committed_cache_agents_load_and_match_their_onnx_export(scenario, env_id) -> None:
+    """models/<scenario> (coding-agent's with the site-conditioned level head): SB3 and ONNX agree."""
+    from pathlib import Path
+
+    from agents.onnx_policy import ONNXPolicy
+    from agents.sb3_policy import SB3Policy
+
+    models = Path(__file__).resolve().parents[2] / "models" / scenario
+    policy, onnx = SB3Policy(models / "best_model.zip"), ONNXPolicy(models / "onnx")
+    env = gym.make(env_id, config=SHORT)
+    obs, info = env.reset(seed=12)
+    levels, ties = set(), 0
+    for _ in range(200):
+        a, b = policy.act(obs, info["snapshot"]), onnx.act(obs, info["snapshot"])
+        if a.tolist() != b.tolist():  # only where two sites score the same to float precision
+            with torch.no_grad():
+                logits = policy.model.policy.mlp_extractor.forward_actor(torch.as_tensor(obs[None]))[0].numpy()
+            assert a[1] == b[1] and abs(logits[a[0]] - logits[b[0]]) < 1e-4, (a, b, logits)
+            ties += 1
+        levels.add(int(a[1]))
+        obs, _, _, trunc, info = env.step(a)
+        if trunc:
+            break
+    assert ties <= 5
+    assert 2 in levels  # both agents ask for batch 128 (chat everywhere, coding at the core)
