@@ -28,7 +28,7 @@ import time
 
 from gridenv.cli import OneLineParser, positive_seconds
 
-__all__ = ["bench_scenario", "main"]
+__all__ = ["bench_scenario", "run_in_child", "main"]
 
 
 def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
@@ -76,17 +76,18 @@ def bench_scenario(env_id: str, min_seconds: float = 3.0) -> dict:
     }
 
 
-def _child(target: str, min_seconds: float, queue) -> None:
+def _child_call(func, args: tuple, queue) -> None:
     try:
-        queue.put(("ok", bench_scenario(target, min_seconds)))
+        queue.put(("ok", func(*args)))
     except BaseException as e:  # reported by the parent, which never waits on a dead child
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def _run_child(ctx, target: str, min_seconds: float, timeout_s: float) -> tuple[dict | None, str | None]:
-    """(result, None) or (None, error) from one child process; waits at most `timeout_s`."""
+def run_in_child(ctx, func, args: tuple, timeout_s: float) -> tuple[dict | None, str | None]:
+    """``func(*args)`` in a fresh child process (so its peak RSS is its own): (result, None) or
+    (None, error); waits at most `timeout_s`, and never on a child that died without answering."""
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(target, min_seconds, queue), daemon=True)
+    proc = ctx.Process(target=_child_call, args=(func, args, queue), daemon=True)
     proc.start()
     deadline = time.monotonic() + timeout_s
     answered = False
@@ -116,6 +117,11 @@ def _run_child(ctx, target: str, min_seconds: float, timeout_s: float) -> tuple[
             proc.kill()
             proc.join()
         queue.close()
+
+
+def _run_child(ctx, target: str, min_seconds: float, timeout_s: float) -> tuple[dict | None, str | None]:
+    """(result, None) or (None, error) of one scenario's benchmark in a child process."""
+    return run_in_child(ctx, bench_scenario, (target, min_seconds), timeout_s)
 
 
 def resolve_targets(spec: str | None) -> list:

@@ -17,10 +17,10 @@ blocks, mean 7,700 input tokens) followed by 1-8 blocks of its own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,9 +64,7 @@ def replay(trace: str, hours: float, scenario: str, seed: int) -> dict:
 
     import yaml
 
-    from gridenv.core.scenario import scenario_dir
-
-    raw = yaml.safe_load((scenario_dir() / f"{scenario}.yaml").read_text())
+    raw = yaml.safe_load(scenario_yaml(scenario).read_text())
     w = raw["workload"]
     raw["horizon_s"] = 3600.0 * hours
     raw["workload"] = {  # the trace sets times and lengths; the rest of the workload stays
@@ -93,30 +91,51 @@ def replay(trace: str, hours: float, scenario: str, seed: int) -> dict:
     }
 
 
-def _child(args: argparse.Namespace, queue) -> None:
+def scenario_yaml(spec: str) -> Path:
+    """The YAML file of a scenario name, env id or path (the one resolver); ScenarioError names a bad one."""
+    from gridenv.core.scenario import scenario_dir
+    from gridenv.envs.registration import resolve_scenario
+
+    ref = resolve_scenario(spec)
+    return Path(ref.source) if ref.source.endswith((".yaml", ".yml")) else scenario_dir() / f"{ref.source}.yaml"
+
+
+def _replay_in_child(trace: str | None, hours: float, scenario: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trace = args.trace
         if trace is None:
             trace = str(Path(tmp) / "mooncake_synthetic.jsonl")
-            write_synthetic_mooncake(Path(trace), args.hours, args.seed)
-        queue.put(replay(trace, args.hours, args.scenario, args.seed))
+            write_synthetic_mooncake(Path(trace), hours, seed)
+        return replay(trace, hours, scenario, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gridenv.bench_trace", description=__doc__.split("\n")[0])
+    from gridenv.bench import run_in_child
+    from gridenv.cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m gridenv.bench_trace", description=__doc__.split("\n")[0])
     parser.add_argument("--trace", default=None, help="a Mooncake JSONL file (default: a synthetic one)")
     parser.add_argument("--hours", type=float, default=1.0, help="simulated hours of replay (default 1)")
-    parser.add_argument("--scenario", default="centralized", help="scenario name (default centralized)")
+    parser.add_argument("--scenario", default="centralized",
+                        help="scenario name, env id or YAML path whose grid replays the trace (default centralized)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout-s", type=float, default=3600.0,
+                        help="give up on the replay's child process after this many wall seconds (default 3600)")
     args = parser.parse_args(argv)
-    if args.hours <= 0:
-        parser.error("--hours must be positive")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(args, queue))
-    proc.start()
-    res = queue.get()
-    proc.join()
+    if not args.hours > 0:
+        parser.error(f"--hours must be positive, got {args.hours}")
+    if not args.timeout_s > 0:
+        parser.error(f"--timeout-s must be positive, got {args.timeout_s}")
+    if args.trace is not None and not Path(args.trace).is_file():
+        parser.error(f"--trace: no such file {args.trace!r}")
+    try:
+        scenario_yaml(args.scenario)
+    except ValueError as e:
+        parser.error(f"--scenario: {e}")
+    res, err = run_in_child(mp.get_context("spawn"), _replay_in_child,
+                            (args.trace, args.hours, args.scenario, args.seed), args.timeout_s)
+    if err is not None:
+        print(f"python -m gridenv.bench_trace: the replay failed: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(res, indent=2))
     return 0
 
