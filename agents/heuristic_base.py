@@ -83,6 +83,8 @@ class Heuristic(Policy):
     Args:
         level: batching level index to request at the chosen site; ``None`` (default) keeps the
             site's current level.
+        core_level: the level index to request instead when the chosen site is a core site
+            (``kind: core``); ``None`` (default): ``level`` everywhere.
         admission: put the saturation gate of :mod:`agents.admission` in front of the rule
             (shed, HTTP 429, when the pool is saturated); ``None`` takes the class default
             (``admission_default``: True for the ``+admit`` variants and ``llmd-precise``).
@@ -98,9 +100,10 @@ class Heuristic(Policy):
     #: True for rules that may shed while a site is still feasible (the gate, SLO admitters).
     may_shed = False
 
-    def __init__(self, level: int | None = None, *, admission: bool | None = None,
-                 saturation_rule: str = "all") -> None:
+    def __init__(self, level: int | None = None, *, core_level: int | None = None,
+                 admission: bool | None = None, saturation_rule: str = "all") -> None:
         self.level = level
+        self.core_level = core_level
         self.admission = type(self).admission_default if admission is None else bool(admission)
         if saturation_rule not in SATURATION_RULES:
             raise ValueError(f"saturation_rule {saturation_rule!r}: expected one of {SATURATION_RULES}")
@@ -135,7 +138,10 @@ class Heuristic(Policy):
         site = None if self.sheds(snapshot) else self.choose(snapshot)
         if site is None or not snapshot.feasible[site]:  # the second is a bug guard: shed
             return np.array([st.max_sites, len(st.batch_levels) // 2], dtype=np.int64)
-        level = int(snapshot.batch_level[site]) if self.level is None else int(self.level)
+        if self.core_level is not None and not st.is_edge[site]:
+            level = int(self.core_level)
+        else:
+            level = int(snapshot.batch_level[site]) if self.level is None else int(self.level)
         return np.array([site, level], dtype=np.int64)
 
     def __repr__(self) -> str:

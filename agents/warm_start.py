@@ -86,7 +86,7 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
 
     if n_decisions < 1:
         raise ValueError(f"warm start needs at least 1 decision, got {n_decisions}")
-    policy = make_heuristic(heuristic, level=level)
+    policy = make_heuristic(heuristic, level=level, core_level=core_level)
     obs_l, mask_l, act_l, rew_l, start_l = [], [], [], [], []
     env = make_env()
     shed_slot = int(np.asarray(env.action_space.nvec)[0]) - 1
@@ -106,8 +106,6 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
             while len(act_l) < min(n_decisions, stop):
                 snap = info["snapshot"]
                 action = np.asarray(policy.act(obs, snap), dtype=np.int64)
-                if core_level is not None and action[0] < shed_slot and not snap.statics.is_edge[action[0]]:
-                    action[1] = core_level
                 obs_l.append(np.asarray(obs, dtype=np.float32))
                 mask_l.append(np.asarray(info["action_mask"], dtype=bool))
                 act_l.append(action)
