@@ -93,11 +93,10 @@ def replay(trace: str, hours: float, scenario: str, seed: int) -> dict:
 
 def scenario_yaml(spec: str) -> Path:
     """The YAML file of a scenario name, env id or path (the one resolver); ScenarioError names a bad one."""
-    from gridenv.core.scenario import scenario_dir
+    from gridenv.core.scenario import scenario_file
     from gridenv.envs.registration import resolve_scenario
 
-    ref = resolve_scenario(spec)
-    return Path(ref.source) if ref.source.endswith((".yaml", ".yml")) else scenario_dir() / f"{ref.source}.yaml"
+    return scenario_file(resolve_scenario(spec).source)
 
 
 def _replay_in_child(trace: str | None, hours: float, scenario: str, seed: int) -> dict:

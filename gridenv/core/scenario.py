@@ -52,7 +52,7 @@ from gridenv.core.interface import MODES, SLO_CLASSES
 from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml
 
 __all__ = [
-    "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_names",
+    "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_file", "scenario_names",
     "SLO_CLASSES", "DEFAULT_SLOS", "DEFAULT_TIMEOUTS_S", "deep_merge", "MAX_REQUESTS_PER_EPISODE",
     "SHARE_TOLERANCE",
 ]
@@ -659,6 +659,19 @@ def _switch_arrivals(base: dict, overrides: dict) -> dict:
     return {**base, "workload": work}
 
 
+def scenario_file(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file of a built-in scenario name (``metro``) or of a scenario path; ScenarioError
+    when there is none."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = scenario_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ScenarioError(f"unknown scenario {str(name_or_path)!r}; known: {scenario_names()}")
+    if not path.exists():
+        raise ScenarioError(f"scenario file {path} not found")
+    return path
+
+
 def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None = None) -> Scenario:
     """Load a scenario by name (``metro``), path, or dict, deep-merging ``overrides`` on top.
 
@@ -670,13 +683,7 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
     if isinstance(name_or_path, dict):
         raw, where = dict(name_or_path), "scenario dict"
     else:
-        path = Path(name_or_path)
-        if path.suffix not in (".yaml", ".yml"):
-            path = scenario_dir() / f"{name_or_path}.yaml"
-            if not path.exists():
-                raise ScenarioError(f"unknown scenario {str(name_or_path)!r}; known: {scenario_names()}")
-        if not path.exists():
-            raise ScenarioError(f"scenario file {path} not found")
+        path = scenario_file(name_or_path)
         try:
             raw, lines = load_yaml(path.read_text(), source=str(path))
         except StrictYAMLError as e:
