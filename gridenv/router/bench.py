@@ -229,25 +229,6 @@ def bench_http(url: str, snaps: list[dict], n: int, clients: int = 8, warmup: in
     return res
 
 
-def bench_validated(policy: RouterPolicy, snaps: list[dict], n: int, warmup: int = 500) -> dict:
-    """Latency (seconds) of what the service does per body: schema validation of the JSON bytes
-    (:func:`gridenv.router.schemas.parse_route_body`) + ``policy.decide``."""
-    from gridenv.router.schemas import parse_route_body
-
-    bodies = [json.dumps(s).encode() for s in snaps]
-    k = len(bodies)
-    for i in range(warmup):
-        policy.decide(parse_route_body(bodies[i % k]))
-    lat = np.empty(n)
-    clock = time.perf_counter_ns
-    for i in range(n):
-        b = bodies[i % k]
-        t0 = clock()
-        policy.decide(parse_route_body(b))
-        lat[i] = clock() - t0
-    return _pct(lat * 1e-9)
-
-
 def _start_server(policy_dir: str, workers: int = 1) -> tuple[subprocess.Popen, str]:
     """`python -m gridenv.router serve --port 0 --workers N` in a child process; (process, url)."""
     env = dict(os.environ)
