@@ -338,6 +338,8 @@ def test_args_parsing_and_help():
     (["--seeds", "0,0"], "--seeds: expected distinct comma-separated non-negative integers"),
     (["--seeds", "1,-1"], "--seeds: expected distinct"),
     (["--verbose", "7"], "--verbose must be 0, 1 or 2"),
+    (["--warm-start-level", "-1"], "--warm-start-level must be a batch level index >= 0, got -1"),
+    (["--warm-start-core-level", "-3"], "--warm-start-core-level must be a batch level index >= 0, got -3"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
     (["--total-timesteps", "many"], "--total-timesteps"),
 ])
@@ -350,6 +352,15 @@ def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
     if not flag.endswith("timesteps"):  # our own checks: one line
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_start_level_the_scenario_lacks_exits_2_naming_it(tmp_path):
+    """Checked against the scenario's batch levels once its env exists: one line, no traceback."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--warm-start-level", "9", "--total-timesteps", "200",
+                           "--run-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "warm start level 9: the scenario has 3 batch levels (0..2)" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
