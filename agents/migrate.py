@@ -8,14 +8,17 @@ with some features missing (e.g. ``slots-2`` -> ``slots-3`` added three per-site
 features); every feature the model knows must be declared identically now. The elements the
 model never saw get **zero input weights** in every first layer that reads the observation (a
 site-scoring policy's ``site_mlp.0``: own site features, request features, pooled site
-features; ``global_mlp.0``: request, pooled; ``critic.0``: the whole observation; a plain MLP's
-``policy_net.0`` and ``value_net.0``), so the migrated model computes exactly what the original
-computed on the features it knew, whatever the new ones say. It stays blind to the new
-features until it is retrained. Adam moments of those weights are extended with zeros, the
-stored last observations are re-laid out, ``observation_space`` and the site-scoring policy's
-``n_site_features`` are set, and the interface record (``interface.json`` and the run's
-``args.json``) is rewritten, so :class:`agents.sb3_policy.SB3Policy` and ``agents.export``
-accept it. VecNormalize statistics must be observation-free (as for the committed agents).
+features; ``global_mlp.0``: request, pooled, and with ``level_from_site`` the chosen site's
+features; ``critic.0``: the whole observation; a plain MLP's ``policy_net.0`` and
+``value_net.0``), so the migrated model computes exactly what the original computed on the
+features it knew, whatever the new ones say. (With ``level_from_site`` the softmax that picks
+the chosen site reads the ``feasible`` flag at ``feasible_index``: that index moves to the
+flag's position in the new layout; the site logits it weights are unchanged.) It stays blind
+to the new features until it is retrained. Adam moments of those weights are extended with
+zeros, the stored last observations are re-laid out, ``observation_space`` and the
+site-scoring policy's ``n_site_features`` (and ``feasible_index``) are set, and the interface
+record (``interface.json`` and the run's ``args.json``) is rewritten, so
+:class:`agents.sb3_policy.SB3Policy` and ``agents.export`` accept it. VecNormalize statistics must be observation-free (as for the committed agents).
 
 Verification (always run; the migration is refused on failure): on ``--verify-states`` states
 of episodes driven by the original model, the original on the old layout (the new observation
@@ -119,10 +122,17 @@ def migrate_model(model_path: str | Path, scenario: str, out_path: str | Path | 
         raise MigrationError(f"{model_path}: observation of shape {tuple(data['observation_space'].shape)}, "
                              f"its interface record says ({old_size},)")
     sd = params["policy"]
+    old_kwargs = dict(data.get("policy_kwargs", {}))
+    # level_from_site (agents/site_policy.py): global_mlp also reads the chosen site's features
+    # (request, pooled, chosen), and the choice reads the `feasible` flag at feasible_index.
+    level_from_site = bool(old_kwargs.get("level_from_site", False))
+    chosen = 1 if level_from_site else 0
     layers = {  # weight name -> (old input count, new positions of the old columns, new width)
         "mlp_extractor.site_mlp.0.weight": (2 * F0 + R0, np.concatenate([site_pos, F1 + req_pos, F1 + R1 + site_pos]),
                                             2 * F1 + R1),
-        "mlp_extractor.global_mlp.0.weight": (R0 + F0, np.concatenate([req_pos, R1 + site_pos]), R1 + F1),
+        "mlp_extractor.global_mlp.0.weight": (R0 + (1 + chosen) * F0,
+                                              np.concatenate([req_pos, R1 + site_pos] + [R1 + F1 + site_pos] * chosen),
+                                              R1 + (1 + chosen) * F1),
         "mlp_extractor.critic.0.weight": (old_size, keep, new_size),
         "mlp_extractor.policy_net.0.weight": (old_size, keep, new_size),
         "mlp_extractor.value_net.0.weight": (old_size, keep, new_size),
@@ -155,10 +165,18 @@ def migrate_model(model_path: str | Path, scenario: str, out_path: str | Path | 
             data[k] = wide
     data["observation_space"] = spaces.Box(-1.0, 1.0, (new_size,), dtype=np.float32)
     site_scoring = "mlp_extractor.site_mlp.0.weight" in sd
-    old_kwargs = dict(data.get("policy_kwargs", {}))
     if site_scoring:  # saved explicitly: the policy's default follows the current interface
         old_kwargs["n_site_features"] = F0
         data["policy_kwargs"] = dict(old_kwargs, n_site_features=F1)
+        if level_from_site:
+            from agents.site_policy import FEASIBLE_INDEX
+
+            feasible0 = int(old_kwargs.get("feasible_index", FEASIBLE_INDEX))
+            if not 0 <= feasible0 < F0:
+                raise MigrationError(f"{model_path}: level_from_site with feasible_index {feasible0}, "
+                                     f"outside the recorded {F0} site features")
+            old_kwargs["feasible_index"] = feasible0
+            data["policy_kwargs"]["feasible_index"] = int(site_pos[feasible0])
 
     algo = detect_algo(model_path)
     if algo == "maskable_ppo":
