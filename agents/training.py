@@ -192,6 +192,12 @@ def load_hyperparams(path: str | Path, scenario: str) -> dict:
     name, eid = ref.name, ref.env_id
     if name in hp.root and eid in hp.root:
         raise HyperparamError(f"{path}: both {name!r} and {eid!r} entries: keep one")
+    for key in hp.root:  # what each entry asks for, merged with the default entry
+        merged = deep_merge(hp.entry("default"), hp.entry(key))
+        if merged.get("level_from_site") and merged.get("policy", "mlp") != "site_scoring":
+            raise HyperparamError(f"{path}: entry {key!r}: level_from_site needs policy: site_scoring "
+                                  f"(the level head it changes is the site-scoring policy's), "
+                                  f"got policy: {merged.get('policy', 'mlp')}")
     return deep_merge(hp.entry("default"), hp.entry(name) if name in hp.root else hp.entry(eid))
 
 
@@ -552,20 +558,40 @@ def check_init_interface(init: InitSource, interface) -> None:
         raise ConfigError(f"{err}.{_mode_hint(rec_mode, interface.mode, rec_sites)}") from None
 
 
-def _model_from_init(init: InitSource, Algo, args: TrainArgs, venv: VecNormalize, hp: dict,
-                     run_dir: Path, normalize: dict):
-    """A new model with the architecture and weights of `init`'s policy (and its statistics)."""
-    check_init_interface(init, venv.get_attr("interface")[0])
+def _load_init(init: InitSource, Algo, args: TrainArgs, env: gym.Env, norm_obs: bool):
+    """`init`'s model and its VecNormalize attributes (None without the file), checked against
+    the scenario's `env` (interface, spaces) and the hyperparameters' observation normalization."""
+    check_init_interface(init, env.unwrapped.interface)
     try:
         source = Algo.load(init.model, device=args.device)
     except Exception as err:  # noqa: BLE001 - another algorithm's archive, a damaged file
         raise ConfigError(f"--init-from {init.model}: cannot load it as {args.algo} "
                           f"({type(err).__name__}: {err})") from None
-    if source.observation_space.shape != venv.observation_space.shape or \
-            list(source.action_space.nvec) != list(venv.action_space.nvec):
+    if source.observation_space.shape != env.observation_space.shape or \
+            list(source.action_space.nvec) != list(env.action_space.nvec):
         raise ConfigError(f"--init-from {init.model}: made for observations {source.observation_space.shape} and "
                           f"actions {list(source.action_space.nvec)}, the scenario has "
-                          f"{venv.observation_space.shape} and {list(venv.action_space.nvec)}")
+                          f"{env.observation_space.shape} and {list(env.action_space.nvec)}")
+    src = None
+    if init.vecnormalize is not None:
+        import pickle
+
+        with open(init.vecnormalize, "rb") as f:
+            src = pickle.load(f).__dict__  # VecNormalize without its venv: read the attributes
+        if bool(src["norm_obs"]) != norm_obs:
+            raise ConfigError(f"--init-from {init.model}: trained with observation normalization "
+                              f"{'on' if src['norm_obs'] else 'off'}, the hyperparameters say "
+                              f"{'on' if norm_obs else 'off'} (normalize.obs)")
+    elif norm_obs:
+        raise ConfigError(f"--init-from {init.model}: no vecnormalize.pkl beside it, and the hyperparameters "
+                          "normalize observations (normalize.obs)")
+    return source, src
+
+
+def _model_from_init(source, src_stats: dict | None, Algo, args: TrainArgs, venv: VecNormalize, hp: dict,
+                     run_dir: Path):
+    """A new model with the architecture and weights of the ``--init-from`` model `source` (and
+    its statistics `src_stats`, checked by :func:`_load_init`)."""
     for key in ("policy", "net_arch", "activation_fn", "ortho_init", "site_hidden", "critic_hidden", "level_from_site"):
         hp.pop(key, None)  # the architecture is the source model's
     for key in ("learning_rate", "clip_range"):
@@ -574,22 +600,36 @@ def _model_from_init(init: InitSource, Algo, args: TrainArgs, venv: VecNormalize
     model = Algo(type(source.policy), venv, seed=args.seed, device=args.device, verbose=int(args.verbose >= 2),
                  tensorboard_log=str(run_dir / "tb"), policy_kwargs=dict(source.policy_kwargs), **hp)
     model.policy.load_state_dict(source.policy.state_dict())
-    if init.vecnormalize is not None:
-        import pickle
-
-        with open(init.vecnormalize, "rb") as f:
-            src = pickle.load(f).__dict__  # VecNormalize without its venv: read the attributes
-        if bool(src["norm_obs"]) != bool(venv.norm_obs):
-            raise ConfigError(f"--init-from {init.model}: trained with observation normalization "
-                              f"{'on' if src['norm_obs'] else 'off'}, the hyperparameters say "
-                              f"{'on' if venv.norm_obs else 'off'} (normalize.obs)")
+    if src_stats is not None:
         if venv.norm_obs:
-            venv.obs_rms = src["obs_rms"]
-        venv.ret_rms = src["ret_rms"]
-    elif venv.norm_obs:
-        raise ConfigError(f"--init-from {init.model}: no vecnormalize.pkl beside it, and the hyperparameters "
-                          "normalize observations (normalize.obs)")
+            venv.obs_rms = src_stats["obs_rms"]
+        venv.ret_rms = src_stats["ret_rms"]
     return model
+
+
+def _preflight(ref: ScenarioRef, env_config: dict | None, args: TrainArgs, warm_start: str | None,
+               init: InitSource | None, Algo, normalize: dict):
+    """The checks that need the scenario's env, run before anything is written to the run
+    directory: the warm start's batch levels, and ``--init-from``'s model (returned loaded, with
+    its statistics) against the scenario. One env is built (when needed) and closed."""
+    levels = warm_start is not None and args.warm_start_steps > 0 and init is None and \
+        (args.warm_start_level is not None or args.warm_start_core_level is not None)
+    if not levels and init is None:
+        return None, None
+    env = make_env(ref.env_id, env_config)()
+    try:
+        if levels:
+            n_levels = int(np.asarray(env.action_space.nvec)[1])
+            for flag, lv in (("--warm-start-level", args.warm_start_level),
+                             ("--warm-start-core-level", args.warm_start_core_level)):
+                if lv is not None and not 0 <= lv < n_levels:
+                    raise ConfigError(f"{flag} {lv}: the scenario {ref.name} has {n_levels} batch levels "
+                                      f"(0..{n_levels - 1})")
+        if init is not None:
+            return _load_init(init, Algo, args, env, bool({"obs": True, **normalize}["obs"]))
+        return None, None
+    finally:
+        env.close()
 
 
 # ----------------------------------------------------------------------------- one run
@@ -631,16 +671,12 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         args = TrainArgs(**{**{k: v for k, v in saved.items() if k in TrainArgs.__dataclass_fields__},
                             **{k: getattr(args, k) for k in explicit}, "resume": True})
         ref = resolve_scenario(args.scenario)
-    elif (run_dir / "args.json").exists() or (run_dir / "checkpoints").exists():
+    replace = False
+    if not args.resume and ((run_dir / "args.json").exists() or (run_dir / "checkpoints").exists()):
         if not args.overwrite:
             raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
                               "--overwrite to replace it, or another --run-dir")
-        import shutil
-
-        for sub in _RUN_DIRS:
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-        for name in _RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+        replace = True  # once every check below has passed
     hp_path = find_hyperparams(args.hyperparams)
     hp = load_hyperparams(hp_path, ref.source)
     if args.env_config:
@@ -673,6 +709,16 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     init = None
     if args.init_from and not ckpt:
         init = _init_source(args.init_from)
+    Algo = MaskablePPO if args.algo == "maskable_ppo" else PPO
+    init_model, init_stats = _preflight(ref, env_config, args, None if ckpt else warm_start, init, Algo, normalize)
+    # Every check has passed: only now is the run directory touched (a refused run leaves no trace).
+    if replace:
+        import shutil
+
+        for sub in _RUN_DIRS:
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        for name in _RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     torch.set_num_threads(args.torch_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = print if args.verbose else (lambda *a, **k: None)
@@ -686,7 +732,6 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
                         backend=vec_backend, n_workers=vec_workers)
 
     # 3. The model: new, or the checkpoint's (with its timestep count and optimizer state).
-    Algo = MaskablePPO if args.algo == "maskable_ppo" else PPO
     warm_report = None
     if ckpt:
         model = Algo.load(ckpt.model, env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
@@ -694,7 +739,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     elif init is not None:
         # 3b. --init-from: the trained policy's architecture and weights (and its VecNormalize
         #     statistics), the hyperparameter file's PPO settings; the interface must match.
-        model = _model_from_init(init, Algo, args, venv, hp, run_dir, normalize)
+        model = _model_from_init(init_model, init_stats, Algo, args, venv, hp, run_dir)
         log(f"initialized from {init.model} (interface {venv.get_attr('interface')[0].version})")
     else:
         policy_kwargs = {
@@ -716,9 +761,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
             if level_from_site:  # the batch-level head also reads the chosen site's features
                 policy_kwargs.update(level_from_site=True,
                                      feasible_index=[f.name for f in iface.site_features].index("feasible"))
-        else:
-            if level_from_site:
-                raise ConfigError("level_from_site needs policy: site_scoring")
+        else:  # level_from_site without site_scoring is refused by load_hyperparams
             policy = "MlpPolicy"
         for key in ("learning_rate", "clip_range"):
             if isinstance(hp.get(key), str):  # "lin_3e-4"

@@ -355,12 +355,59 @@ def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
 
 
 def test_a_warm_start_level_the_scenario_lacks_exits_2_naming_it(tmp_path):
-    """Checked against the scenario's batch levels once its env exists: one line, no traceback."""
+    """Checked against the scenario's batch levels (one env built for the checks) before the run
+    directory is created: one line, no traceback, nothing on disk."""
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--warm-start-level", "9", "--total-timesteps", "200",
                            "--run-dir", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert "warm start level 9: the scenario has 3 batch levels (0..2)" in proc.stderr
+    assert "--warm-start-level 9: the scenario metro has 3 batch levels (0..2)" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _tree(path: Path) -> dict:
+    """Every file and folder under `path`, files with their bytes: the directory's whole state."""
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+def _obs_off(tmp_path: Path) -> Path:
+    hp = tmp_path / "obs_off.yaml"
+    hp.write_text(TINY_YAML.replace("{obs: true,", "{obs: false,"))
+    return hp
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--warm-start-level", "9"], "--warm-start-level 9: the scenario metro has 3 batch levels (0..2)"),
+    (["--warm-start-level", "1", "--warm-start-core-level", "3"], "--warm-start-core-level 3: the scenario metro has 3"),
+    (["--init-from", str(ROOT / "models" / "continental")], "--init-from"),  # another interface
+    (["--init-from", "TINY_RUN", "--hyperparams", "OBS_OFF"], "trained with observation normalization on"),
+])
+def test_an_argument_refused_late_leaves_no_run_directory(capsys, tmp_path, tiny_hp, tiny_run, extra, message):
+    """Errors found once the scenario's env or the --init-from model is at hand exit 2 before
+    anything is written: no run directory (no monitor/, tb/, args.json)."""
+    extra = [{"TINY_RUN": str(tiny_run[0]), "OBS_OFF": str(_obs_off(tmp_path))}.get(a, a) for a in extra]
+    run_dir = tmp_path / "r"
+    err = _cli_error(capsys, tiny_args(run_dir, tiny_hp, *extra))
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--warm-start-level", "9"], "--warm-start-level 9"),
+    (["--hyperparams", "OBS_OFF", "--init-from", "TINY_RUN"], "trained with observation normalization on"),
+    (["--hyperparams", "MISSING"], "hyperparameter file not found"),
+])
+def test_a_refused_overwrite_leaves_the_old_run_unchanged(capsys, tmp_path, tiny_hp, tiny_run, extra, message):
+    """--overwrite deletes the old run only once the new one has passed every check."""
+    src, _ = tiny_run
+    run_dir = tmp_path / "r"
+    shutil.copytree(src, run_dir)
+    before = _tree(run_dir)
+    extra = [{"TINY_RUN": str(src), "OBS_OFF": str(_obs_off(tmp_path)),
+              "MISSING": str(tmp_path / "nope.yaml")}.get(a, a) for a in extra]
+    err = _cli_error(capsys, tiny_args(run_dir, tiny_hp, "--overwrite", *extra))
+    assert message in err
+    assert _tree(run_dir) == before
 
 
 def test_debug_shows_the_traceback(tmp_path):
