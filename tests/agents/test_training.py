@@ -292,12 +292,34 @@ def test_yaml_merges_default_and_scenario_entry(tmp_path):
     ("default:\n  n_envs: 0\n", "default.n_envs: Input should be greater than 0"),
     ("default:\n  n_steps: 64\n  n_steps: 128\n", "hp.yaml line 3: duplicate key 'default.n_steps' .first given on line 2"),
     ("default: {}\nmetro: {}\ngridenv/Metro-v1: {}\n", "both 'metro' and 'gridenv/Metro-v1'"),
+    ("default:\n  level_from_site: true\n",
+     "hp.yaml: entry 'default': level_from_site needs policy: site_scoring .* got policy: mlp"),
+    ("default:\n  policy: mlp\nmetro:\n  level_from_site: true\n", "entry 'metro': level_from_site needs policy"),
+    # another scenario's entry, merged with the default, is checked too
+    ("default:\n  policy: site_scoring\n  level_from_site: true\noutage:\n  policy: mlp\n",
+     "entry 'outage': level_from_site needs policy: site_scoring .* got policy: mlp"),
 ])
 def test_bad_hyperparam_files(tmp_path, text, match):
     hp = tmp_path / "hp.yaml"
     hp.write_text(text)
     with pytest.raises(T.HyperparamError, match=match):
         T.load_hyperparams(hp, "metro")
+
+
+def test_level_from_site_without_site_scoring_exits_2_before_writing(capsys, tmp_path):
+    """The site-conditioned level head exists only in the site-scoring policy: asked for with
+    the plain MLP it is refused in one line, not silently dropped, and nothing is written."""
+    hp = tmp_path / "hp.yaml"
+    hp.write_text(TINY_YAML + "  level_from_site: true\n")
+    run_dir = tmp_path / "r"
+    err = _cli_error(capsys, tiny_args(run_dir, hp, "--total-timesteps", "128", "--eval-freq", "0"))
+    assert "level_from_site needs policy: site_scoring" in err and len(err.strip().splitlines()) == 1, err
+    assert not run_dir.exists()
+    # with the site-scoring policy the same key is accepted (as configs/ppo_cache.yaml uses it)
+    hp.write_text(TINY_YAML + "  policy: site_scoring\n  level_from_site: true\n")
+    assert T.load_hyperparams(hp, "metro")["level_from_site"] is True
+    cache = T.load_hyperparams(ROOT / "configs" / "ppo_cache.yaml", "coding-agent")
+    assert cache["level_from_site"] is True and cache["policy"] == "site_scoring"
 
 
 def test_shipped_ppo_yaml_is_valid_for_every_scenario():
