@@ -8,24 +8,14 @@ from gridenv.core.catalog import MODELS
 from gridenv.core.scenario import load_scenario
 from gridenv.core.simulator import SHED, GridSimulator
 from gridenv.core.snapshot import RequestView, make_snapshot
+from scenario_builders import one_site_scenario  # tests/core/scenario_builders.py
 
 
 def one_replica(prompt: int, output: int, rate_rps: float = 1.0, horizon_s: float = 60.0,
                 **chat) -> dict:
-    fixed = lambda n: {"median": n, "sigma": 0.0, "min": n, "max": n}  # noqa: E731
-    return {
-        "name": "limits", "horizon_s": horizon_s,
-        "regions": [{"name": "r", "population": 1.0}],
-        "sites": [{"name": "s", "region": "r", "kind": "core", "gpu": "L4", "tp": 1, "replicas": 1,
-                   "model": "llama-3-8b", "weight_dtype": "fp8", "gpu_usd_per_h": 0.5,
-                   "max_queue": 100000}],
-        "network": {"rtt_ms": {"r": [0.0]}, "api_overhead_ms": 0.0},
-        "workload": {"arrivals": "poisson", "rate_rps": rate_rps,
-                     "classes": {"chat": {"share": 1.0, "prompt_tokens": fixed(prompt),
-                                          "output_tokens": fixed(output), **chat}},
-                     "models": {"llama-3-8b": 1.0}},
-        "actions": {"batch_levels": [64], "initial_batch_level": 0},
-    }
+    """One L4 (fp8 weights) replica; `chat`: extra keys of the chat class (timeouts)."""
+    return one_site_scenario("limits", horizon_s, prompt_tokens=prompt, output_tokens=output, rate_rps=rate_rps,
+                             site={"gpu": "L4", "weight_dtype": "fp8", "gpu_usd_per_h": 0.5}, request_class=chat)
 
 
 def conserved(sim: GridSimulator) -> None:

@@ -17,25 +17,15 @@ from gridenv.core.scenario import load_scenario
 from gridenv.core.schedulers import scheduler
 from gridenv.core.sharing import implied_multi_turn_hits
 from gridenv.core.simulator import GridSimulator
+from scenario_builders import one_site_scenario  # tests/core/scenario_builders.py
 
 MOONCAKE_SAMPLE = Path(__file__).parent / "data" / "mooncake_sample.jsonl"
 
 
 def one_site(**over) -> dict:
-    """One H100 running Llama-3-8B, no network delay, no API overhead."""
-    fixed = lambda n: {"median": n, "sigma": 0.0, "min": n, "max": n}  # noqa: E731
-    raw = {
-        "name": "one-site", "horizon_s": 200.0,
-        "regions": [{"name": "r", "population": 1.0}],
-        "sites": [{"name": "s", "region": "r", "kind": "core", "gpu": "H100", "tp": 1,
-                   "replicas": 1, "model": "llama-3-8b", "gpu_usd_per_h": 3.0, "max_queue": 100000}],
-        "network": {"rtt_ms": {"r": [0.0]}, "api_overhead_ms": 0.0},
-        "workload": {"arrivals": "poisson", "rate_rps": 0.5,
-                     "classes": {"chat": {"share": 1.0, "prompt_tokens": fixed(200),
-                                          "output_tokens": fixed(40)}},
-                     "models": {"llama-3-8b": 1.0}},
-        "actions": {"batch_levels": [64], "initial_batch_level": 0},
-    }
+    """One H100 running Llama-3-8B, no network delay, no API overhead; `over`: top-level
+    sections (a dict updates the section, anything else replaces it)."""
+    raw = one_site_scenario("one-site", 200.0, prompt_tokens=200, output_tokens=40, rate_rps=0.5)
     for k, v in over.items():
         raw[k] = v if not isinstance(v, dict) else {**raw.get(k, {}), **v}
     return raw

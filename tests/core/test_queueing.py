@@ -13,29 +13,16 @@ import pytest
 
 from gridenv.core.scenario import load_scenario
 from gridenv.core.simulator import GridSimulator
+from scenario_builders import one_site_scenario  # tests/core/scenario_builders.py
 
 PROMPT_TOKENS = 512
 OUTPUT_TOKENS = 32
 
 
 def md1_scenario(rate_rps: float, horizon_s: float) -> dict:
-    fixed = lambda n: {"median": n, "sigma": 0.0, "min": n, "max": n}  # noqa: E731
-    return {
-        "name": "md1",
-        "horizon_s": horizon_s,
-        "regions": [{"name": "r", "population": 1.0}],
-        "sites": [{"name": "s", "region": "r", "kind": "core", "gpu": "H100", "tp": 1,
-                   "replicas": 1, "model": "llama-3-8b", "gpu_usd_per_h": 3.0,
-                   "max_queue": 1_000_000}],
-        "network": {"rtt_ms": {"r": [0.0]}, "api_overhead_ms": 0.0},
-        "workload": {
-            "arrivals": "poisson", "rate_rps": rate_rps,
-            "classes": {"chat": {"share": 1.0, "prompt_tokens": fixed(PROMPT_TOKENS),
-                                 "output_tokens": fixed(OUTPUT_TOKENS)}},
-            "models": {"llama-3-8b": 1.0},
-        },
-        "actions": {"batch_levels": [1], "initial_batch_level": 0},
-    }
+    """Batch size 1 and fixed token counts: an M/D/1 queue."""
+    return one_site_scenario("md1", horizon_s, prompt_tokens=PROMPT_TOKENS, output_tokens=OUTPUT_TOKENS,
+                             rate_rps=rate_rps, site={"max_queue": 1_000_000}, batch_levels=[1])
 
 
 def service_time_s(sim: GridSimulator) -> float:

@@ -10,25 +10,16 @@ import pytest
 
 from gridenv.core.scenario import ScenarioError, load_scenario
 from gridenv.core.simulator import GridSimulator
+from scenario_builders import one_site_scenario  # tests/core/scenario_builders.py
 
 BS = 64
 CTX_TOKENS = 1000  # 15 full blocks of 64 and 40 tokens that spill into the conversation's blocks
 
 
 def scenario(prefix: dict, horizon_s: float = 300.0) -> dict:
-    fixed = lambda n: {"median": n, "sigma": 0.0, "min": n, "max": n}  # noqa: E731
-    return {
-        "name": "ctx", "horizon_s": horizon_s,
-        "engine": {"block_size_tokens": BS},
-        "regions": [{"name": "r", "population": 1.0}],
-        "sites": [{"name": "s", "region": "r", "kind": "core", "gpu": "H100", "tp": 1,
-                   "replicas": 1, "model": "llama-3.1-8b", "gpu_usd_per_h": 3.0, "max_queue": 100000}],
-        "network": {"rtt_ms": {"r": [0.0]}, "api_overhead_ms": 0.0},
-        "workload": {"arrivals": "poisson", "rate_rps": 2.0,
-                     "classes": {"code": {"share": 1.0, "prompt_tokens": fixed(100),
-                                          "output_tokens": fixed(50), "prefix": prefix}},
-                     "models": {"llama-3.1-8b": 1.0}},
-    }
+    return one_site_scenario("ctx", horizon_s, prompt_tokens=100, output_tokens=50, rate_rps=2.0,
+                             slo_class="code", model="llama-3.1-8b", request_class={"prefix": prefix},
+                             batch_levels=None, engine={"block_size_tokens": BS})
 
 
 def arrivals(raw: dict, seed: int = 0):
