@@ -75,8 +75,8 @@ def _same_everywhere(inputs, what: str, get) -> object:
     return first
 
 
-def _episodes(inputs) -> tuple[list[dict], dict[tuple, str]]:
-    """Every episode record once (first file wins), and the file each came from."""
+def _episodes(inputs) -> list[dict]:
+    """Every episode record once (the first file's, in input order)."""
     records: dict[tuple, dict] = {}
     source: dict[tuple, str] = {}
     for name, lb in inputs:
@@ -93,11 +93,13 @@ def _episodes(inputs) -> tuple[list[dict], dict[tuple, str]]:
                         f"same reward but different {', '.join(differs)} in {source[key]} and {name}")
                 raise MergeError(f"policy {key[0]!r} on {key[1]} seed {key[2]}: {what}; "
                                  "rerun one of them or leave one file out")
-    return list(records.values()), source
+    return list(records.values())
 
 
-def _check_seed_sets(records: list[dict], scenarios: Sequence[str], labels: Sequence[str]) -> None:
-    """Every policy with episodes on a scenario has the same seeds there."""
+def _check_seed_sets(records: list[dict], scenarios: Sequence[str], labels: Sequence[str],
+                     failed: dict[tuple, str]) -> None:
+    """Every policy with episodes on a scenario has the same seeds there (`failed`: episode
+    key -> the file listing it as failed, to say why a seed is missing)."""
     seeds: dict[str, dict[str, set[int]]] = {}
     for r in records:
         seeds.setdefault(r["scenario"], {}).setdefault(r["policy"], set()).add(r["seed"])
@@ -108,11 +110,13 @@ def _check_seed_sets(records: list[dict], scenarios: Sequence[str], labels: Sequ
             if label in have and have[label] != union:
                 missing = sorted(union - have[label])
                 others = [p for p in labels if p in have and have[p] & set(missing)]
+                why = sorted({failed[k] for s in missing if (k := (label, sc, s)) in failed})
                 raise MergeError(
                     f"scenario {sc}: policy {label!r} lacks seeds {missing} that "
                     f"{', '.join(repr(p) for p in others)} {'has' if len(others) == 1 else 'have'} "
                     "(normalized scores and paired comparisons need every policy on the same seeds; "
-                    f"evaluate {label!r} on them, or merge without them)")
+                    f"evaluate {label!r} on them, or merge without them)"
+                    + (f"; they failed in {', '.join(why)}" if why else ""))
 
 
 def merge_leaderboards(
@@ -163,8 +167,12 @@ def merge_leaderboards(
                 raise MergeError(f"policy {label!r} is {old[0]!r} in {old[1]} but {sp!r} in {name}; "
                                  "label one of them differently (label=spec)")
 
-    records, _ = _episodes(inputs)
-    _check_seed_sets(records, scenarios, labels)
+    records = _episodes(inputs)
+    failed = {}
+    for name, lb in inputs:
+        for f in lb["failures"]:
+            failed.setdefault((f["policy"], f["scenario"], f["seed"]), name)
+    _check_seed_sets(records, scenarios, labels, failed)
     for sc in scenarios:
         if not any(r["scenario"] == sc and spec[r["policy"]][0] == REFERENCE_POLICY for r in records):
             raise MergeError(f"scenario {sc}: no {REFERENCE_POLICY!r} episodes in any input "

@@ -181,13 +181,17 @@ def test_the_same_episode_with_different_rewards_is_refused(runs, tmp_path):
 def test_policies_with_different_seeds_in_a_scenario_are_refused(runs, tmp_path):
     lbs, paths, _ = runs
 
-    def edit(lb):  # jsq's second seed on metro was not run
+    def edit(lb):  # jsq's second episode on metro failed
         lb["episodes"] = [e for e in lb["episodes"]
                           if not (e["policy"] == "jsq" and e["seed"] == SEEDS[1])]
+        lb["failures"] = [{"policy": "jsq", "scenario": "metro", "seed": SEEDS[1],
+                           "error": "RuntimeError: boom", "attempts": 1}]
+        lb["complete"] = False
 
     partial = _edited(lbs["metro"], tmp_path / "partial" / "leaderboard.json", edit)
     _refused(merge_cli(str(partial), str(paths["edge"]), "--out", str(tmp_path / "m")),
-             "scenario metro", "policy 'jsq'", f"lacks seeds [{SEEDS[1]}]")
+             "scenario metro", "policy 'jsq'", f"lacks seeds [{SEEDS[1]}]", "'random', 'slo-greedy' have",
+             f"failed in {partial}")
 
 
 def test_a_scenario_without_random_is_refused(runs, tmp_path):
