@@ -139,6 +139,7 @@ def merge_leaderboards(
 
     scenarios: list[str] = []
     scenario_files: dict[str, str] = {}
+    file_of: dict[str, str] = {}  # scenario -> the input its YAML path came from
     spec: dict[str, tuple[str, str]] = {}  # label -> (spec, file)
     labels: list[str] = []
     for name, lb in inputs:
@@ -147,9 +148,10 @@ def merge_leaderboards(
             if sc not in scenarios:
                 scenarios.append(sc)
         for sc, f in s["scenario_files"].items():
+            file_of.setdefault(sc, name)
             if scenario_files.setdefault(sc, f) != f:
-                raise MergeError(f"scenario {sc} is the file {scenario_files[sc]} in one input "
-                                 f"but {f} in {name}")
+                raise MergeError(f"scenario {sc} is the file {scenario_files[sc]} in {file_of[sc]} "
+                                 f"but {f} in {name}: not the same scenario")
         # the evaluation's policy order: results (and episodes) follow it; the ranking does not
         ordered = [r["policy"] for r in lb["results"]] + [e["policy"] for e in lb["episodes"]]
         kinds = {p["name"]: p["spec"] for p in lb["policies"]}
@@ -175,7 +177,8 @@ def merge_leaderboards(
     _check_seed_sets(records, scenarios, labels, failed)
     for sc in scenarios:
         if not any(r["scenario"] == sc and spec[r["policy"]][0] == REFERENCE_POLICY for r in records):
-            raise MergeError(f"scenario {sc}: no {REFERENCE_POLICY!r} episodes in any input "
+            where = [n for n, lb in inputs if sc in lb["suite"]["scenarios"]]
+            raise MergeError(f"scenario {sc}: no {REFERENCE_POLICY!r} episodes in {', '.join(where)} "
                              f"({REFERENCE_POLICY} is the 0 of the normalized score; evaluate.py "
                              f"adds it to every run)")
 

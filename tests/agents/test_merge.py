@@ -204,7 +204,7 @@ def test_a_scenario_without_random_is_refused(runs, tmp_path):
 
     norandom = _edited(lbs["edge"], tmp_path / "norandom" / "leaderboard.json", edit)
     _refused(merge_cli(str(paths["metro"]), str(norandom), "--out", str(tmp_path / "m")),
-             "scenario distributed-edge", "no 'random' episodes")
+             "scenario distributed-edge", f"no 'random' episodes in {norandom} (")
 
 
 @pytest.mark.parametrize("what, edit, message", [
@@ -245,3 +245,11 @@ def test_merge_error_is_a_value_error_naming_the_file(runs):
     _, paths, _ = runs
     with pytest.raises(MergeError, match="given twice"):
         merge_leaderboards([paths["metro"], paths["metro"].parent])
+
+
+def test_one_scenario_from_two_yaml_files_is_refused(runs, tmp_path):
+    lbs, _, _ = runs
+    a = _edited(lbs["metro"], tmp_path / "a.json", lambda lb: lb["suite"].update(scenario_files={"metro": "a/metro.yaml"}))
+    b = _edited(lbs["metro-p2c"], tmp_path / "b.json", lambda lb: lb["suite"].update(scenario_files={"metro": "b/metro.yaml"}))
+    with pytest.raises(MergeError, match=f"scenario metro is the file a/metro.yaml in {a} but b/metro.yaml in {b}"):
+        merge_leaderboards([b, a])
