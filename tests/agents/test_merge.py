@@ -52,6 +52,9 @@ def runs(tmp_path_factory):
         "edge": evaluate(tiny_suite("distributed-edge"), pols, workers=1, resamples=RESAMPLES),
         "metro-p2c": evaluate(tiny_suite("metro"), parse_policies("random,p2c"), workers=1,
                               resamples=RESAMPLES),
+        "metro-jsq": evaluate(tiny_suite("metro"), parse_policies("jsq"), workers=1, resamples=RESAMPLES),
+        "metro-slo": evaluate(tiny_suite("metro"), parse_policies("slo-greedy"), workers=1,
+                              resamples=RESAMPLES),
     }
     # inputs are read in sorted path order (the command-line order does not matter): the
     # numbered directories put metro first, as in the single run
@@ -103,6 +106,20 @@ def test_merging_two_single_scenario_runs_equals_one_run(runs, tmp_path):
     md = (tmp_path / "m" / "leaderboard.md").read_text()
     assert all(f"## {sc}" in md for sc in SCENARIOS)
     assert "| 1 | slo-greedy |" in proc.stdout or "| 1 | jsq |" in proc.stdout
+
+
+def test_merging_one_policy_per_run_equals_one_run(runs):
+    """jsq and slo-greedy evaluated apart (each run adds random) merge into the run of both."""
+    lbs, paths, _ = runs
+    lb, warnings = merge_leaderboards([paths["metro-slo"], paths["metro-jsq"]], resamples=RESAMPLES)
+    assert not warnings
+    merged = LeaderboardFile.model_validate(lb).model_dump(mode="json")
+    one = LeaderboardFile.model_validate(lbs["metro"]).model_dump(mode="json")
+    by_key = lambda rows: {(r["policy"], r["scenario"]): r for r in rows}  # noqa: E731
+    assert by_key(merged["results"]) == by_key(one["results"])  # each run listed random last
+    assert merged["normalization"] == one["normalization"]
+    assert merged["policies"] == one["policies"]
+    assert sorted(map(str, _numbers(merged))) == sorted(map(str, _numbers(one)))
 
 
 def test_best_heuristic_is_of_the_merged_set(runs):
