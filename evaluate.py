@@ -60,6 +60,10 @@ def merge_main(args: EvalArgs) -> int:
     if args.tb_logdir and not Path(args.tb_logdir).is_dir():
         raise FileNotFoundError(f"--tb-logdir {args.tb_logdir}: no such directory")
     lb, warnings = merge_leaderboards(args.merge, resamples=args.resamples)
+    if args.report == "claims":
+        missing = {"centralized", "distributed-edge"} - set(lb["suite"]["scenarios"])
+        if missing:
+            raise ValueError(f"--report claims needs scenarios {sorted(missing)} in the merged leaderboards")
     for w in warnings:
         print(f"evaluate.py: warning: {w}", file=sys.stderr)
     out = Path(args.out)

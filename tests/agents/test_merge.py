@@ -239,11 +239,13 @@ def test_inputs_of_different_benchmarks_are_refused(runs, tmp_path, what, edit, 
     (["--suite", "smoke"], "--suite does not apply to --merge"),
     (["--policies", "jsq"], "--policies does not apply to --merge"),
     ([], "--merge needs --out"),
+    (["--report", "claims"], "--report claims needs scenarios ['centralized', 'distributed-edge'] in the merged"),
 ])
 def test_run_flags_with_merge_are_usage_errors(runs, tmp_path, flags, message):
     _, paths, _ = runs
     out = [] if message.endswith("--out") else ["--out", str(tmp_path / "m")]
     _refused(merge_cli(str(paths["metro"]), *flags, *out), message)
+    assert not (tmp_path / "m").exists()
 
 
 def test_different_gridenv_versions_merge_with_a_warning(runs, tmp_path):
