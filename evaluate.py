@@ -72,6 +72,9 @@ def merge_main(args: EvalArgs) -> int:
         print(f"merged {len(args.merge)} leaderboards: {len(lb['episodes'])} episodes, "
               f"{len(lb['suite']['scenarios'])} scenarios, {len(lb['policies'])} policies; wrote "
               f"{', '.join(p.name for p in paths)} to {out}", file=sys.stderr)
+    for f in lb["failures"]:  # failed in an input, and no other input has the episode
+        print(f"evaluate.py: failed in its run, not merged: policy {f['policy']!r} on {f['scenario']} "
+              f"seed {f['seed']}: {f['error']}", file=sys.stderr)
     return 1 if lb["failures"] else 0
 
 
@@ -82,6 +85,7 @@ def main(args: EvalArgs) -> int:
 
     if args.merge is not None:
         return merge_main(args)
+
     from agents.arguments import int_list
     from agents.evaluation import evaluate, get_suite, parse_policies, print_progress
     from agents.heuristics import heuristic_names

@@ -272,3 +272,32 @@ def test_one_scenario_from_two_yaml_files_is_refused(runs, tmp_path):
     b = _edited(lbs["metro-p2c"], tmp_path / "b.json", lambda lb: lb["suite"].update(scenario_files={"metro": "b/metro.yaml"}))
     with pytest.raises(MergeError, match=f"scenario metro is the file a/metro.yaml in {a} but b/metro.yaml in {b}"):
         merge_leaderboards([b, a])
+
+
+def _all_failed_on_seed(lb: dict, seed: int) -> None:
+    """Every policy's episode of `seed` failed (so the seed sets still agree)."""
+    gone = [e for e in lb["episodes"] if e["seed"] == seed]
+    lb["episodes"] = [e for e in lb["episodes"] if e["seed"] != seed]
+    lb["failures"] = [{"policy": e["policy"], "scenario": e["scenario"], "seed": seed,
+                       "error": "RuntimeError: boom", "attempts": 1} for e in gone]
+    lb["complete"] = False
+
+
+def test_failures_no_input_makes_up_for_stay_listed_and_exit_1(runs, tmp_path):
+    lbs, paths, _ = runs
+    failed = _edited(lbs["metro"], tmp_path / "failed" / "leaderboard.json",
+                     lambda lb: _all_failed_on_seed(lb, SEEDS[1]))
+    proc = merge_cli(str(failed), str(paths["edge"]), "--out", str(tmp_path / "m"), "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("failed in its run, not merged") == 3
+    lb = json.loads((tmp_path / "m" / "leaderboard.json").read_text())
+    assert not lb["complete"] and len(lb["failures"]) == 3
+    assert {f["seed"] for f in lb["failures"]} == {SEEDS[1]}
+
+
+def test_a_failure_another_input_has_the_episode_of_is_dropped(runs, tmp_path):
+    lbs, paths, _ = runs
+    failed = _edited(lbs["metro"], tmp_path / "failed.json", lambda lb: _all_failed_on_seed(lb, SEEDS[1]))
+    lb, _ = merge_leaderboards([failed, paths["metro"]], resamples=RESAMPLES)
+    assert lb["complete"] and not lb["failures"]
+    assert lb["results"] == LeaderboardFile.model_validate(lbs["metro"]).model_dump(mode="json")["results"]
