@@ -198,7 +198,8 @@ def merge_leaderboards(
     def rank(key):
         return (order[0].get(key[0], len(order[0])), key[0], order[1].get(key[1], len(order[1])), key[1:])
 
-    seeds = tuple(sorted({r["seed"] for r in records} | {s for _, lb in inputs for s in lb["suite"]["seeds"]}))
+    seeds = tuple(sorted({r["seed"] for r in records}
+                         | {s for _, lb in inputs for s in lb["suite"]["seeds"]}))
     names = ", ".join(f"{n} (suite {lb['suite']['name']})" for n, lb in inputs)
     suite_names = list(dict.fromkeys(lb["suite"]["name"] for _, lb in inputs))
     suite = Suite(f"merge of {'+'.join(suite_names)}", f"merge of {len(inputs)} leaderboards: {names}",

@@ -58,7 +58,8 @@ def runs(tmp_path_factory):
     }
     # inputs are read in sorted path order (the command-line order does not matter): the
     # numbered directories put metro first, as in the single run
-    paths = {k: write_json(lb, tmp / f"{i}-{k}" / "leaderboard.json") for i, (k, lb) in enumerate(lbs.items())}
+    paths = {k: write_json(lb, tmp / f"{i}-{k}" / "leaderboard.json")
+             for i, (k, lb) in enumerate(lbs.items())}
     return lbs, paths, tmp
 
 
@@ -239,7 +240,8 @@ def test_inputs_of_different_benchmarks_are_refused(runs, tmp_path, what, edit, 
     (["--suite", "smoke"], "--suite does not apply to --merge"),
     (["--policies", "jsq"], "--policies does not apply to --merge"),
     ([], "--merge needs --out"),
-    (["--report", "claims"], "--report claims needs scenarios ['centralized', 'distributed-edge'] in the merged"),
+    (["--report", "claims"],
+     "--report claims needs scenarios ['centralized', 'distributed-edge'] in the merged"),
 ])
 def test_run_flags_with_merge_are_usage_errors(runs, tmp_path, flags, message):
     _, paths, _ = runs
@@ -256,7 +258,8 @@ def test_different_gridenv_versions_merge_with_a_warning(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "0.0.1" in warning[0] and lbs["metro"]["gridenv_version"] in warning[0]
-    assert json.loads((tmp_path / "m" / "leaderboard.json").read_text())["suite"]["scenarios"] == list(SCENARIOS)
+    merged = json.loads((tmp_path / "m" / "leaderboard.json").read_text())
+    assert merged["suite"]["scenarios"] == list(SCENARIOS)
 
 
 def test_merge_error_is_a_value_error_naming_the_file(runs):
@@ -268,9 +271,13 @@ def test_merge_error_is_a_value_error_naming_the_file(runs):
 
 def test_one_scenario_from_two_yaml_files_is_refused(runs, tmp_path):
     lbs, _, _ = runs
-    a = _edited(lbs["metro"], tmp_path / "a.json", lambda lb: lb["suite"].update(scenario_files={"metro": "a/metro.yaml"}))
-    b = _edited(lbs["metro-p2c"], tmp_path / "b.json", lambda lb: lb["suite"].update(scenario_files={"metro": "b/metro.yaml"}))
-    with pytest.raises(MergeError, match=f"scenario metro is the file a/metro.yaml in {a} but b/metro.yaml in {b}"):
+    def from_file(path):
+        return lambda lb: lb["suite"].update(scenario_files={"metro": path})
+
+    a = _edited(lbs["metro"], tmp_path / "a.json", from_file("a/metro.yaml"))
+    b = _edited(lbs["metro-p2c"], tmp_path / "b.json", from_file("b/metro.yaml"))
+    with pytest.raises(MergeError, match=f"scenario metro is the file a/metro.yaml in {a} "
+                                         f"but b/metro.yaml in {b}"):
         merge_leaderboards([b, a])
 
 
