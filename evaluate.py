@@ -5,6 +5,7 @@
     python evaluate.py --suite standard --policies ppo-metro=models/metro,jsq,llm-d
     python evaluate.py --suite smoke --scenarios path/to/my.yaml --policies jsq,llm-d
     python evaluate.py --report claims            # centralized vs distributed-edge, slo-greedy
+    python evaluate.py --merge lb-metro/leaderboard.json lb-rag/leaderboard.json --out lb-all
 
 Writes into --out: leaderboard.json (schema: python -m gridenv schemas leaderboard),
 leaderboard.csv, leaderboard.md, reward_by_scenario.png, cost_vs_slo.png,
@@ -15,6 +16,12 @@ interface fits (observation size, site slots, batch levels); the others are list
 An episode whose worker process died is retried twice; an episode that raises is not (it would
 raise again). Failed episodes are listed by name; the leaderboard of the rest is still written,
 and the exit status is 1. Bad input exits with status 2 and one line (--debug: the traceback).
+
+--merge runs nothing: it merges the episodes of leaderboards evaluated piece by piece (one
+scenario or policy per run) into one leaderboard, recomputed as if evaluated at once, and
+writes the same files (agents/merge.py says what it refuses). It is a mode of this script, not
+a command of its own, because its output, --out, --resamples, --report and the error
+handling are this script's.
 """
 
 import sys
@@ -22,13 +29,63 @@ import sys
 from agents.arguments import EvalArgs, parse, run_main
 
 
-def main(args: EvalArgs) -> int:
+def write_outputs(lb: dict, out, args: EvalArgs, claims_policies: list[str] | None) -> list:
+    """The leaderboard files, the aggregate table on stdout and the --report claims; the paths."""
     import json
+
+    from agents import report
+
+    paths = report.write_leaderboard(lb, out)
+    if args.tb_logdir:
+        lc = report.plot_learning_curves(args.tb_logdir, out / "learning_curves.png")
+        if lc:
+            paths.append(lc)
+    print(report.leaderboard_markdown(lb).split("\n## ")[0].rstrip())  # the aggregate table
+    if args.report == "claims":
+        text, data = report.claims_report(lb, claims_policies)
+        (out / "claims.md").write_text("```\n" + text + "```\n")
+        (out / "claims.json").write_text(json.dumps(data, indent=1) + "\n")
+        paths += [out / "claims.md", out / "claims.json"]
+        print()
+        print(text, end="")
+    return paths
+
+
+def merge_main(args: EvalArgs) -> int:
+    """--merge: one leaderboard from the episodes of several (agents.merge)."""
+    from pathlib import Path
+
+    from agents.merge import merge_leaderboards
+
+    if args.tb_logdir and not Path(args.tb_logdir).is_dir():
+        raise FileNotFoundError(f"--tb-logdir {args.tb_logdir}: no such directory")
+    lb, warnings = merge_leaderboards(args.merge, resamples=args.resamples)
+    if args.report == "claims":
+        missing = {"centralized", "distributed-edge"} - set(lb["suite"]["scenarios"])
+        if missing:
+            raise ValueError(f"--report claims needs scenarios {sorted(missing)} in the merged leaderboards")
+    for w in warnings:
+        print(f"evaluate.py: warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    paths = write_outputs(lb, out, args, None)
+    if not args.quiet:
+        print(f"merged {len(args.merge)} leaderboards: {len(lb['episodes'])} episodes, "
+              f"{len(lb['suite']['scenarios'])} scenarios, {len(lb['policies'])} policies; wrote "
+              f"{', '.join(p.name for p in paths)} to {out}", file=sys.stderr)
+    for f in lb["failures"]:  # failed in an input, and no other input has the episode
+        print(f"evaluate.py: failed in its run, not merged: policy {f['policy']!r} on {f['scenario']} "
+              f"seed {f['seed']}: {f['error']}", file=sys.stderr)
+    return 1 if lb["failures"] else 0
+
+
+def main(args: EvalArgs) -> int:
     import os
     import time
     from pathlib import Path
 
-    from agents import report
+    if args.merge is not None:
+        return merge_main(args)
+
     from agents.arguments import int_list
     from agents.evaluation import evaluate, get_suite, parse_policies, print_progress
     from agents.heuristics import heuristic_names
@@ -69,19 +126,7 @@ def main(args: EvalArgs) -> int:
     elapsed = time.perf_counter() - t0
 
     # 4. The leaderboard files (also when some episodes failed: those are listed in them).
-    paths = report.write_leaderboard(lb, out)
-    if args.tb_logdir:
-        lc = report.plot_learning_curves(args.tb_logdir, out / "learning_curves.png")
-        if lc:
-            paths.append(lc)
-    print(report.leaderboard_markdown(lb).split("\n## ")[0].rstrip())  # the aggregate table
-    if args.report == "claims":
-        text, data = report.claims_report(lb, [p.label for p in policies])
-        (out / "claims.md").write_text("```\n" + text + "```\n")
-        (out / "claims.json").write_text(json.dumps(data, indent=1) + "\n")
-        paths += [out / "claims.md", out / "claims.json"]
-        print()
-        print(text, end="")
+    paths = write_outputs(lb, out, args, [p.label for p in policies])
     for s in lb["skipped"]:
         print(f"evaluate.py: skipped {s['policy']} on {s['scenario']}: {s['reason']}", file=sys.stderr)
     if not args.quiet:

@@ -119,6 +119,8 @@ class EvalArgs:
     """comma-separated policies: heuristic names, run directories, SB3 .zip or ONNX paths, module:Class, each optionally label=spec"""
     out: Annotated[Optional[str], _unset("leaderboards/<suite>", "DIR")] = None
     """output directory"""
+    merge: Annotated[Optional[tuple[str, ...]], _unset("run the episodes", "JSON [JSON ...]")] = None
+    """leaderboard.json files (or their directories) of earlier runs, e.g. one per scenario: run nothing, merge their episodes into one leaderboard in --out (same files; normalized by random and the best heuristic of the merged set)"""
     workers: int = 2
     """worker processes running episodes (--backend ray without --ray-address: CPUs of the local Ray)"""
     backend: Literal["local", "ray"] = "local"
@@ -192,7 +194,21 @@ def _check_train(a: TrainArgs) -> None:
         raise UsageError("--ray-address needs --backend ray")
 
 
+#: EvalArgs fields that choose which episodes to run: meaningless with --merge.
+_RUN_ONLY = ("suite", "policies", "scenarios", "seeds", "suites_file", "backend", "ray_address", "workers")
+
+
 def _check_eval(a: EvalArgs) -> None:
+    if a.merge is not None:
+        if not a.merge:
+            raise UsageError("--merge: give the leaderboard.json files to merge")
+        if not a.out:
+            raise UsageError("--merge needs --out DIR (where the merged leaderboard goes)")
+        defaults = {f.name: f.default for f in dataclasses.fields(EvalArgs)}
+        for name in _RUN_ONLY:
+            if getattr(a, name) != defaults[name]:
+                raise UsageError(f"{_flag(name)} does not apply to --merge, which runs no episode "
+                                 "(the inputs' episodes are merged as they are)")
     _at_least(a, "workers", 1)
     _at_least(a, "resamples", 1)
     if a.seeds is not None:

@@ -60,6 +60,10 @@ COMMANDS: dict[str, tuple] = {
     "python train.py --scenario metro --hyperparams configs/ppo_fast.yaml --warm-start cost-greedy --total-timesteps 600000 --eval-freq 50000 --seed 1": ("parse", "train.py"),
     "python -m agents.bench_training --steps 20480 --repeats 2": ("twin", "tests/agents/test_vec_env.py::test_bench_training_reports_every_variant"),
     "python evaluate.py --suite smoke --out /tmp/lb": ("run", 600),
+    # the merge example: two pieces, then their merge (run in this order, as the README block)
+    "python evaluate.py --suite smoke --scenarios metro --policies random,jsq,slo-greedy --out /tmp/lb-pieces/1-metro": ("run", 300),
+    "python evaluate.py --suite smoke --scenarios distributed-edge --policies random,jsq,slo-greedy --out /tmp/lb-pieces/2-edge": ("run", 300),
+    "python evaluate.py --merge /tmp/lb-pieces/1-metro /tmp/lb-pieces/2-edge --out /tmp/lb-merged": ("run", 300),
     "python evaluate.py --suite standard --policies ppo-metro=models/metro,jsq,llm-d": ("parse", "evaluate.py"),
     "python evaluate.py --report claims": ("parse", "evaluate.py"),
     "python evaluate.py --suite cache --policies jsq,slo-greedy,local-spill,llmd-precise,dynamo-kv": ("parse", "evaluate.py"),
