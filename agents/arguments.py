@@ -65,6 +65,8 @@ class TrainArgs:
     """imitation warm start: clone this heuristic's decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
     warm_start_steps: int = 10_000
     """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
+    warm_start_updates: int = 1500
+    """minibatch steps (of 256 decisions) of the behaviour cloning, at least; whole epochs, at most 50 (more demonstrations or more updates: a closer clone)"""
     warm_start_level: Annotated[Optional[int], _unset("the heuristic's own: it keeps each site's current level", "INT")] = None
     """batch level index the cloned heuristic requests at every site it picks (0 = the smallest of the scenario's batch_levels); e.g. 2 for 128 on the cache scenarios, where that level beats the initial one for every cache-aware router"""
     warm_start_core_level: Annotated[Optional[int], _unset("--warm-start-level", "INT")] = None
@@ -182,6 +184,8 @@ def _check_train(a: TrainArgs) -> None:
         int_list(a.seeds, "--seeds")
     if a.warm_start_steps < 0:
         raise UsageError(f"--warm-start-steps must be at least 0, got {a.warm_start_steps}")
+    if a.warm_start_updates < 1:
+        raise UsageError(f"--warm-start-updates must be at least 1, got {a.warm_start_updates}")
     if a.warm_start_level is not None and a.warm_start_level < 0:
         raise UsageError(f"--warm-start-level must be a batch level index >= 0, got {a.warm_start_level}")
     if a.warm_start_core_level is not None and a.warm_start_core_level < 0:

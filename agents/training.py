@@ -395,14 +395,18 @@ class SaveVecNormalizeCallback(BaseCallback):
         return True
 
 
-def make_eval_callback(algo: str, eval_env: VecNormalize, collapse_check=None, **kwargs) -> EvalCallback:
+def make_eval_callback(algo: str, eval_env: VecNormalize, collapse_check=None, eval_at_start: bool = False,
+                       **kwargs) -> EvalCallback:
     """An EvalCallback (``ppo``) or MaskableEvalCallback (``maskable_ppo``) that
 
     * restarts the eval env's fixed seed cycle before each evaluation,
     * records the mean end-of-episode metrics of the evaluation episodes as ``eval/<metric>``, and
     * with `collapse_check` (``f(timesteps, episode metrics, mean reward) -> warning or None``,
       e.g. :func:`eval_collapse_warning`), prints a ``train.py: warning:`` line after an
-      evaluation where the policy collapsed, and keeps them in ``collapse_warnings``.
+      evaluation where the policy collapsed, and keeps them in ``collapse_warnings``;
+    * with `eval_at_start`, evaluates once before the first rollout (timestep 0), so a policy
+      that starts good (a warm start, ``--init-from``) is itself a candidate best model: PPO
+      can move a clone down before it moves it up, and the best model is then the clone.
 
     `kwargs` go to the callback (eval_freq, n_eval_episodes, best_model_save_path, ...).
     """
@@ -419,6 +423,11 @@ def make_eval_callback(algo: str, eval_env: VecNormalize, collapse_check=None, *
             self._episode_metrics: list[dict] = []
             self.last_episode_metrics: list[dict] = []
             self.collapse_warnings: list[str] = []
+
+        def _on_training_start(self) -> None:
+            super()._on_training_start()
+            if eval_at_start and self.eval_freq > 0 and self.n_calls == 0:
+                self._on_step()  # n_calls is 0, a multiple of eval_freq: one evaluation now
 
         def _on_step(self) -> bool:
             evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
@@ -502,7 +511,8 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
         obs = venv.normalize_obs(obs).astype(np.float32)
     maskable = algo == "maskable_ppo"
     before, after, acc_site, acc_level = W.behaviour_clone(model.policy, obs, demo.masks, demo.actions,
-                                                           maskable=maskable, seed=args.seed)
+                                                           maskable=maskable, seed=args.seed,
+                                                           min_updates=args.warm_start_updates)
     returns = W.normalized_returns(demo.rewards, demo.episode_starts, gamma, venv)
     r2 = W.fit_critic(model.policy, obs, returns, seed=args.seed)
     return W.WarmStartReport(heuristic, len(demo.actions), demo.n_episodes, demo.shed_frac, acc_site,
@@ -806,6 +816,8 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
             args.algo, eval_env, n_eval_episodes=eval_episodes, eval_freq=max(args.eval_freq // n_envs, 1),
             collapse_check=lambda steps, metrics, reward: eval_collapse_warning(
                 run_dir.name, steps, metrics, reward, reference),
+            # A warm-started or fine-tuned policy is scored before PPO changes it (not on resume).
+            eval_at_start=ckpt is None and (warm_report is not None or init_model is not None),
             best_model_save_path=str(run_dir / "best_model"), log_path=str(run_dir / "eval"), deterministic=True,
             callback_on_new_best=SaveVecNormalizeCallback(run_dir / "best_model"), verbose=args.verbose,
         )

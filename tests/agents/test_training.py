@@ -362,6 +362,7 @@ def test_args_parsing_and_help():
     (["--verbose", "7"], "--verbose must be 0, 1 or 2"),
     (["--warm-start-level", "-1"], "--warm-start-level must be a batch level index >= 0, got -1"),
     (["--warm-start-core-level", "-3"], "--warm-start-core-level must be a batch level index >= 0, got -3"),
+    (["--warm-start-updates", "0"], "--warm-start-updates must be at least 1, got 0"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
     (["--total-timesteps", "many"], "--total-timesteps"),
 ])
@@ -374,6 +375,33 @@ def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
     if not flag.endswith("timesteps"):  # our own checks: one line
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_started_run_is_evaluated_before_ppo_and_a_cold_one_is_not(tiny_run, tiny_hp, tmp_path):
+    """The clone is a candidate best model: PPO may move it down first (eval at timestep 0)."""
+    run_dir, _ = tiny_run  # warm-started (slo-greedy, the default)
+    with np.load(run_dir / "eval" / "evaluations.npz") as d:
+        steps = d["timesteps"].tolist()
+    assert steps[0] == 0 and steps[1:] and min(steps[1:]) > 0
+    cold = tmp_path / "cold"
+    train.main(tiny_args(cold, tiny_hp, "--warm-start", "none"))
+    with np.load(cold / "eval" / "evaluations.npz") as d:
+        assert d["timesteps"].tolist()[0] > 0
+
+
+def test_warm_start_updates_reach_the_behaviour_cloning(tmp_path, tiny_hp, monkeypatch):
+    from agents import warm_start as W
+
+    seen = {}
+    real = W.behaviour_clone
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(W, "behaviour_clone", spy)
+    train.main(tiny_args(tmp_path / "r", tiny_hp, "--warm-start-updates", "7", "--eval-freq", "0"))
+    assert seen["min_updates"] == 7
 
 
 def test_a_warm_start_level_the_scenario_lacks_exits_2_naming_it(tmp_path):
