@@ -322,11 +322,12 @@ def test_level_from_site_without_site_scoring_exits_2_before_writing(capsys, tmp
     assert cache["level_from_site"] is True and cache["policy"] == "site_scoring"
 
 
-def test_shipped_ppo_yaml_is_valid_for_every_scenario():
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("ppo*.yaml")), ids=lambda p: p.name)
+def test_shipped_ppo_yaml_is_valid_for_every_scenario(path):
     from gridenv.core.scenario import scenario_names
 
-    for name in scenario_names():
-        hp = T.load_hyperparams(ROOT / "configs" / "ppo.yaml", name)
+    for name in [*scenario_names(), "random-grid"]:
+        hp = T.load_hyperparams(path, name)
         assert hp["n_envs"] * hp["n_steps"] % hp["batch_size"] == 0, name
         assert hp["normalize"]["reward"] and 0.9 < hp["gamma"] < 1
         assert hp["eval_seeds_start"] + hp["eval_episodes"] <= 10_000  # leaderboard seeds are held out
