@@ -147,18 +147,19 @@ def _run_dir(model_path: Path) -> Path:
 
 def infer_scenario(model_path: Path, scenario: str | None = None) -> tuple[str, dict, str]:
     """(scenario name, env_config, where it came from) for the model at `model_path`."""
-    from gridenv.core.scenario import scenario_names
-    from gridenv.envs.registration import env_id
+    from gridenv.core.scenario import ScenarioError, scenario_names
+    from gridenv.envs.registration import resolve_scenario
 
     names = scenario_names()
-    by_id = {env_id(n): n for n in names}
 
     def canon(s: str, where: str) -> str:
-        if s in names:
-            return s
-        if s in by_id:
-            return by_id[s]
-        raise ExportError(f"{where}: unknown scenario {s!r}; known: {', '.join(names)}")
+        """A built-in name, an env id, or a scenario YAML file (a user's own grid, the Mooncake
+        replay, a held-out grid): its name, with its id registered for the checks below."""
+        try:
+            return resolve_scenario(s).name
+        except ScenarioError as err:
+            raise ExportError(f"{where}: unknown scenario {s!r} ({err}); known: {', '.join(names)}, "
+                              "or a scenario YAML file") from None
 
     run = _run_dir(model_path)
     args_json = run / "args.json"

@@ -222,6 +222,26 @@ def test_init_from_refuses_another_interface_naming_it(random_grid_run, hp, tmp_
     assert "--init-from" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scenario", [str(OWN_GRID), "mooncake-replay", "gridenv/Metro-v1"])
+def test_a_generalist_exports_for_a_grid_file_or_any_registered_scenario(random_grid_run, scenario, tmp_path):
+    """A platform engineer's own grid is a YAML file: export takes it (and names it back)."""
+    from agents.export import ExportError, export_policy
+    from agents.onnx_policy import ONNXPolicy
+    from gridenv.envs.registration import register_scenario
+
+    run_dir, _ = random_grid_run
+    out = tmp_path / "onnx"
+    res = export_policy(run_dir / "model.zip", out, scenario=scenario, verify_states=16)
+    assert res["scenario"] == json.loads((out / "policy.json").read_text())["scenario"]["name"] != ""
+    policy = ONNXPolicy(out)
+    env = gym.make(register_scenario(scenario), config={"horizon_s": 5, "observation": {"mode": "relative"},
+                                                        "actions": {"max_sites": 12}})
+    obs, info = env.reset(seed=3)
+    assert policy.act(obs, info["snapshot"]).shape == (2,)
+    with pytest.raises(ExportError, match="no-such-grid.yaml"):
+        export_policy(run_dir / "model.zip", tmp_path / "x", scenario=str(tmp_path / "no-such-grid.yaml"))
+
+
 def test_own_grid_file_is_what_the_generator_writes(tmp_path):
     """The README's own grid: `python -m gridenv.core.random_grid --seeds 1500000008 --prefix own-grid`,
     a seed in neither the training (< 1e9) nor the held-out (>= 2e9) range."""
@@ -255,3 +275,44 @@ def test_ctrl_c_stops_training_and_keeps_the_model(hp, tmp_path, capsys, monkeyp
     monkeypatch.undo()
     resumed = train_main(["--resume", *tiny(run, hp, "--scenario", "metro")])
     assert resumed["timesteps"] == 256 and not resumed["interrupted"]
+
+
+@pytest.mark.parametrize("source", ["metro", "configs/generalization/heldout-2000000006.yaml"])
+def test_committed_generalist_loads_and_matches_its_onnx_export(source, tmp_path):
+    """models/generalist on a registered scenario (seen through the relative observation; its
+    committed export) and on a held-out grid (exported for that grid here: an export binds the
+    statics of one grid): the SB3 model and its ONNX export take the same decisions, and it sets
+    batch levels itself (its teacher asked for 128; no registered heuristic changes a level)."""
+    import torch
+
+    from agents.export import export_policy
+    from agents.onnx_policy import ONNXPolicy
+    from agents.sb3_policy import SB3Policy
+    from gridenv.envs.registration import register_scenario
+
+    models = ROOT / "models" / "generalist"
+    src = str(ROOT / source) if source.endswith(".yaml") else source
+    onnx_dir = models / "onnx"
+    if source.endswith(".yaml"):
+        export_policy(models / "best_model.zip", tmp_path / "onnx", scenario=src, verify_states=64)
+        onnx_dir = tmp_path / "onnx"
+    policy, onnx = SB3Policy(models / "best_model.zip"), ONNXPolicy(onnx_dir)
+    env = gym.make(register_scenario(src), config={"horizon_s": 20, "observation": {"mode": "relative"},
+                                                   "actions": {"max_sites": 12}})
+    obs, info = env.reset(seed=12)
+    levels, ties, routed = set(), 0, 0
+    for _ in range(200):
+        a, b = policy.act(obs, info["snapshot"]), onnx.act(obs, info["snapshot"])
+        if a.tolist() != b.tolist():  # only where two sites score the same to float precision
+            with torch.no_grad():
+                logits = policy.model.policy.mlp_extractor.forward_actor(torch.as_tensor(obs[None]))[0].numpy()
+            assert a[1] == b[1] and abs(logits[a[0]] - logits[b[0]]) < 1e-4, (a, b, logits)
+            ties += 1
+        if a[0] < info["snapshot"].statics.n_sites:
+            routed += 1
+            levels.add(int(a[1]))
+        obs, _, _, trunc, info = env.step(a)
+        if trunc:
+            break
+    assert ties <= 5 and routed > 50
+    assert 2 in levels
