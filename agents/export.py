@@ -315,9 +315,10 @@ def _verify(onnx_bytes: bytes, model, stats: dict, env, n_states: int, seed: int
     ref_site = ref_masked[:, :n_site].argmax(1)
     ref_level = ref_masked[:, n_site:].argmax(1)
     diff = float(np.abs(np.where(M, logits - ref, 0.0)).max())
+    scale = float(np.abs(np.where(M, ref, 0.0)).max())
     agree = float(np.mean((site == ref_site) & (level == ref_level)))
     masked_chosen = int((~M[np.arange(len(M)), site]).sum())
-    return {"states": int(len(X)), "max_abs_logit_diff": diff, "action_agreement": agree,
+    return {"states": int(len(X)), "max_abs_logit_diff": diff, "max_abs_logit": scale, "action_agreement": agree,
             "masked_actions_chosen": masked_chosen}
 
 
@@ -445,7 +446,11 @@ def export_policy(path: str | Path, out_dir: str | Path, scenario: str | None = 
     verification = None
     if verify_states > 0:
         verification = _verify(onnx_bytes, model, stats, env, verify_states)
-        if not verification["max_abs_logit_diff"] <= 1e-4 or verification["masked_actions_chosen"]:
+        # float32 through the MLPs (and the site-conditioned level head's soft choice): 1e-4
+        # absolute, or 1e-5 of the largest logit for peaked policies (a close behaviour clone's
+        # logits reach ~100, where one float32 ulp is 8e-6).
+        tolerance = max(1e-4, 1e-5 * verification["max_abs_logit"])
+        if not verification["max_abs_logit_diff"] <= tolerance or verification["masked_actions_chosen"]:
             raise ExportError(f"the exported graph disagrees with the SB3 policy: {verification}")
 
     meta = {
