@@ -315,3 +315,4 @@ def test_committed_generalist_loads_and_matches_its_onnx_export(source, tmp_path
         if trunc:
             break
     assert ties <= 5 and routed > 50
+    assert 2 in levels
