@@ -70,6 +70,7 @@ COMMANDS: dict[str, tuple] = {
     "python evaluate.py --suite generalization --policies jsq,slo-greedy,cost-greedy": ("parse", "evaluate.py"),
     "python evaluate.py --suite generalization --policies generalist=models/generalist,slo-greedy,cost-greedy": ("parse", "evaluate.py"),
     "python evaluate.py --suites-file configs/suites_generalist.yaml --suite zero-shot --policies slo-greedy,cost-greedy,generalist=models/generalist": ("parse", "evaluate.py"),
+    "python evaluate.py --suites-file configs/suites_generalist.yaml --suite zero-shot --scenarios metro --policies slo-greedy,cost-greedy,generalist=models/generalist,slo-greedy-b128=examples/largest_batch_reference.py:SloGreedyLargestBatch": ("parse", "evaluate.py"),
     "python -m gridenv.core.random_grid --seeds 1500000008 --out configs/own-grid --prefix own-grid": ("twin", "tests/agents/test_generalist_training.py::test_own_grid_file_is_what_the_generator_writes"),
     "python train.py --scenario configs/own-grid/own-grid-1500000008.yaml": ("parse", "train.py"),
     "python train.py --scenario configs/own-grid/own-grid-1500000008.yaml --init-from models/generalist --run-dir runs/own-grid_ft": ("parse", "train.py"),

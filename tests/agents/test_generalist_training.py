@@ -316,3 +316,28 @@ def test_committed_generalist_loads_and_matches_its_onnx_export(source, tmp_path
             break
     assert ties <= 5 and routed > 50
     assert 2 in levels
+
+
+def test_largest_batch_reference_routes_as_slo_greedy_at_the_largest_level():
+    """examples/largest_batch_reference.py (the README's reference row): slo-greedy's site, the
+    last batch level, and a shed stays a shed."""
+    from agents.heuristics import make_heuristic
+    from agents.registry import load_policy
+
+    ref = load_policy(str(ROOT / "examples" / "largest_batch_reference.py") + ":SloGreedyLargestBatch")
+    slo = make_heuristic("slo-greedy")
+    env = gym.make("gridenv/Bursty-v1", config={"horizon_s": 30})
+    obs, info = env.reset(seed=4)
+    ref.reset(4), slo.reset(4)
+    n_levels = len(info["snapshot"].statics.batch_levels)
+    routed = 0
+    for _ in range(300):
+        a, b = ref.act(obs, info["snapshot"]), slo.act(obs, info["snapshot"])
+        assert a[0] == b[0]
+        if a[0] < info["snapshot"].statics.n_sites:
+            assert a[1] == n_levels - 1
+            routed += 1
+        obs, _, _, trunc, info = env.step(a)
+        if trunc:
+            break
+    assert routed > 100
