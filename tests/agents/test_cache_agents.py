@@ -12,6 +12,7 @@ import gridenv  # noqa: F401
 from agents import training as T
 from agents import warm_start as W
 from agents.site_policy import MaskableSiteScoringPolicy
+from policy_parity import rollout_sb3_vs_onnx  # tests/agents/policy_parity.py
 
 CODING = "gridenv/CodingAgent-v1"
 SHORT = {"horizon_s": 40}
@@ -98,19 +99,6 @@ def test_committed_cache_agents_load_and_match_their_onnx_export(scenario, env_i
 
     models = Path(__file__).resolve().parents[2] / "models" / scenario
     policy, onnx = SB3Policy(models / "best_model.zip"), ONNXPolicy(models / "onnx")
-    env = gym.make(env_id, config=SHORT)
-    obs, info = env.reset(seed=12)
-    levels, ties = set(), 0
-    for _ in range(200):
-        a, b = policy.act(obs, info["snapshot"]), onnx.act(obs, info["snapshot"])
-        if a.tolist() != b.tolist():  # only where two sites score the same to float precision
-            with torch.no_grad():
-                logits = policy.model.policy.mlp_extractor.forward_actor(torch.as_tensor(obs[None]))[0].numpy()
-            assert a[1] == b[1] and abs(logits[a[0]] - logits[b[0]]) < 1e-4, (a, b, logits)
-            ties += 1
-        levels.add(int(a[1]))
-        obs, _, _, trunc, info = env.step(a)
-        if trunc:
-            break
+    levels, ties, _ = rollout_sb3_vs_onnx(policy, onnx, gym.make(env_id, config=SHORT))
     assert ties <= 5
     assert 2 in levels  # both agents ask for batch 128 (chat everywhere, coding at the core)

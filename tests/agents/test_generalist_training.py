@@ -18,6 +18,7 @@ import gymnasium as gym  # noqa: E402
 import gridenv  # noqa: E402,F401
 from agents import training as T  # noqa: E402
 from agents import warm_start as W  # noqa: E402
+from policy_parity import rollout_sb3_vs_onnx  # noqa: E402  (tests/agents/policy_parity.py)
 from gridenv.envs.registration import RANDOM_GRID_ID  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,8 +284,6 @@ def test_committed_generalist_loads_and_matches_its_onnx_export(source, tmp_path
     committed export) and on a held-out grid (exported for that grid here: an export binds the
     statics of one grid): the SB3 model and its ONNX export take the same decisions, and it sets
     batch levels itself (its teacher asked for 128; no registered heuristic changes a level)."""
-    import torch
-
     from agents.export import export_policy
     from agents.onnx_policy import ONNXPolicy
     from agents.sb3_policy import SB3Policy
@@ -299,21 +298,7 @@ def test_committed_generalist_loads_and_matches_its_onnx_export(source, tmp_path
     policy, onnx = SB3Policy(models / "best_model.zip"), ONNXPolicy(onnx_dir)
     env = gym.make(register_scenario(src), config={"horizon_s": 20, "observation": {"mode": "relative"},
                                                    "actions": {"max_sites": 12}})
-    obs, info = env.reset(seed=12)
-    levels, ties, routed = set(), 0, 0
-    for _ in range(200):
-        a, b = policy.act(obs, info["snapshot"]), onnx.act(obs, info["snapshot"])
-        if a.tolist() != b.tolist():  # only where two sites score the same to float precision
-            with torch.no_grad():
-                logits = policy.model.policy.mlp_extractor.forward_actor(torch.as_tensor(obs[None]))[0].numpy()
-            assert a[1] == b[1] and abs(logits[a[0]] - logits[b[0]]) < 1e-4, (a, b, logits)
-            ties += 1
-        if a[0] < info["snapshot"].statics.n_sites:
-            routed += 1
-            levels.add(int(a[1]))
-        obs, _, _, trunc, info = env.step(a)
-        if trunc:
-            break
+    levels, ties, routed = rollout_sb3_vs_onnx(policy, onnx, env)
     assert ties <= 5 and routed > 50
     assert 2 in levels
 
