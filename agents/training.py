@@ -636,7 +636,7 @@ def _preflight(ref: ScenarioRef, env_config: dict | None, args: TrainArgs, warm_
                     raise ConfigError(f"{flag} {lv}: the scenario {ref.name} has {n_levels} batch levels "
                                       f"(0..{n_levels - 1})")
         if init is not None:
-            return _load_init(init, Algo, args, env, bool({"obs": True, **normalize}["obs"]))
+            return _load_init(init, Algo, args, env, bool(normalize.get("obs", True)))  # make_vec_env's default
         return None, None
     finally:
         env.close()
