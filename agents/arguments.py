@@ -62,7 +62,7 @@ class TrainArgs:
     overwrite: bool = False
     """start a fresh run even if --run-dir already holds one (its files are replaced)"""
     warm_start: str = "slo-greedy"
-    """imitation warm start: clone this heuristic's decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
+    """imitation warm start: clone this heuristic's (or agents.warm_start.TEACHERS entry's: slo-greedy-lenient) decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
     warm_start_steps: int = 10_000
     """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
     warm_start_updates: int = 1500
@@ -93,6 +93,8 @@ class TrainArgs:
     """the training progress bar (--no-progress-bar hides it)"""
     torch_threads: int = 1
     """torch intra-op threads: 1 was faster than 2 for this small MLP on the 2-core machine"""
+    update_threads: Annotated[Optional[int], _unset("--torch-threads", "INT")] = None
+    """torch threads for the PPO update only (the env worker processes are idle then), --torch-threads again for the rollout; 2 on the 2-core machine made the fast recipe 1.09-1.13x faster (python -m agents.bench_training --variants fast,fast-u2)"""
     device: str = "cpu"
     """torch device"""
     verbose: int = 1
@@ -174,7 +176,7 @@ def _at_least(args, name: str, lo: int, none_ok: bool = False) -> None:
 def _check_train(a: TrainArgs) -> None:
     for name in ("total_timesteps", "checkpoint_freq", "leaderboard_seeds", "torch_threads"):
         _at_least(a, name, 1)
-    for name in ("n_envs", "eval_episodes", "workers"):
+    for name in ("n_envs", "eval_episodes", "workers", "update_threads"):
         _at_least(a, name, 1, none_ok=True)
     for name in ("seed", "eval_freq"):
         _at_least(a, name, 0)

@@ -47,10 +47,11 @@ VARIANTS: dict[str, dict] = {
     "subproc": {"hyperparams": "configs/ppo.yaml", "vec_backend": "subproc"},
     "fast": {"hyperparams": "configs/ppo_fast.yaml"},
     "fast-b1024": {"hyperparams": "configs/ppo_fast.yaml", "n_steps": 64, "batch_size": 1024},
+    "fast-u2": {"hyperparams": "configs/ppo_fast.yaml", "update_threads": 2},
 }
 
 #: Variant keys that are not hyperparameters.
-_RUN_KEYS = {"hyperparams", "torch_threads"}
+_RUN_KEYS = {"hyperparams", "torch_threads", "update_threads"}
 
 
 @dataclass
@@ -178,7 +179,10 @@ def run_variant(name: str, spec: dict, scenario: str, steps: int, seed: int, tor
 
         split = Split()
         t0 = time.perf_counter()
-        model.learn(total_timesteps=steps, callback=CallbackList([split, T.EpisodeMetricsCallback()]))
+        callbacks = [split, T.EpisodeMetricsCallback()]
+        if spec.get("update_threads"):
+            callbacks.insert(0, T.UpdateThreadsCallback(int(spec["update_threads"]), threads))
+        model.learn(total_timesteps=steps, callback=CallbackList(callbacks))
         wall = time.perf_counter() - t0
         done = int(model.num_timesteps)
     finally:

@@ -66,6 +66,7 @@ __all__ = [
     "make_env",
     "make_vec_env",
     "EpisodeMetricsCallback",
+    "UpdateThreadsCallback",
     "SaveVecNormalizeCallback",
     "make_eval_callback",
     "restore_eval_state",
@@ -367,6 +368,33 @@ class EpisodeMetricsCallback(BaseCallback):
                 if key in ep and np.isfinite(ep[key]):
                     self.logger.record_mean(f"episode/{key}", float(ep[key]))
             self.logger.record("episode/count", self.n_episodes)
+        return True
+
+
+class UpdateThreadsCallback(BaseCallback):
+    """Runs the PPO update on `update_threads` torch threads and the rollout on `rollout_threads`.
+
+    During the rollout the env worker processes use the other cores, so a second torch thread
+    there only competes with them; during the update they are idle, and the minibatch gradient
+    steps can use every core (``python -m agents.bench_training`` variant ``fast-u2``)."""
+
+    def __init__(self, update_threads: int, rollout_threads: int, verbose: int = 0):
+        super().__init__(verbose)
+        if update_threads < 1 or rollout_threads < 1:
+            raise ValueError(f"torch threads must be >= 1, got update {update_threads}, rollout {rollout_threads}")
+        self.update_threads, self.rollout_threads = int(update_threads), int(rollout_threads)
+
+    def _on_rollout_start(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.rollout_threads)
+
+    def _on_rollout_end(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.update_threads)
+
+    def _on_step(self) -> bool:
         return True
 
 
@@ -711,11 +739,11 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     check_env_config(ref, env_config)  # fail here, with the flag named, rather than inside the first env
     warm_start = None if args.warm_start.lower() in ("none", "off", "") else args.warm_start
     if warm_start is not None:
-        from agents.heuristics import HEURISTICS
+        from agents.warm_start import teacher_names
 
-        if warm_start not in HEURISTICS:
+        if warm_start not in teacher_names():
             raise ConfigError(f"--warm-start: unknown heuristic {warm_start!r}; choose one of "
-                              f"{', '.join(HEURISTICS)}, or none")
+                              f"{', '.join(teacher_names())}, or none")
     init = None
     if args.init_from and not ckpt:
         init = _init_source(args.init_from)
@@ -806,6 +834,8 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
                            name_prefix=CHECKPOINT_PREFIX, save_vecnormalize=True),
         EpisodeMetricsCallback(),
     ]
+    if args.update_threads is not None and args.update_threads != args.torch_threads:
+        callbacks.insert(0, UpdateThreadsCallback(args.update_threads, args.torch_threads))
     eval_cb = None
     if args.eval_freq > 0:
         eval_env = make_vec_env(ref.env_id, 1, args.seed, gamma, normalize, env_config,

@@ -144,6 +144,32 @@ def test_slo_greedy_picks_the_largest_headroom_and_sheds_when_all_negative():
     assert act("slo-greedy", tight) == -1
 
 
+def test_slo_greedy_shed_slack_spares_near_misses_on_idle_sites_only():
+    """shed_slack_frac (the slo-greedy-lenient teacher): a predicted miss within the slack is
+    routed when the best site has fewer waiting requests than replicas, shed otherwise; a miss
+    beyond the slack is shed anyway. The default (0) is the baseline's rule."""
+    from agents.warm_start import make_teacher
+
+    def at(frac_of_best: float, waiting: float):
+        base = snap(waiting=[waiting] * 5)
+        slo = float(base.ttft_pred_s.min()) * frac_of_best  # best headroom = slo * (1 - 1/frac)
+        return snap(waiting=[waiting] * 5, ttft_slo_s=slo)
+
+    def teacher(sn) -> int:
+        pol = make_teacher("slo-greedy-lenient")
+        site = int(pol.act(None, sn)[0])
+        return -1 if site == sn.statics.max_sites else site
+
+    reps = min(statics("metro").replicas)
+    near_idle = at(0.9, 0)  # predicted TTFT 1.11 x SLO: headroom -0.11 SLO
+    assert act("slo-greedy", near_idle) == -1
+    assert act("slo-greedy", near_idle, shed_slack_frac=0.25) == teacher(near_idle) != -1
+    assert teacher(at(0.7, 0)) == -1  # 1.43 x SLO: beyond the slack
+    assert teacher(at(0.9, reps)) == -1  # the site has a queue: the estimate is trusted
+    with pytest.raises(ValueError, match="shed_slack_frac must be >= 0"):
+        make_heuristic("slo-greedy", shed_slack_frac=-0.1)
+
+
 def test_local_spill_stays_local_then_spills_to_the_next_nearest():
     rtt = [6, 18, 16, 20, 30]  # local = 0, then 2, then 1
     calm = snap(rtt=rtt)

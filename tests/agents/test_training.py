@@ -365,6 +365,7 @@ def test_args_parsing_and_help():
     (["--warm-start-core-level", "-3"], "--warm-start-core-level must be a batch level index >= 0, got -3"),
     (["--warm-start-updates", "0"], "--warm-start-updates must be at least 1, got 0"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
+    (["--update-threads", "0"], "--update-threads must be at least 1, got 0"),
     (["--total-timesteps", "many"], "--total-timesteps"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
@@ -403,6 +404,54 @@ def test_warm_start_updates_reach_the_behaviour_cloning(tmp_path, tiny_hp, monke
     monkeypatch.setattr(W, "behaviour_clone", spy)
     train.main(tiny_args(tmp_path / "r", tiny_hp, "--warm-start-updates", "7", "--eval-freq", "0"))
     assert seen["min_updates"] == 7
+
+
+def test_update_threads_apply_to_the_ppo_update_only(tmp_path, tiny_hp, monkeypatch):
+    """--update-threads: the gradient steps run on that many torch threads, the rollout's policy
+    forward (while env workers step) on --torch-threads."""
+    import torch
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    seen = {"train": set(), "rollout": set()}
+    real_train, real_forward = MaskablePPO.train, MaskableActorCriticPolicy.forward
+
+    def spy_train(self, *a, **kw):
+        seen["train"].add(torch.get_num_threads())
+        return real_train(self, *a, **kw)
+
+    def spy_forward(self, *a, **kw):  # the rollout's forward; the update calls evaluate_actions
+        seen["rollout"].add(torch.get_num_threads())
+        return real_forward(self, *a, **kw)
+
+    monkeypatch.setattr(MaskablePPO, "train", spy_train)
+    monkeypatch.setattr(MaskableActorCriticPolicy, "forward", spy_forward)
+    threads = torch.get_num_threads()
+    try:
+        train.main(tiny_args(tmp_path / "r", tiny_hp, "--update-threads", "2", "--eval-freq", "0",
+                             "--warm-start", "none"))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen["train"] == {2}
+    assert seen["rollout"] == {1}
+
+
+def test_update_threads_callback_switches_at_the_rollout_boundaries():
+    import torch
+
+    cb = T.UpdateThreadsCallback(update_threads=2, rollout_threads=1)
+    threads = torch.get_num_threads()
+    try:
+        cb._on_rollout_start()
+        assert torch.get_num_threads() == 1
+        cb._on_rollout_end()
+        assert torch.get_num_threads() == 2
+        cb._on_rollout_start()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="torch threads must be >= 1"):
+        T.UpdateThreadsCallback(update_threads=0, rollout_threads=1)
 
 
 def test_a_warm_start_level_the_scenario_lacks_exits_2_naming_it(tmp_path):
