@@ -81,6 +81,7 @@ class RandomGridSpec:
     p_second_model: float = 0.3
     p_faults: float = 0.3
     p_residency: float = 0.3
+    p_sharing: float = 0.0  # chance a grid's classes share prompt prefixes (see _sharing)
     batch_levels: tuple[int, ...] = (8, 32, 128)
     observation_mode: str | None = "relative"  # None: leave the scenario default
     extra: dict = field(default_factory=dict)  # deep-merged into every scenario (overrides)
@@ -104,6 +105,8 @@ class RandomGridSpec:
         for a in self.arrivals:
             if a not in known:
                 raise ValueError(f"arrivals: unknown {a!r}; known: {list(known)}")
+        if not 0.0 <= self.p_sharing <= 1.0:
+            raise ValueError(f"p_sharing must be a probability in [0, 1], got {self.p_sharing}")
         if not self.arrivals or self.arrivals == ("trace",) and not self.trace_paths:
             raise ValueError("arrivals: 'trace' alone needs trace_paths")
 
@@ -301,7 +304,49 @@ def random_scenario(seed: int, spec: RandomGridSpec | None = None) -> dict:
             scenario["faults"] = {"outages": [{"site": str(rng.choice(names)), "start_s": start,
                                                "duration_s": round(0.2 * spec.horizon_s, 1)}],
                                   "max_retries": 1}
+    if spec.p_sharing > 0.0:
+        _sharing(scenario, np.random.default_rng([int(seed), 0x5A4E]), spec.p_sharing)
     return scenario
+
+
+def _sharing(scenario: dict, rng: np.random.Generator, p_sharing: float) -> None:
+    """With probability `p_sharing`, give the workload's classes prefix sharing
+    (:class:`gridenv.core.scenario.PrefixSharing`), drawn from their own stream so the rest of
+    the grid is the one drawn without it. Each class shares with probability 0.7: chat as
+    conversations (multi-turn, sometimes over shared contexts) or behind system prompts, code
+    as agent sessions over shared repository contexts or behind system prompts, summarization
+    over shared documents (RAG). Sizes stay well inside Llama-3-8B's 8k window, and the
+    engine uses 64-token KV blocks as the registered cache scenarios do."""
+    if rng.random() >= p_sharing:
+        return
+    scenario["engine"] = {"block_size_tokens": 64}
+    for cname, cls in scenario["workload"]["classes"].items():
+        if rng.random() >= 0.7:
+            continue
+        kind = {"chat": ("multi_turn", "system_prompt"), "code": ("multi_turn", "system_prompt"),
+                "summarization": ("documents",)}[cname]
+        kind = kind[int(rng.integers(len(kind)))]
+        zipf = round(float(rng.uniform(0.0, 1.0)), 3)
+        if kind == "multi_turn":
+            prefix = {"kind": kind, "turns_mean": round(float(rng.uniform(2.0, 5.0)), 2),
+                      "think_time_s": round(float(rng.uniform(3.0, 30.0)), 1)}
+            if cname == "code" or rng.random() < 0.3:
+                prefix |= {"context_tokens": int(rng.integers(1000, 3001)), "count": int(rng.integers(8, 81)),
+                           "zipf_s": zipf}
+            # a conversation's prompt grows by about (prompt + answer) per turn: keep it short
+            cls["prompt_tokens"]["median"] = min(cls["prompt_tokens"]["median"], 400)
+            cls["prompt_tokens"]["max"] = min(cls["prompt_tokens"]["max"], 1024)
+            cls["output_tokens"]["max"] = min(cls["output_tokens"]["max"], 512)
+        elif kind == "system_prompt":
+            prefix = {"kind": kind, "count": int(rng.integers(2, 17)), "tokens": int(rng.integers(500, 2001)),
+                      "zipf_s": zipf}
+            cls["prompt_tokens"]["max"] = min(cls["prompt_tokens"]["max"], 4096)
+        else:
+            prefix = {"kind": kind, "count": int(rng.integers(20, 601)), "tokens": int(rng.integers(1000, 3001)),
+                      "zipf_s": round(float(rng.uniform(0.5, 1.0)), 3)}
+            cls["prompt_tokens"]["median"] = min(cls["prompt_tokens"]["median"], 500)  # the question
+            cls["prompt_tokens"]["max"] = min(cls["prompt_tokens"]["max"], 2048)
+        cls["prefix"] = prefix
 
 
 def write_scenarios(seeds: list[int], out_dir, spec: RandomGridSpec | None = None,

@@ -121,3 +121,52 @@ def test_writer_cli_refuses_bad_seeds_in_one_line(seeds, tmp_path):
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--seeds" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_prefix_sharing_is_drawn_on_top_of_the_same_grid():
+    """p_sharing: about that share of grids get prefix sharing (own random stream), on exactly
+    the grid drawn without it: sites, network, arrivals and the classes' SLOs are unchanged;
+    only prefix sections, the engine's block size and the capped prompt lengths are added."""
+    shared = RandomGridSpec(observation_mode=None, p_sharing=0.5)
+    n_shared = 0
+    for seed in range(80):
+        plain, sh = random_scenario(seed, SPEC), random_scenario(seed, shared)
+        for key in ("sites", "regions", "network", "horizon_s"):
+            assert sh[key] == plain[key]
+        for key in ("arrivals", "rate_rps", "models"):
+            assert sh["workload"].get(key) == plain["workload"].get(key)
+        for name, cls in sh["workload"]["classes"].items():
+            base = plain["workload"]["classes"][name]
+            assert (cls["ttft_slo_s"], cls["tpot_slo_s"], cls["share"]) == (base["ttft_slo_s"], base["tpot_slo_s"], base["share"])
+            assert cls["prompt_tokens"]["max"] <= base["prompt_tokens"]["max"]
+        kinds = [c["prefix"]["kind"] for c in sh["workload"]["classes"].values() if "prefix" in c]
+        n_shared += "engine" in sh
+        assert bool(kinds) <= ("engine" in sh)
+        load_scenario(sh)  # validates, PrefixSharing included
+    assert 25 <= n_shared <= 55  # Binomial(80, 0.5): a 99.9% interval
+    assert all("prefix" not in str(random_scenario(s, SPEC)) for s in range(20))  # default: none
+
+
+def test_a_grid_with_prefix_sharing_hits_the_cache():
+    from gridenv.envs.random_grid_env import RandomGridEnv
+
+    env = RandomGridEnv(spec={"p_sharing": 1.0, "horizon_s": 30.0})
+    hit_rates = []
+    for seed in (3, 12):
+        obs, info = env.reset(seed=seed)
+        while True:
+            snap = info["snapshot"]
+            f = np.flatnonzero(snap.feasible)
+            site = snap.statics.max_sites if len(f) == 0 else int(f[np.argmax(snap.request.ttft_slo_s - snap.ttft_pred_s[f])])
+            obs, r, term, trunc, info = env.step(np.array([site, 1]))
+            assert np.isfinite(r) and np.isfinite(obs).all()
+            if term or trunc:
+                break
+        hit_rates.append(info["episode_metrics"]["prefix_hit_rate"])
+    assert min(hit_rates) > 0.1
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_p_sharing_must_be_a_probability(p):
+    with pytest.raises(ValueError, match="p_sharing must be a probability"):
+        RandomGridSpec(p_sharing=p)
