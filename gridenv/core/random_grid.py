@@ -25,6 +25,10 @@ arrivals                  Poisson, Gamma (CV 2-6), MMPP, or trace replay with ra
 classes                   chat / code / summarization shares (Dirichlet), length medians and
                           SLOs varied around the DistServe defaults
 faults                    with some probability random site failures or a scheduled outage
+prefix sharing            ``p_sharing`` (default 0: none) of the grids: each class shares
+                          prompt prefixes with probability 0.7 (chat and code: conversations,
+                          agent sessions over shared contexts or system prompts; summarization:
+                          RAG documents), drawn from a second stream on top of the same grid
 ========================= ===================================================================
 
 Every draw comes from ``np.random.default_rng(seed)``: the same seed gives the same grid, bit
