@@ -67,6 +67,7 @@ __all__ = [
     "make_vec_env",
     "EpisodeMetricsCallback",
     "UpdateThreadsCallback",
+    "BehaviourAnchorCallback",
     "SaveVecNormalizeCallback",
     "make_eval_callback",
     "restore_eval_state",
@@ -398,6 +399,48 @@ class UpdateThreadsCallback(BaseCallback):
         return True
 
 
+class BehaviourAnchorCallback(BaseCallback):
+    """``--warm-start-anchor``: after every PPO update, `n_steps` minibatch steps of behaviour
+    cloning on the warm start's demonstrations (:func:`agents.warm_start.anchor_steps`, Adam at
+    PPO's current learning rate), so PPO refines the clone instead of drifting away from it.
+    Logs the demonstrations' minibatch NLL as ``train/anchor_nll``."""
+
+    def __init__(self, demo, venv: VecNormalize, n_steps: int, maskable: bool, seed: int = 0, verbose: int = 0):
+        super().__init__(verbose)
+        if n_steps < 1:
+            raise ValueError(f"anchor steps must be >= 1, got {n_steps}")
+        self.demo, self.venv, self.n_steps, self.maskable = demo, venv, int(n_steps), maskable
+        self.rng = np.random.default_rng([int(seed), 0xA9C])
+        self.optimizer = None
+        self.rollouts = 0
+        self.steps_done = 0
+
+    def _on_rollout_start(self) -> None:
+        self.rollouts += 1
+        if self.rollouts == 1:  # no PPO update yet
+            return
+        import torch
+
+        from agents.warm_start import anchor_steps
+
+        policy = self.model.policy
+        lr = float(self.model.lr_schedule(self.model._current_progress_remaining))
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        obs = self.demo.obs
+        if self.venv.norm_obs:  # the policy reads the observation as normalized now
+            obs = self.venv.normalize_obs(obs).astype(np.float32)
+        nll = anchor_steps(policy, self.optimizer, obs, self.demo.masks, self.demo.actions, self.n_steps,
+                           self.rng, maskable=self.maskable)
+        self.steps_done += self.n_steps
+        self.logger.record("train/anchor_nll", nll)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class SaveVecNormalizeCallback(BaseCallback):
     """Saves the training VecNormalize to ``save_dir/vecnormalize.pkl`` (use as callback_on_new_best).
 
@@ -545,7 +588,7 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
     r2 = W.fit_critic(model.policy, obs, returns, seed=args.seed)
     return W.WarmStartReport(heuristic, len(demo.actions), demo.n_episodes, demo.shed_frac, acc_site,
                              acc_level, before, after, None if not np.isfinite(r2) else r2,
-                             level=args.warm_start_level, core_level=args.warm_start_core_level)
+                             level=args.warm_start_level, core_level=args.warm_start_core_level), demo
 
 
 @dataclass(frozen=True)
@@ -770,7 +813,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
                         backend=vec_backend, n_workers=vec_workers)
 
     # 3. The model: new, or the checkpoint's (with its timestep count and optimizer state).
-    warm_report = None
+    warm_report = warm_demo = None
     if ckpt:
         model = Algo.load(ckpt.model, env=venv, device=args.device, tensorboard_log=str(run_dir / "tb"))
         log(f"resumed {ckpt.model} at {model.num_timesteps} timesteps")
@@ -809,7 +852,8 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
         if warm_start is not None and args.warm_start_steps > 0:
             # 3c. Imitation warm start (agents/warm_start.py): clone the heuristic's decisions on
             #     training seeds after the training envs' (seed + n_envs, ...), then fit the critic.
-            warm_report = _warm_start(model, venv, warm_start, args, ref, env_config, n_envs, gamma, args.algo)
+            warm_report, warm_demo = _warm_start(model, venv, warm_start, args, ref, env_config, n_envs, gamma,
+                                                 args.algo)
             log(warm_report.line())
     remaining = args.total_timesteps - model.num_timesteps
 
@@ -836,6 +880,9 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     ]
     if args.update_threads is not None and args.update_threads != args.torch_threads:
         callbacks.insert(0, UpdateThreadsCallback(args.update_threads, args.torch_threads))
+    if args.warm_start_anchor and warm_demo is not None:
+        callbacks.append(BehaviourAnchorCallback(warm_demo, venv, args.warm_start_anchor,
+                                                 maskable=args.algo == "maskable_ppo", seed=args.seed))
     eval_cb = None
     if args.eval_freq > 0:
         eval_env = make_vec_env(ref.env_id, 1, args.seed, gamma, normalize, env_config,

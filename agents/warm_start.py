@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Demonstrations", "collect_demonstrations", "behaviour_clone", "fit_critic",
-           "normalized_returns", "WarmStartReport", "TEACHERS", "teacher_names", "make_teacher"]
+           "normalized_returns", "WarmStartReport", "TEACHERS", "teacher_names", "make_teacher",
+           "anchor_steps"]
 
 #: Warm-start teachers that are not baselines (not modelled on a production router, so not on
 #: the leaderboard): name -> (registered heuristic, constructor arguments). Every registered
@@ -215,6 +216,27 @@ def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndar
     not_shed = actions[:, 0] != n_site - 1  # the level is ignored when shedding
     level_acc = float(level_ok[not_shed].mean()) if not_shed.any() else 1.0
     return before, after, float(site_ok.mean()), level_acc
+
+
+def anchor_steps(policy, optimizer, obs: np.ndarray, masks: np.ndarray, actions: np.ndarray, n_steps: int,
+                 rng: np.random.Generator, *, maskable: bool, batch_size: int = 256) -> float:
+    """`n_steps` minibatch steps of the cloning loss (masked NLL of the demonstrated actions) with
+    `optimizer`: ``train.py --warm-start-anchor`` runs them after every PPO update so PPO refines
+    the clone instead of drifting from it. Returns the last minibatch's NLL."""
+    import torch
+
+    policy.set_training_mode(True)
+    loss = torch.tensor(float("nan"))
+    for _ in range(n_steps):
+        idx = rng.integers(len(obs), size=min(batch_size, len(obs)))
+        loss = -_log_probs(policy, torch.as_tensor(obs[idx], device=policy.device),
+                           torch.as_tensor(actions[idx], device=policy.device), masks[idx], maskable).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+        optimizer.step()
+    policy.set_training_mode(False)
+    return float(loss.detach())
 
 
 def normalized_returns(rewards: np.ndarray, episode_starts: np.ndarray, gamma: float, vec_normalize) -> np.ndarray:

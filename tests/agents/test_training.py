@@ -366,6 +366,9 @@ def test_args_parsing_and_help():
     (["--warm-start-updates", "0"], "--warm-start-updates must be at least 1, got 0"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict"),
     (["--update-threads", "0"], "--update-threads must be at least 1, got 0"),
+    (["--warm-start-anchor", "-1"], "--warm-start-anchor must be at least 0, got -1"),
+    (["--warm-start-anchor", "4", "--warm-start", "none"], "--warm-start-anchor needs the warm start's demonstrations"),
+    (["--warm-start-anchor", "4", "--warm-start-steps", "0"], "--warm-start-anchor needs the warm start's demonstrations"),
     (["--total-timesteps", "many"], "--total-timesteps"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
@@ -434,6 +437,57 @@ def test_update_threads_apply_to_the_ppo_update_only(tmp_path, tiny_hp, monkeypa
         torch.set_num_threads(threads)
     assert seen["train"] == {2}
     assert seen["rollout"] == {1}
+
+
+def test_warm_start_anchor_clones_after_every_ppo_update(tmp_path, tiny_hp, monkeypatch):
+    """--warm-start-anchor K: after each PPO update (not before the first), K cloning steps on
+    the warm start's own demonstrations; without the flag, none."""
+    from agents import warm_start as W
+
+    calls, demos = [], []
+    real_anchor, real_collect = W.anchor_steps, W.collect_demonstrations
+
+    def spy_anchor(policy, opt, obs, masks, actions, n_steps, rng, **kw):
+        calls.append((n_steps, len(actions)))
+        return real_anchor(policy, opt, obs, masks, actions, n_steps, rng, **kw)
+
+    def spy_collect(*a, **kw):
+        demos.append(real_collect(*a, **kw))
+        return demos[-1]
+
+    monkeypatch.setattr(W, "anchor_steps", spy_anchor)
+    monkeypatch.setattr(W, "collect_demonstrations", spy_collect)
+    train.main(tiny_args(tmp_path / "a", tiny_hp, "--warm-start-anchor", "3", "--eval-freq", "0"))
+    # 512 steps of 2 envs x 64 = 4 rollouts, so 3 updates happen before a rollout starts
+    assert calls == [(3, len(demos[0].actions))] * 3
+    assert json.loads((tmp_path / "a" / "args.json").read_text())["args"]["warm_start_anchor"] == 3
+    calls.clear()
+    train.main(tiny_args(tmp_path / "b", tiny_hp, "--eval-freq", "0"))
+    assert calls == []
+
+
+def test_anchor_steps_pull_a_policy_back_to_the_demonstrations():
+    import torch
+
+    from agents import warm_start as W
+    from agents.training import make_env
+    from sb3_contrib import MaskablePPO
+
+    make = make_env("gridenv/Metro-v1", {"horizon_s": 20})
+    demo = W.collect_demonstrations(make, "slo-greedy", 600, seed=7)
+    model = MaskablePPO("MlpPolicy", make(), seed=0, device="cpu")
+    policy = model.policy
+
+    def nll() -> float:
+        with torch.no_grad():
+            _, lp, _ = policy.evaluate_actions(torch.as_tensor(demo.obs), torch.as_tensor(demo.actions),
+                                               action_masks=demo.masks)
+        return float(-lp.mean())
+
+    before = nll()
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    W.anchor_steps(policy, opt, demo.obs, demo.masks, demo.actions, 50, np.random.default_rng(0), maskable=True)
+    assert nll() < before - 0.1
 
 
 def test_update_threads_callback_switches_at_the_rollout_boundaries():
