@@ -175,6 +175,11 @@ def _at_least(args, name: str, lo: int, none_ok: bool = False) -> None:
         raise UsageError(f"{_flag(name)} must be at least {lo}, got {v}")
 
 
+def warm_start_name(a: TrainArgs) -> str | None:
+    """The --warm-start teacher, or None when it is turned off (none, off or empty)."""
+    return None if a.warm_start.lower() in ("none", "off", "") else a.warm_start
+
+
 def _check_train(a: TrainArgs) -> None:
     for name in ("total_timesteps", "checkpoint_freq", "leaderboard_seeds", "torch_threads"):
         _at_least(a, name, 1)
@@ -192,7 +197,7 @@ def _check_train(a: TrainArgs) -> None:
         raise UsageError(f"--warm-start-updates must be at least 1, got {a.warm_start_updates}")
     if a.warm_start_anchor < 0:
         raise UsageError(f"--warm-start-anchor must be at least 0, got {a.warm_start_anchor}")
-    if a.warm_start_anchor and (a.warm_start.lower() in ("none", "off", "") or a.warm_start_steps == 0
+    if a.warm_start_anchor and (warm_start_name(a) is None or a.warm_start_steps == 0
                                 or a.init_from or a.resume):
         raise UsageError("--warm-start-anchor needs the warm start's demonstrations: a --warm-start heuristic "
                          "with --warm-start-steps > 0, in a new run (not --init-from or --resume)")

@@ -42,7 +42,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import gridenv  # noqa: F401  (registers the gridenv/* ids)
 from agents import schemas
-from agents.arguments import TrainArgs
+from agents.arguments import TrainArgs, warm_start_name
 from agents.runs import CHECKPOINT_PREFIX, Checkpoint, checkpoint_paths, latest_checkpoint, resolve_model
 from gridenv.core.scenario import deep_merge, scenario_names
 from gridenv.envs.registration import RANDOM_GRID_ID, ScenarioRef
@@ -413,7 +413,6 @@ class BehaviourAnchorCallback(BaseCallback):
         self.rng = np.random.default_rng([int(seed), 0xA9C])
         self.optimizer = None
         self.rollouts = 0
-        self.steps_done = 0
 
     def _on_rollout_start(self) -> None:
         self.rollouts += 1
@@ -429,12 +428,10 @@ class BehaviourAnchorCallback(BaseCallback):
             self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        obs = self.demo.obs
-        if self.venv.norm_obs:  # the policy reads the observation as normalized now
-            obs = self.venv.normalize_obs(obs).astype(np.float32)
-        nll = anchor_steps(policy, self.optimizer, obs, self.demo.masks, self.demo.actions, self.n_steps,
-                           self.rng, maskable=self.maskable)
-        self.steps_done += self.n_steps
+        # the policy reads the observation as normalized now: only the sampled rows are
+        nll = anchor_steps(policy, self.optimizer, self.demo.obs, self.demo.masks, self.demo.actions, self.n_steps,
+                           self.rng, maskable=self.maskable,
+                           normalize=self.venv.normalize_obs if self.venv.norm_obs else None)
         self.logger.record("train/anchor_nll", nll)
 
     def _on_step(self) -> bool:
@@ -780,7 +777,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     for key in ("n_envs", "eval_episodes", "total_timesteps"):  # given on the command line instead
         hp.pop(key, None)
     check_env_config(ref, env_config)  # fail here, with the flag named, rather than inside the first env
-    warm_start = None if args.warm_start.lower() in ("none", "off", "") else args.warm_start
+    warm_start = warm_start_name(args)
     if warm_start is not None:
         from agents.warm_start import teacher_names
 

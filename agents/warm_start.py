@@ -161,6 +161,19 @@ def _log_probs(policy, obs, actions, masks, maskable: bool):
     return log_prob
 
 
+def _clone_step(policy, optimizer, obs, actions, masks, maskable: bool):
+    """One minibatch step of the cloning loss (masked NLL of the demonstrated actions, gradient
+    norm clipped at 0.5); returns the loss tensor."""
+    import torch
+
+    loss = -_log_probs(policy, obs, actions, masks, maskable).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+    optimizer.step()
+    return loss
+
+
 def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndarray, *,
                     maskable: bool, min_updates: int = 1500, max_epochs: int = 50, batch_size: int = 256,
                     lr: float = 1e-3,
@@ -197,11 +210,7 @@ def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndar
     epochs = min(max_epochs, max(1, math.ceil(min_updates / math.ceil(len(obs) / batch_size))))
     for _ in range(epochs):
         for idx in _batches(len(obs), batch_size, rng):
-            loss = -_log_probs(policy, obs_t[idx], act_t[idx], mask_np[idx], maskable).mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
-            opt.step()
+            _clone_step(policy, opt, obs_t[idx], act_t[idx], mask_np[idx], maskable)
     policy.set_training_mode(False)
     after = nll()
     # Agreement of the deterministic (masked argmax) action with the heuristic's.
@@ -219,22 +228,20 @@ def behaviour_clone(policy, obs: np.ndarray, masks: np.ndarray, actions: np.ndar
 
 
 def anchor_steps(policy, optimizer, obs: np.ndarray, masks: np.ndarray, actions: np.ndarray, n_steps: int,
-                 rng: np.random.Generator, *, maskable: bool, batch_size: int = 256) -> float:
+                 rng: np.random.Generator, *, maskable: bool, batch_size: int = 256, normalize=None) -> float:
     """`n_steps` minibatch steps of the cloning loss (masked NLL of the demonstrated actions) with
     `optimizer`: ``train.py --warm-start-anchor`` runs them after every PPO update so PPO refines
-    the clone instead of drifting from it. Returns the last minibatch's NLL."""
+    the clone instead of drifting from it. `normalize` (e.g. ``VecNormalize.normalize_obs``) is
+    applied to each minibatch's raw observations. Returns the last minibatch's NLL."""
     import torch
 
     policy.set_training_mode(True)
     loss = torch.tensor(float("nan"))
     for _ in range(n_steps):
         idx = rng.integers(len(obs), size=min(batch_size, len(obs)))
-        loss = -_log_probs(policy, torch.as_tensor(obs[idx], device=policy.device),
-                           torch.as_tensor(actions[idx], device=policy.device), masks[idx], maskable).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
-        optimizer.step()
+        x = obs[idx] if normalize is None else normalize(obs[idx]).astype(np.float32)
+        loss = _clone_step(policy, optimizer, torch.as_tensor(x, device=policy.device),
+                           torch.as_tensor(actions[idx], device=policy.device), masks[idx], maskable)
     policy.set_training_mode(False)
     return float(loss.detach())
 

@@ -166,8 +166,9 @@ def test_slo_greedy_shed_slack_spares_near_misses_on_idle_sites_only():
     assert act("slo-greedy", near_idle, shed_slack_frac=0.25) == teacher(near_idle) != -1
     assert teacher(at(0.7, 0)) == -1  # 1.43 x SLO: beyond the slack
     assert teacher(at(0.9, reps)) == -1  # the site has a queue: the estimate is trusted
-    with pytest.raises(ValueError, match="shed_slack_frac must be >= 0"):
-        make_heuristic("slo-greedy", shed_slack_frac=-0.1)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="shed_slack_frac must be >= 0"):
+            make_heuristic("slo-greedy", shed_slack_frac=bad)
 
 
 def test_local_spill_stays_local_then_spills_to_the_next_nearest():
