@@ -62,7 +62,7 @@ class TrainArgs:
     overwrite: bool = False
     """start a fresh run even if --run-dir already holds one (its files are replaced)"""
     warm_start: str = "slo-greedy"
-    """imitation warm start: clone this heuristic's (or agents.warm_start.TEACHERS entry's: slo-greedy-lenient) decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
+    """imitation warm start: clone this heuristic's (or agents.warm_start.TEACHERS entry's: slo-greedy-lenient, prefix-switch) decisions (site/shed and batch level) into the policy, and fit the critic to their returns, before PPO (avoids the shed-everything collapse; the reward and the optimal policy are unchanged); none: start from a random policy"""
     warm_start_steps: int = 10_000
     """decisions of the heuristic to clone for --warm-start (at most a quarter of --total-timesteps)"""
     warm_start_updates: int = 1500

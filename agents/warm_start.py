@@ -31,14 +31,17 @@ __all__ = ["Demonstrations", "collect_demonstrations", "behaviour_clone", "fit_c
            "anchor_steps"]
 
 #: Warm-start teachers that are not baselines (not modelled on a production router, so not on
-#: the leaderboard): name -> (registered heuristic, constructor arguments). Every registered
-#: heuristic is a teacher too, under its own name.
+#: the leaderboard): name -> (registered heuristic or an ``agents.teachers`` class name,
+#: constructor arguments). Every registered heuristic is a teacher too, under its own name.
 TEACHERS: dict[str, tuple[str, dict]] = {
     # slo-greedy that sheds less on nearly idle sites (agents.heuristics.SloGreedy). Chosen on
     # tuning seed 5000 of centralized, bursty, metro, outage and RandomGrid grids 5001, 5002 and
     # training grids 11-13 (slack 0.25 vs 0.5 and 1.0; seeds >= 10000 not looked at): +1.4% on
     # centralized, -0.6% to -1.1% on metro, bursty, outage and grid 5001, +0.2% on grid 12.
     "slo-greedy-lenient": ("slo-greedy", {"shed_slack_frac": 0.25}),
+    # llm-d precise-prefix where some site caches > 60% of the prompt, slo-greedy-lenient
+    # elsewhere (agents.teachers.PrefixSwitch; its docstring has the tuning-seed figures).
+    "prefix-switch": ("PrefixSwitch", {"min_cached_frac": 0.6}),
 }
 
 
@@ -54,6 +57,10 @@ def make_teacher(name: str, **kwargs):
     from agents.heuristics import make_heuristic
 
     base, fixed = TEACHERS.get(name, (name, {}))
+    if base[:1].isupper():  # a composite teacher class of agents.teachers
+        from agents import teachers
+
+        return getattr(teachers, base)(**fixed, **kwargs)
     return make_heuristic(base, **fixed, **kwargs)
 
 
