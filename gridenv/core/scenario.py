@@ -185,7 +185,7 @@ class LengthDist(_Strict):
     """Log-normal token count, clipped to [min, max]."""
 
     median: float = Field(gt=0)
-    sigma: float = Field(0.8, ge=0)
+    sigma: float = Field(0.8, ge=0, le=10, description="log-space spread (at most 10, a factor e^10 per standard deviation: beyond that the draws overflow to the clip)")
     min: int = Field(1, ge=1)
     max: int = Field(8192, ge=1)
 
@@ -417,6 +417,11 @@ class Economics(_Strict):
     output_value_usd_per_mtok: float = Field(2.0, ge=0, description="value of a goodput output token")
 
 
+#: Largest batch level (running sequences per replica) a scenario may offer; vLLM's
+#: --max-num-seqs defaults to 256-1024, so this only refuses values no engine runs.
+MAX_BATCH_LEVEL = 65536
+
+
 class Actions(_Strict):
     batch_levels: list[int] = Field(default_factory=lambda: [8, 32, 128])
     max_sites: int | None = Field(None, ge=1, description="site slots (padding); default: #sites")
@@ -428,6 +433,8 @@ class Actions(_Strict):
     def _levels(cls, v: list[int]) -> list[int]:
         if not v or any(b < 1 for b in v) or sorted(set(v)) != v:
             raise ValueError("batch_levels must be a non-empty increasing list of positive ints")
+        if v[-1] > MAX_BATCH_LEVEL:  # a running-sequence limit; larger ones overflow the features
+            raise ValueError(f"batch_levels: {v[-1]} is above the largest batch level supported, {MAX_BATCH_LEVEL}")
         return v
 
 

@@ -34,6 +34,11 @@ CASES = [
     ("economics-inf", {"economics": {"output_value_usd_per_mtok": INF}}, ["economics.output_value_usd_per_mtok", "inf"]),
     ("batch-level-fraction", {"actions": {"batch_levels": [8, 8.5]}}, ["actions.batch_levels.1", "8.5"]),
     ("batch-levels-tuple", {"actions": {"batch_levels": (8, 32)}}, ["actions.batch_levels", "(8, 32)"]),
+    # found by fuzzing: 2**63 passed and overflowed in the observation encoder
+    ("batch-level-huge", {"actions": {"batch_levels": [8, 32, 2**63]}},
+     ["actions.batch_levels", "9223372036854775808", "above the largest batch level supported, 65536"]),
+    ("length-sigma-huge", {"workload": {"classes": {"chat": {"prompt_tokens": {"median": 500, "sigma": 1e12}}}}},
+     ["workload.classes.chat.prompt_tokens.sigma", "less than or equal to 10"]),
     ("cv-with-poisson", {"workload": {"cv": 3.0}}, ["workload.cv", "3.0", "ignored with arrivals 'poisson'"]),
     ("shares-rescaled-no-more", {"workload": {"classes": {"chat": {"share": 6}}}},
      ["workload.classes.chat.share", "less than or equal to 1", "6"]),
