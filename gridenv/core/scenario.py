@@ -181,13 +181,20 @@ class Network(_Strict):
     api_overhead_ms: float = Field(15.0, ge=0, description="fixed API overhead added to TTFT")
 
 
+#: Largest token count a scenario may give (a prompt, a shared prefix, a length bound): 16.7M,
+#: far beyond any model's context window (those are masked by the catalog's limits); larger
+#: values overflowed int64 sums. MAX_SHARED_GROUPS bounds a sharing's popularity table.
+MAX_TOKENS = 1 << 24
+MAX_SHARED_GROUPS = 1_000_000
+
+
 class LengthDist(_Strict):
     """Log-normal token count, clipped to [min, max]."""
 
     median: float = Field(gt=0)
     sigma: float = Field(0.8, ge=0, le=10, description="log-space spread (at most 10, a factor e^10 per standard deviation: beyond that the draws overflow to the clip)")
-    min: int = Field(1, ge=1)
-    max: int = Field(8192, ge=1)
+    min: int = Field(1, ge=1, le=MAX_TOKENS)
+    max: int = Field(8192, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _order(self) -> "LengthDist":
@@ -220,13 +227,14 @@ class PrefixSharing(_Strict):
     """
 
     kind: Literal["system_prompt", "documents", "multi_turn"]
-    count: int = Field(8, ge=1, description="applications (system_prompt), documents, or shared contexts (multi_turn)")
-    tokens: int = Field(1024, ge=1, description="shared prefix length, tokens")
+    count: int = Field(8, ge=1, le=MAX_SHARED_GROUPS,
+                       description="applications (system_prompt), documents, or shared contexts (multi_turn)")
+    tokens: int = Field(1024, ge=1, le=MAX_TOKENS, description="shared prefix length, tokens")
     zipf_s: float = Field(0.0, ge=0, description="popularity skew of applications/documents/contexts")
     turns_mean: float = Field(4.0, ge=1, description="multi_turn: mean turns per conversation")
     think_time_s: float = Field(30.0, gt=0, description="multi_turn: mean time between turns")
     context_tokens: int = Field(
-        0, ge=0, description="multi_turn: shared context heading every conversation, tokens (0: none)")
+        0, ge=0, le=MAX_TOKENS, description="multi_turn: shared context heading every conversation, tokens (0: none)")
 
     @model_validator(mode="after")
     def _context_only_multi_turn(self) -> "PrefixSharing":

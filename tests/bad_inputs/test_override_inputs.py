@@ -37,6 +37,10 @@ CASES = [
     # found by fuzzing: 2**63 passed and overflowed in the observation encoder
     ("batch-level-huge", {"actions": {"batch_levels": [8, 32, 2**63]}},
      ["actions.batch_levels", "9223372036854775808", "above the largest batch level supported, 65536"]),
+    ("prefix-tokens-huge", {"workload": {"classes": {"chat": {"prefix": {"kind": "system_prompt", "tokens": 2**63}}}}},
+     ["workload.classes.chat.prefix.tokens", "less than or equal to 16777216"]),
+    ("prefix-count-huge", {"workload": {"classes": {"chat": {"prefix": {"kind": "documents", "count": 10**12}}}}},
+     ["workload.classes.chat.prefix.count", "less than or equal to 1000000"]),
     ("length-sigma-huge", {"workload": {"classes": {"chat": {"prompt_tokens": {"median": 500, "sigma": 1e12}}}}},
      ["workload.classes.chat.prompt_tokens.sigma", "less than or equal to 10"]),
     ("cv-with-poisson", {"workload": {"cv": 3.0}}, ["workload.cv", "3.0", "ignored with arrivals 'poisson'"]),
