@@ -39,9 +39,11 @@ training (training draws its grid seeds from the environment's own ``np_random``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.perf import ReplicaPerf, software_stack
@@ -70,9 +72,13 @@ _PRICE_SHAPE = np.array([0.75, 0.7, 0.68, 0.68, 0.7, 0.78, 0.9, 1.05, 1.15, 1.15
                          1.05, 1.05, 1.08, 1.15, 1.25, 1.35, 1.38, 1.3, 1.12, 0.98, 0.88, 0.8])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class RandomGridSpec:
-    """Ranges the generator draws from (inclusive)."""
+    """Ranges the generator draws from (inclusive).
+
+    A pydantic dataclass in strict mode: a field of the wrong type (``"10"`` for a number,
+    ``1.5`` for an int, ``True`` for a float, a string for a tuple) or an unknown field raises a
+    ValueError naming it, and the checks below name the field and the value."""
 
     n_regions: tuple[int, int] = (1, 6)
     n_sites: tuple[int, int] = (1, 12)
@@ -88,7 +94,25 @@ class RandomGridSpec:
     p_sharing: float = 0.0  # chance a grid's classes share prompt prefixes (see _sharing)
     batch_levels: tuple[int, ...] = (8, 32, 128)
     observation_mode: str | None = "relative"  # None: leave the scenario default
-    extra: dict = field(default_factory=dict)  # deep-merged into every scenario (overrides)
+    extra: dict = field(default_factory=dict)  # deep-merged into every scenario (overrides), last
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RandomGridSpec":
+        """From a mapping (JSON, ``--env-config``): lists become tuples, and any error is one line
+        naming the field and the value."""
+        from pydantic import ValidationError
+
+        if not isinstance(d, dict):
+            raise ValueError(f"RandomGridSpec: expected a mapping of fields, got {d!r}")
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        except ValidationError as err:
+            parts = []
+            for e in err.errors():
+                loc = ".".join(str(x) for x in e["loc"])
+                msg = e["msg"].removeprefix("Value error, ")
+                parts.append(f"{loc}: {msg}, got {e['input']!r}" if loc else msg)
+            raise ValueError("RandomGridSpec: " + "; ".join(parts)) from None
 
     def __post_init__(self) -> None:
         lo, hi = self.n_regions
@@ -109,8 +133,10 @@ class RandomGridSpec:
         for a in self.arrivals:
             if a not in known:
                 raise ValueError(f"arrivals: unknown {a!r}; known: {list(known)}")
-        if not 0.0 <= self.p_sharing <= 1.0:
-            raise ValueError(f"p_sharing must be a probability in [0, 1], got {self.p_sharing}")
+        for name in ("p_second_model", "p_faults", "p_residency", "p_sharing"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         if not self.arrivals or self.arrivals == ("trace",) and not self.trace_paths:
             raise ValueError("arrivals: 'trace' alone needs trace_paths")
 
@@ -310,6 +336,10 @@ def random_scenario(seed: int, spec: RandomGridSpec | None = None) -> dict:
                                   "max_retries": 1}
     if spec.p_sharing > 0.0:
         _sharing(scenario, np.random.default_rng([int(seed), 0x5A4E]), spec.p_sharing)
+    if spec.extra:  # the user's overrides, validated with the rest by load_scenario
+        from gridenv.core.scenario import deep_merge
+
+        scenario = deep_merge(scenario, spec.extra)
     return scenario
 
 

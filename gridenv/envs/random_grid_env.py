@@ -42,7 +42,7 @@ HELDOUT_GRID_SEED_MIN = 2_000_000_000
 
 def _grid_spec(spec: RandomGridSpec | dict | None) -> RandomGridSpec:
     if isinstance(spec, dict):
-        spec = RandomGridSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        spec = RandomGridSpec.from_dict(spec)
     spec = spec or RandomGridSpec()
     if spec.observation_mode != "relative":
         raise ValueError("RandomGridEnv needs spec.observation_mode == 'relative' (one space for every grid)")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gridenv.core.random_grid import RandomGridSpec, estimated_capacity_rps, random_scenario
-from gridenv.core.scenario import load_scenario
+from gridenv.core.scenario import ScenarioError, load_scenario
 from gridenv.core.simulator import GridSimulator
 
 TRACE = Path(__file__).resolve().parents[2].parent / "shared/data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
@@ -166,7 +166,43 @@ def test_a_grid_with_prefix_sharing_hits_the_cache():
     assert min(hit_rates) > 0.1
 
 
+@pytest.mark.parametrize("name", ["p_sharing", "p_faults", "p_second_model", "p_residency"])
 @pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
-def test_p_sharing_must_be_a_probability(p):
-    with pytest.raises(ValueError, match="p_sharing must be a probability"):
-        RandomGridSpec(p_sharing=p)
+def test_probabilities_must_be_probabilities(name, p):
+    with pytest.raises(ValueError, match=f"{name} must be a probability"):
+        RandomGridSpec(**{name: p})
+
+
+# Found by probing the env-config path (2026-12-01): each was accepted, or failed with a
+# TypeError far from the cause.
+@pytest.mark.parametrize("bad, fragment", [
+    ({"p_faults": 1.5}, "p_faults must be a probability in [0, 1], got 1.5"),
+    ({"p_residency": "x"}, "p_residency: Input should be a valid number, got 'x'"),
+    ({"horizon_s": "10"}, "horizon_s: Input should be a valid number, got '10'"),
+    ({"arrivals": "poisson"}, "arrivals: Input should be a valid tuple, got 'poisson'"),
+    ({"n_regions": [1.5, 3]}, "n_regions.0: Input should be a valid integer, got 1.5"),
+    ({"load": [True, 2]}, "load.0: Input should be a valid number, got True"),
+    ({"bogus": 1}, "bogus: Unexpected keyword argument, got 1"),
+    ([1, 2], "expected a mapping of fields"),
+])
+def test_spec_from_a_mapping_names_the_bad_field_in_one_line(bad, fragment):
+    with pytest.raises(ValueError) as err:
+        RandomGridSpec.from_dict(bad)
+    msg = str(err.value)
+    assert fragment in msg and "\n" not in msg and msg.startswith("RandomGridSpec: ")
+
+
+def test_spec_from_a_mapping_takes_json_lists():
+    assert RandomGridSpec.from_dict({"load": [0.5, 1], "arrivals": ["poisson"]}) == RandomGridSpec(
+        load=(0.5, 1.0), arrivals=("poisson",))
+
+
+def test_extra_overrides_are_merged_into_every_grid_and_validated():
+    """`extra` was declared and never read; now it is deep-merged last, and load_scenario
+    validates it like any override."""
+    spec = RandomGridSpec(observation_mode=None, extra={"horizon_s": 30.0, "economics": {"output_value_usd_per_mtok": 3.0}})
+    for seed in (1, 2):
+        sc = load_scenario(random_scenario(seed, spec))
+        assert sc.horizon_s == 30.0 and sc.economics.output_value_usd_per_mtok == 3.0
+    with pytest.raises(ScenarioError, match="horizon_s"):
+        load_scenario(random_scenario(1, RandomGridSpec(observation_mode=None, extra={"horizon_s": -1.0})))
