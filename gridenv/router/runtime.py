@@ -421,7 +421,13 @@ class RouterPolicy:
         record = _get(meta, "interface")
         mode = _get(meta, "interface.interface.mode")
         try:
-            iface = make_interface(st, mode)
+            # statics edited by hand (a batch level of 2**63, a max_waiting of 0) must fail here with
+            # the file named, not as an overflow or a divide-by-zero warning in the encoder
+            with np.errstate(divide="raise", over="raise", invalid="raise"):
+                iface = make_interface(st, mode)
+        except ArithmeticError as err:  # OverflowError, FloatingPointError, ZeroDivisionError
+            raise PolicyFileError(f"{POLICY_JSON}: statics: the observation encoder cannot scale them "
+                                  f"({type(err).__name__}: {err}); edited after export?") from None
         except ValueError as err:
             raise PolicyFileError(f"{POLICY_JSON}: interface.interface.mode: {err}") from None
         try:

@@ -322,6 +322,17 @@ def test_wrong_number_of_sites_refused(policy_dir, tmp_path, case):
         RouterPolicy.load(d)
 
 
+@pytest.mark.parametrize("key, value, problem", [
+    ("batch_levels", [8, 32, 2**63], "OverflowError"),  # found by fuzzing policy.json (2026-12-01)
+    ("max_waiting", [64, 64, 0, 64, 64], "FloatingPointError"),  # was a divide-by-zero warning
+])
+def test_statics_the_encoder_cannot_scale_are_refused(policy_dir, tmp_path, key, value, problem):
+    d = _copy(policy_dir, tmp_path)
+    _edit(d, lambda m: m["statics"].update({key: value}))
+    with pytest.raises(PolicyFileError, match=f"policy.json: statics: the observation encoder cannot scale them \\({problem}"):
+        RouterPolicy.load(d)
+
+
 def test_other_refusals(policy_dir, tmp_path):
     d = _copy(policy_dir, tmp_path)
     _edit(d, lambda m: m.update(format_version=99))
