@@ -69,6 +69,8 @@ class TrainArgs:
     """minibatch steps (of 256 decisions) of the behaviour cloning, at least; whole epochs, at most 50 (more demonstrations or more updates: a closer clone)"""
     warm_start_anchor: int = 0
     """after every PPO update, this many minibatch steps (of 256) of the warm start's cloning loss on its demonstrations, so PPO refines the clone instead of drifting from it (0: off); 8 held the generalist's clone at 8.47-8.60 $ on its tuning grids over 800k steps, where plain PPO fell from 8.52 to 7.79 in 400k"""
+    warm_start_dagger: int = 0
+    """rounds of DAgger after the cloning: the clone drives --warm-start-steps decisions on new episodes, the heuristic labels the states it visits, and the clone is refitted on all demonstrations so far (0: off)"""
     warm_start_level: Annotated[Optional[int], _unset("the heuristic's own: it keeps each site's current level", "INT")] = None
     """batch level index the cloned heuristic requests at every site it picks (0 = the smallest of the scenario's batch_levels); e.g. 2 for 128 on the cache scenarios, where that level beats the initial one for every cache-aware router"""
     warm_start_core_level: Annotated[Optional[int], _unset("--warm-start-level", "INT")] = None
@@ -195,6 +197,11 @@ def _check_train(a: TrainArgs) -> None:
         raise UsageError(f"--warm-start-steps must be at least 0, got {a.warm_start_steps}")
     if a.warm_start_updates < 1:
         raise UsageError(f"--warm-start-updates must be at least 1, got {a.warm_start_updates}")
+    if a.warm_start_dagger < 0:
+        raise UsageError(f"--warm-start-dagger must be at least 0, got {a.warm_start_dagger}")
+    if a.warm_start_dagger and (warm_start_name(a) is None or a.warm_start_steps == 0 or a.init_from or a.resume):
+        raise UsageError("--warm-start-dagger refits the warm start's clone: a --warm-start heuristic with "
+                         "--warm-start-steps > 0, in a new run (not --init-from or --resume)")
     if a.warm_start_anchor < 0:
         raise UsageError(f"--warm-start-anchor must be at least 0, got {a.warm_start_anchor}")
     if a.warm_start_anchor and (warm_start_name(a) is None or a.warm_start_steps == 0

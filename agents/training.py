@@ -583,9 +583,41 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
                                                            min_updates=args.warm_start_updates)
     returns = W.normalized_returns(demo.rewards, demo.episode_starts, gamma, venv)
     r2 = W.fit_critic(model.policy, obs, returns, seed=args.seed)
+    # DAgger (Ross et al. 2011): the clone drives, the heuristic labels the states it visits, and
+    # the clone is refitted on everything so far. A clone's own mistakes lead it to states the
+    # heuristic never showed it; this shows it those. The critic keeps the heuristic's returns.
+    dagger_acc = []
+    for r in range(args.warm_start_dagger):
+        chosen = []
+
+        def actor(raw_obs, mask):
+            o = raw_obs[None].astype(np.float32)
+            if venv.norm_obs:
+                o = venv.normalize_obs(o).astype(np.float32)
+            kw = {"action_masks": mask[None]} if maskable else {}
+            a = model.predict(o, deterministic=True, **kw)[0][0]
+            chosen.append(int(a[0]))
+            return a
+
+        more = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
+                                        seed=args.seed + n_envs + 1000 * (r + 1),
+                                        max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None,
+                                        level=args.warm_start_level, core_level=args.warm_start_core_level,
+                                        actor=actor)
+        dagger_acc.append(float(np.mean(np.asarray(chosen) == more.actions[:, 0])))
+        demo = demo + more
+        obs = demo.obs
+        if venv.norm_obs:
+            venv.obs_rms.update(more.obs)
+            obs = venv.normalize_obs(obs).astype(np.float32)
+        _, after, acc_site, acc_level = W.behaviour_clone(model.policy, obs, demo.masks, demo.actions,
+                                                          maskable=maskable, seed=args.seed + r + 1,
+                                                          min_updates=args.warm_start_updates)
     return W.WarmStartReport(heuristic, len(demo.actions), demo.n_episodes, demo.shed_frac, acc_site,
                              acc_level, before, after, None if not np.isfinite(r2) else r2,
-                             level=args.warm_start_level, core_level=args.warm_start_core_level), demo
+                             level=args.warm_start_level, core_level=args.warm_start_core_level,
+                             dagger_rounds=args.warm_start_dagger,
+                             dagger_accuracy_site=dagger_acc or None), demo
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,15 @@ class Demonstrations:
     shed_frac: float  #: share of the demonstrated decisions that shed
     n_episodes: int  #: episodes touched (the last one may be cut)
 
+    def __add__(self, other: "Demonstrations") -> "Demonstrations":
+        """Both sets, back to back (DAgger's aggregate)."""
+        n, m = len(self.actions), len(other.actions)
+        return Demonstrations(
+            np.concatenate([self.obs, other.obs]), np.concatenate([self.masks, other.masks]),
+            np.concatenate([self.actions, other.actions]), np.concatenate([self.rewards, other.rewards]),
+            np.concatenate([self.episode_starts, other.episode_starts]),
+            (self.shed_frac * n + other.shed_frac * m) / max(n + m, 1), self.n_episodes + other.n_episodes)
+
 
 @dataclass
 class WarmStartReport:
@@ -90,6 +99,8 @@ class WarmStartReport:
     critic_r2: float | None
     level: int | None = None  #: batch level index the heuristic was made to request (None: its own)
     core_level: int | None = None  #: the same at core sites (None: `level`)
+    dagger_rounds: int = 0  #: rounds of cloning on the heuristic's labels of the clone's own states
+    dagger_accuracy_site: list | None = None  #: per round, the clone's site agreement on its own states, before refitting
 
     def line(self) -> str:
         r2 = "n/a" if self.critic_r2 is None else f"{self.critic_r2:.2f}"
@@ -100,17 +111,24 @@ class WarmStartReport:
         return (f"warm start: cloned {who} on {self.n_decisions} decisions ({self.n_episodes} "
                 f"episode(s), {self.shed_frac:.1%} shed): site choice agrees {self.accuracy_site:.1%}, "
                 f"batch level {self.accuracy_level:.1%}, NLL {self.nll_before:.3f} -> {self.nll_after:.3f}; "
-                f"critic R^2 {r2}")
+                f"critic R^2 {r2}" + (f"; {self.dagger_rounds} DAgger round(s), site agreement on the "
+                                      f"clone's own states before each: "
+                                      + ", ".join(f"{a:.1%}" for a in self.dagger_accuracy_site or [])
+                                      if self.dagger_rounds else ""))
 
 
 def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int,
                            max_per_episode: int | None = None, level: int | None = None,
-                           core_level: int | None = None) -> Demonstrations:
+                           core_level: int | None = None, actor=None) -> Demonstrations:
     """Run heuristic `heuristic` for `n_decisions` decisions in envs from ``make_env()``.
 
     `level`: the batch level index the heuristic requests at every site it picks (None: its
     own behaviour, keeping each site's current level); `core_level`: the one it requests at core
     sites instead (None: `level`).
+
+    `actor` (DAgger): a function ``(obs, action mask) -> action`` that steps the envs instead of
+    the heuristic, which then only labels the states the actor visits (the recorded actions are
+    the heuristic's, the rewards the actor's).
 
     Episode k is reset with seed ``seed + k`` (the heuristic too), so the demonstrations are
     reproducible. The last episode is cut at `n_decisions`, every episode at `max_per_episode`
@@ -143,6 +161,8 @@ def collect_demonstrations(make_env, heuristic: str, n_decisions: int, seed: int
                 act_l.append(action)
                 start_l.append(first)
                 first = False
+                if actor is not None:
+                    action = np.asarray(actor(obs, mask_l[-1]), dtype=np.int64)
                 obs, reward, terminated, truncated, info = env.step(action)
                 rew_l.append(float(reward))
                 if terminated or truncated:

@@ -369,6 +369,8 @@ def test_args_parsing_and_help():
     (["--warm-start-anchor", "-1"], "--warm-start-anchor must be at least 0, got -1"),
     (["--warm-start-anchor", "4", "--warm-start", "none"], "--warm-start-anchor needs the warm start's demonstrations"),
     (["--warm-start-anchor", "4", "--warm-start-steps", "0"], "--warm-start-anchor needs the warm start's demonstrations"),
+    (["--warm-start-dagger", "-1"], "--warm-start-dagger must be at least 0, got -1"),
+    (["--warm-start-dagger", "1", "--warm-start", "none"], "--warm-start-dagger refits the warm start's clone"),
     (["--total-timesteps", "many"], "--total-timesteps"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, flag, tmp_path):
@@ -464,6 +466,59 @@ def test_warm_start_anchor_clones_after_every_ppo_update(tmp_path, tiny_hp, monk
     calls.clear()
     train.main(tiny_args(tmp_path / "b", tiny_hp, "--eval-freq", "0"))
     assert calls == []
+
+
+def test_an_actor_drives_the_demonstrations_and_the_heuristic_labels_them():
+    """collect_demonstrations(actor=...) (DAgger): the env follows the actor, the recorded
+    actions are the heuristic's on the states the actor reaches."""
+    from agents import warm_start as W
+    from agents.training import make_env
+
+    make = make_env("gridenv/Metro-v1", {"horizon_s": 20})
+    own = W.collect_demonstrations(make, "slo-greedy", 400, seed=7)
+    seen = []
+
+    def shed_all(obs, mask):
+        seen.append(mask.copy())
+        return np.array([len(mask) - 1 - 3, 1])  # the shed slot (3 batch levels follow it)
+
+    led = W.collect_demonstrations(make, "slo-greedy", 400, seed=7, actor=shed_all)
+    assert len(seen) == len(led.actions) == 400
+    assert (led.masks == np.stack(seen)).all()
+    assert np.array_equal(led.obs[0], own.obs[0])  # same first state, then the actor's path
+    assert not np.array_equal(led.obs[1:], own.obs[1:])
+    assert led.shed_frac < 0.5  # labels are slo-greedy's, not the actor's (which shed everything)
+    assert (led.rewards == 0.0).all() and own.rewards.sum() > 0.0  # the actor's rewards: shed pays 0
+    both = own + led
+    assert len(both.actions) == 800 and np.array_equal(both.actions[400:], led.actions)
+    assert both.shed_frac == pytest.approx((own.shed_frac + led.shed_frac) / 2)
+
+
+def test_warm_start_dagger_refits_on_the_clones_own_states(tmp_path, tiny_hp, monkeypatch):
+    """--warm-start-dagger N: N more collections driven by the clone, each followed by cloning on
+    everything so far; recorded with the clone's agreement on its own states."""
+    from agents import warm_start as W
+
+    collects, clones = [], []
+    real_collect, real_clone = W.collect_demonstrations, W.behaviour_clone
+
+    def spy_collect(*a, **kw):
+        collects.append(kw.get("actor") is not None)
+        return real_collect(*a, **kw)
+
+    def spy_clone(policy, obs, masks, actions, **kw):
+        clones.append(len(actions))
+        return real_clone(policy, obs, masks, actions, **kw)
+
+    monkeypatch.setattr(W, "collect_demonstrations", spy_collect)
+    monkeypatch.setattr(W, "behaviour_clone", spy_clone)
+    train.main(tiny_args(tmp_path / "d", tiny_hp, "--warm-start-dagger", "2", "--eval-freq", "0"))
+    assert collects == [False, True, True]
+    assert len(clones) == 3 and clones[1] == 2 * clones[0] and clones[2] == 3 * clones[0]
+    ws = json.loads((tmp_path / "d" / "args.json").read_text())["warm_start"]
+    assert ws["dagger_rounds"] == 2 and len(ws["dagger_accuracy_site"]) == 2
+    assert all(0.0 <= a <= 1.0 for a in ws["dagger_accuracy_site"])
+    assert ws["n_decisions"] == clones[2]
 
 
 def test_anchor_steps_pull_a_policy_back_to_the_demonstrations():
