@@ -74,7 +74,7 @@ COMMANDS: dict[str, tuple] = {
     "python -m gridenv.core.random_grid --seeds 1500000008 --out configs/own-grid --prefix own-grid": ("twin", "tests/agents/test_generalist_training.py::test_own_grid_file_is_what_the_generator_writes"),
     "python train.py --scenario configs/own-grid/own-grid-1500000008.yaml": ("parse", "train.py"),
     "python train.py --scenario configs/own-grid/own-grid-1500000008.yaml --init-from models/generalist --run-dir runs/own-grid_ft": ("parse", "train.py"),
-    "python train.py --scenario random-grid --hyperparams configs/ppo_generalist.yaml --warm-start slo-greedy-lenient --warm-start-level 2 --warm-start-steps 200000 --warm-start-updates 8000 --warm-start-anchor 8 --no-eval-leaderboard": ("parse", "train.py"),
+    "python train.py --scenario random-grid --hyperparams configs/ppo_generalist.yaml --env-config '{\"p_sharing\": 0.5}' --warm-start prefix-switch --warm-start-level 2 --warm-start-steps 200000 --warm-start-updates 8000 --warm-start-dagger 1 --warm-start-anchor 8 --no-eval-leaderboard": ("parse", "train.py"),
     """python -m agents.bench_training --scenario random-grid --steps 16384 --variants fast --extra '{"dummy4": {"hyperparams": "configs/ppo.yaml", "vec_backend": "dummy", "n_envs": 4, "n_steps": 512}}'""": ("twin", "tests/agents/test_vec_env.py::test_bench_training_reports_every_variant"),
     f"H={H}": ("twin", "(shell variable of the next two lines)"),
     "python evaluate.py --suite standard --scenarios metro --policies $H,ppo-metro=models/metro/best_model.zip": ("parse", "evaluate.py"),
