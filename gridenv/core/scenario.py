@@ -104,6 +104,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+#: Largest token count a scenario may give (a prompt, a shared prefix, a length bound): 16.7M,
+#: far beyond any model's context window (those are masked by the catalog's limits); larger
+#: values overflowed int64 sums. MAX_SHARED_GROUPS bounds a sharing's popularity table.
+MAX_TOKENS = 1 << 24
+MAX_SHARED_GROUPS = 1_000_000
+#: Replicas (serving engines) a site may have: the simulator holds each one, so 2**63 of them
+#: hung the env's construction (found by setting each value of three scenarios to 2**63).
+MAX_REPLICAS_PER_SITE = 4096
+
+
 def in_catalog(name: str, catalog: dict, what: str) -> str:
     """`name` if it is a key of `catalog`, else a ValueError listing the known names."""
     if name not in catalog:
@@ -135,7 +145,7 @@ class Site(_Strict):
     kind: Literal["edge", "core"]
     gpu: str
     tp: int = Field(1, ge=1, le=16, description="GPUs per replica (tensor parallel)")
-    replicas: int = Field(ge=1, description="serving engines at the site")
+    replicas: int = Field(ge=1, le=MAX_REPLICAS_PER_SITE, description="serving engines at the site")
     model: str
     weight_dtype: Literal["bf16", "fp8"] = "bf16"
     gpu_usd_per_h: float = Field(gt=0, description="$ per GPU-hour")
@@ -181,13 +191,6 @@ class Network(_Strict):
     api_overhead_ms: float = Field(15.0, ge=0, description="fixed API overhead added to TTFT")
 
 
-#: Largest token count a scenario may give (a prompt, a shared prefix, a length bound): 16.7M,
-#: far beyond any model's context window (those are masked by the catalog's limits); larger
-#: values overflowed int64 sums. MAX_SHARED_GROUPS bounds a sharing's popularity table.
-MAX_TOKENS = 1 << 24
-MAX_SHARED_GROUPS = 1_000_000
-
-
 class LengthDist(_Strict):
     """Log-normal token count, clipped to [min, max]."""
 
@@ -230,7 +233,7 @@ class PrefixSharing(_Strict):
     count: int = Field(8, ge=1, le=MAX_SHARED_GROUPS,
                        description="applications (system_prompt), documents, or shared contexts (multi_turn)")
     tokens: int = Field(1024, ge=1, le=MAX_TOKENS, description="shared prefix length, tokens")
-    zipf_s: float = Field(0.0, ge=0, description="popularity skew of applications/documents/contexts")
+    zipf_s: float = Field(0.0, ge=0, le=10, description="popularity skew of applications/documents/contexts (at most 10: beyond, all but the first have weight 0)")
     turns_mean: float = Field(4.0, ge=1, description="multi_turn: mean turns per conversation")
     think_time_s: float = Field(30.0, gt=0, description="multi_turn: mean time between turns")
     context_tokens: int = Field(
