@@ -197,17 +197,17 @@ def _check_train(a: TrainArgs) -> None:
         raise UsageError(f"--warm-start-steps must be at least 0, got {a.warm_start_steps}")
     if a.warm_start_updates < 1:
         raise UsageError(f"--warm-start-updates must be at least 1, got {a.warm_start_updates}")
+    # Both need the warm start's clone and demonstrations: a teacher, some steps, a new run.
+    cloned = warm_start_name(a) is not None and a.warm_start_steps > 0 and not (a.init_from or a.resume)
+    needs = "a --warm-start heuristic with --warm-start-steps > 0, in a new run (not --init-from or --resume)"
     if a.warm_start_dagger < 0:
         raise UsageError(f"--warm-start-dagger must be at least 0, got {a.warm_start_dagger}")
-    if a.warm_start_dagger and (warm_start_name(a) is None or a.warm_start_steps == 0 or a.init_from or a.resume):
-        raise UsageError("--warm-start-dagger refits the warm start's clone: a --warm-start heuristic with "
-                         "--warm-start-steps > 0, in a new run (not --init-from or --resume)")
+    if a.warm_start_dagger and not cloned:
+        raise UsageError(f"--warm-start-dagger refits the warm start's clone: {needs}")
     if a.warm_start_anchor < 0:
         raise UsageError(f"--warm-start-anchor must be at least 0, got {a.warm_start_anchor}")
-    if a.warm_start_anchor and (warm_start_name(a) is None or a.warm_start_steps == 0
-                                or a.init_from or a.resume):
-        raise UsageError("--warm-start-anchor needs the warm start's demonstrations: a --warm-start heuristic "
-                         "with --warm-start-steps > 0, in a new run (not --init-from or --resume)")
+    if a.warm_start_anchor and not cloned:
+        raise UsageError(f"--warm-start-anchor needs the warm start's demonstrations: {needs}")
     if a.warm_start_level is not None and a.warm_start_level < 0:
         raise UsageError(f"--warm-start-level must be a batch level index >= 0, got {a.warm_start_level}")
     if a.warm_start_core_level is not None and a.warm_start_core_level < 0:

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 from pydantic import (BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator,
                       model_validator)
 
-from gridenv.core.strict_yaml import load_yaml_file
+from gridenv.core.strict_yaml import format_validation_error, load_yaml_file
 
 __all__ = [
     "SchemaError", "SuiteEntry", "SeedRange", "SuitesFile", "Normalize", "HyperparamEntry",
@@ -45,20 +45,6 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 class SchemaError(ValueError):
     """A file that does not follow its schema (the message names the file and the key path)."""
-
-
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """``where: key.path: what is wrong (got value)``, one clause per error."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (a typo? see python -m gridenv schemas)"
-        got = "" if e["type"] in ("missing", "value_error", "extra_forbidden") \
-            or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-        parts.append(f"{loc or '(top level)'}: {msg}{got}")
-    return f"{where}: " + "; ".join(dict.fromkeys(parts))
 
 
 M = TypeVar("M", bound=BaseModel)

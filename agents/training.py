@@ -569,14 +569,21 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
     # At most a quarter of the run's steps: a smoke run of a few hundred steps stays a smoke run.
     n_decisions = max(1, min(args.warm_start_steps, args.total_timesteps // 4))
     # On RandomGrid every episode is cut at 1/25 of the decisions: 25+ grids, not two or three.
-    demo = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
-                                    seed=args.seed + n_envs,
-                                    max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None,
-                                    level=args.warm_start_level, core_level=args.warm_start_core_level)
-    obs = demo.obs
-    if venv.norm_obs:  # the policy sees normalized observations: prime the statistics with these
-        venv.obs_rms.update(obs)
-        obs = venv.normalize_obs(obs).astype(np.float32)
+    def collect(seed: int, actor=None):
+        return W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions, seed=seed,
+                                        max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None,
+                                        level=args.warm_start_level, core_level=args.warm_start_core_level,
+                                        actor=actor)
+
+    def policy_obs(all_obs, new_obs):
+        """What the policy reads: with observation normalization, the statistics take in the new rows."""
+        if not venv.norm_obs:
+            return all_obs
+        venv.obs_rms.update(new_obs)
+        return venv.normalize_obs(all_obs).astype(np.float32)
+
+    demo = collect(args.seed + n_envs)
+    obs = policy_obs(demo.obs, demo.obs)
     maskable = algo == "maskable_ppo"
     before, after, acc_site, acc_level = W.behaviour_clone(model.policy, obs, demo.masks, demo.actions,
                                                            maskable=maskable, seed=args.seed,
@@ -599,17 +606,10 @@ def _warm_start(model, venv: VecNormalize, heuristic: str, args: TrainArgs, ref:
             chosen.append(int(a[0]))
             return a
 
-        more = W.collect_demonstrations(make_env(ref.env_id, env_config), heuristic, n_decisions,
-                                        seed=args.seed + n_envs + 1000 * (r + 1),
-                                        max_per_episode=max(n_decisions // 25, 1) if is_random_grid(ref) else None,
-                                        level=args.warm_start_level, core_level=args.warm_start_core_level,
-                                        actor=actor)
+        more = collect(args.seed + n_envs + 1000 * (r + 1), actor)
         dagger_acc.append(float(np.mean(np.asarray(chosen) == more.actions[:, 0])))
         demo = demo + more
-        obs = demo.obs
-        if venv.norm_obs:
-            venv.obs_rms.update(more.obs)
-            obs = venv.normalize_obs(obs).astype(np.float32)
+        obs = policy_obs(demo.obs, more.obs)
         _, after, acc_site, acc_level = W.behaviour_clone(model.policy, obs, demo.masks, demo.actions,
                                                           maskable=maskable, seed=args.seed + r + 1,
                                                           min_updates=args.warm_start_updates)

@@ -56,10 +56,10 @@ def make_teacher(name: str, **kwargs):
     """A heuristic or a :data:`TEACHERS` entry by name (kwargs: level, core_level)."""
     from agents.heuristics import make_heuristic
 
-    base, fixed = TEACHERS.get(name, (name, {}))
-    if base[:1].isupper():  # a composite teacher class of agents.teachers
-        from agents import teachers
+    from agents import teachers
 
+    base, fixed = TEACHERS.get(name, (name, {}))
+    if base in teachers.__all__:  # a composite teacher class of agents.teachers
         return getattr(teachers, base)(**fixed, **kwargs)
     return make_heuristic(base, **fixed, **kwargs)
 

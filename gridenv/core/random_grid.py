@@ -102,17 +102,14 @@ class RandomGridSpec:
         naming the field and the value."""
         from pydantic import ValidationError
 
+        from gridenv.core.strict_yaml import format_validation_error
+
         if not isinstance(d, dict):
             raise ValueError(f"RandomGridSpec: expected a mapping of fields, got {d!r}")
         try:
             return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
         except ValidationError as err:
-            parts = []
-            for e in err.errors():
-                loc = ".".join(str(x) for x in e["loc"])
-                msg = e["msg"].removeprefix("Value error, ")
-                parts.append(f"{loc}: {msg}, got {e['input']!r}" if loc else msg)
-            raise ValueError("RandomGridSpec: " + "; ".join(parts)) from None
+            raise ValueError(format_validation_error(err, "RandomGridSpec")) from None
 
     def __post_init__(self) -> None:
         lo, hi = self.n_regions

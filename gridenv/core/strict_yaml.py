@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "line_of"]
+__all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "line_of", "format_validation_error"]
 
 #: Key path -> 1-based line of the key (for sequence items: the item's first line).
 LineMap = dict[tuple, int]
@@ -102,3 +102,18 @@ def load_yaml_file(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     return load_yaml(path.read_text(), str(path))[0]
+
+
+def format_validation_error(err, where: str) -> str:
+    """``where: key.path: what is wrong (got value)``, one clause per error of a pydantic
+    ValidationError (files validated by agents.schemas, RandomGridSpec.from_dict)."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "union[")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo? see python -m gridenv schemas)"
+        got = "" if e["type"] in ("missing", "value_error", "extra_forbidden") \
+            or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        parts.append(f"{loc or '(top level)'}: {msg}{got}")
+    return f"{where}: " + "; ".join(dict.fromkeys(parts))

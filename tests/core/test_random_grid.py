@@ -177,12 +177,12 @@ def test_probabilities_must_be_probabilities(name, p):
 # TypeError far from the cause.
 @pytest.mark.parametrize("bad, fragment", [
     ({"p_faults": 1.5}, "p_faults must be a probability in [0, 1], got 1.5"),
-    ({"p_residency": "x"}, "p_residency: Input should be a valid number, got 'x'"),
-    ({"horizon_s": "10"}, "horizon_s: Input should be a valid number, got '10'"),
-    ({"arrivals": "poisson"}, "arrivals: Input should be a valid tuple, got 'poisson'"),
-    ({"n_regions": [1.5, 3]}, "n_regions.0: Input should be a valid integer, got 1.5"),
-    ({"load": [True, 2]}, "load.0: Input should be a valid number, got True"),
-    ({"bogus": 1}, "bogus: Unexpected keyword argument, got 1"),
+    ({"p_residency": "x"}, "p_residency: Input should be a valid number (got 'x')"),
+    ({"horizon_s": "10"}, "horizon_s: Input should be a valid number (got '10')"),
+    ({"arrivals": "poisson"}, "arrivals: Input should be a valid tuple (got 'poisson')"),
+    ({"n_regions": [1.5, 3]}, "n_regions.0: Input should be a valid integer (got 1.5)"),
+    ({"load": [True, 2]}, "load.0: Input should be a valid number (got True)"),
+    ({"bogus": 1}, "bogus: Unexpected keyword argument (got 1)"),
     ([1, 2], "expected a mapping of fields"),
 ])
 def test_spec_from_a_mapping_names_the_bad_field_in_one_line(bad, fragment):
