@@ -10,10 +10,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import tyro
 
-from gridenv.core.perf import DEFAULT_SOFTWARE_STACK
+from gridenv.core.perf import software_stack
 from gridenv.fidelity.data import BENCHMARKS_PATH, load_benchmarks
 from gridenv.fidelity.report import fidelity_table, format_markdown, format_table, summarize
 
@@ -22,8 +23,9 @@ from gridenv.fidelity.report import fidelity_table, format_markdown, format_tabl
 class Args:
     """Replay measured serving benchmarks and compare."""
 
-    stack: str = DEFAULT_SOFTWARE_STACK
-    """Software stack (gridenv.core.perf.SOFTWARE_STACKS) the engine runs."""
+    stack: Optional[str] = None
+    """Software stack (gridenv.core.perf.SOFTWARE_STACKS) the engine runs for every row
+    (default: each row's own, its ``stack`` in the benchmark file)."""
     rows: list[str] = field(default_factory=list)
     """Row ids to replay (default: every row)."""
     json: bool = False
@@ -37,6 +39,8 @@ class Args:
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv)
     try:
+        if args.stack is not None:
+            software_stack(args.stack)  # an unknown name fails here, before any replay
         bench = load_benchmarks(args.benchmarks)
         table = fidelity_table(bench, args.stack, args.rows or None)
     except (KeyError, ValueError) as e:
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.markdown:
         print(format_markdown(table, summary))
     else:
-        print(f"software stack: {args.stack}   benchmarks: {args.benchmarks.name}")
+        print(f"software stack: {args.stack or 'each row its own (column stack)'}   benchmarks: {args.benchmarks.name}")
         print(format_table(table, summary))
     return 0
 

@@ -15,12 +15,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+import numpy as np
+
 from gridenv.core.catalog import GPUS, MODELS
+from gridenv.core.perf import DEFAULT_SOFTWARE_STACK, SOFTWARE_STACKS
 from gridenv.core.scenario import in_catalog
 
 __all__ = [
-    "BENCHMARKS_PATH", "Source", "Host", "Workload", "ServerFlags", "RowWorkload", "Measured",
-    "BenchmarkRow", "BenchmarkFile", "load_benchmarks",
+    "BENCHMARKS_PATH", "QUANTILES", "Source", "Host", "Workload", "ServerFlags", "RowWorkload",
+    "Measured", "BenchmarkRow", "BenchmarkFile", "draw_lengths", "load_benchmarks",
 ]
 
 BENCHMARKS_PATH = Path(__file__).with_name("benchmarks.yaml")
@@ -38,6 +41,13 @@ class Source(_Strict):
     license: str
     software: str
     workload: str
+    #: How the source's tool computed its metrics. ``benchmark_serving``: vLLM's
+    #: benchmark_serving.py (TPOT = (latency - TTFT) / (output tokens - 1) per request, then
+    #: mean and median). ``inference_perf``: kubernetes-sigs/inference-perf, whose own TPOT
+    #: divides by streamed chunks, not tokens; the file's TPOTs are derived from its latency,
+    #: TTFT and output-length statistics, (mean latency - mean TTFT) / (mean output - 1) and the
+    #: same of the medians, and the replay computes them the same way.
+    metrics: Literal["benchmark_serving", "inference_perf"] = "benchmark_serving"
 
 
 class Host(_Strict):
@@ -53,17 +63,43 @@ class Host(_Strict):
     cpu_scale: float = Field(1.0, gt=0)
 
 
+#: Quantile keys of a length distribution, with their probabilities (inference-perf's reports).
+QUANTILES = {"min": 0.0, "p1": 0.01, "p5": 0.05, "p10": 0.10, "p25": 0.25, "median": 0.50,
+             "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99, "max": 1.0}
+
+
 class Workload(_Strict):
-    """Per-request prompt and output lengths, in request order, read from a cited result file."""
+    """Per-request prompt and output lengths: in request order, read from a cited result file
+    (``input_tokens``, ``output_tokens``), or, where the source reports only their distribution,
+    its quantiles (``input_quantiles``, ``output_quantiles``: ``QUANTILES`` keys -> tokens), from
+    which ``BenchmarkFile.lengths`` draws them."""
 
     source: str
     path: str
     commit: str = Field(pattern=r"^[0-9a-f]{40}$")
-    input_tokens: list[int] = Field(min_length=1)
-    output_tokens: list[int] = Field(min_length=1)
+    input_tokens: list[int] | None = Field(None, min_length=1)
+    output_tokens: list[int] | None = Field(None, min_length=1)
+    input_quantiles: dict[str, float] | None = None
+    output_quantiles: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _same_length(self) -> "Workload":
+        lists = (self.input_tokens is not None, self.output_tokens is not None)
+        quants = (self.input_quantiles is not None, self.output_quantiles is not None)
+        if not (all(lists) and not any(quants)) and not (all(quants) and not any(lists)):
+            raise ValueError("a workload gives input_tokens and output_tokens (per request), or "
+                             "input_quantiles and output_quantiles (a distribution), not a mix")
+        if self.input_quantiles is not None:
+            for name, q in (("input_quantiles", self.input_quantiles),
+                            ("output_quantiles", self.output_quantiles)):
+                if set(q) != set(QUANTILES):
+                    raise ValueError(f"{name}: expected the keys {list(QUANTILES)}, got {list(q)}")
+                values = [q[k] for k in QUANTILES]
+                if not all(np.isfinite(values)) or any(b < a for a, b in zip(values, values[1:])):
+                    raise ValueError(f"{name}: values must be finite and non-decreasing from min to max")
+            if self.input_quantiles["min"] < 1 or self.output_quantiles["min"] < 0:
+                raise ValueError("prompt lengths must be >= 1 and output lengths >= 0")
+            return self
         if len(self.input_tokens) != len(self.output_tokens):
             raise ValueError(
                 f"input_tokens ({len(self.input_tokens)}) and output_tokens "
@@ -72,6 +108,19 @@ class Workload(_Strict):
         if min(self.input_tokens) < 1 or min(self.output_tokens) < 0:
             raise ValueError("prompt lengths must be >= 1 and output lengths >= 0")
         return self
+
+    @property
+    def per_request(self) -> bool:
+        return self.input_tokens is not None
+
+
+def draw_lengths(quantiles: dict[str, float], n: int, rng: np.random.Generator) -> list[int]:
+    """`n` lengths with the given quantiles: the inverse of the piecewise-linear CDF through
+    them at the mid-points (i + 0.5) / n, rounded, in an order drawn from `rng`."""
+    probs = list(QUANTILES.values())
+    values = [quantiles[k] for k in QUANTILES]
+    x = np.rint(np.interp((np.arange(n) + 0.5) / n, probs, values)).astype(int)
+    return rng.permutation(x).tolist()
 
 
 class ServerFlags(_Strict):
@@ -95,8 +144,13 @@ class RowWorkload(_Strict):
 
     name: str
     n_requests: int = Field(ge=1)
-    arrival: Literal["burst", "poisson", "closed"]
+    #: burst: all at t = 0. poisson: benchmark_serving.py's exponential gaps at rate_rps.
+    #: constant: inference-perf's ConstantLoadTimer, n_requests exponential gaps rescaled to sum
+    #: to duration_s (the first request after the first gap). closed: concurrency requests in
+    #: flight, the next sent when one completes.
+    arrival: Literal["burst", "poisson", "constant", "closed"]
     rate_rps: float | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0)
     concurrency: int | None = Field(None, ge=1)
     seed: int = 0
     #: This run's own output lengths (first n_requests), when they differ from the workload's.
@@ -111,6 +165,8 @@ class RowWorkload(_Strict):
             raise ValueError("arrival 'poisson' needs rate_rps")
         if self.arrival == "closed" and self.concurrency is None:
             raise ValueError("arrival 'closed' needs concurrency")
+        if self.arrival == "constant" and self.duration_s is None:
+            raise ValueError("arrival 'constant' needs duration_s")
         if self.output_tokens is not None and len(self.output_tokens) != self.n_requests:
             raise ValueError(
                 f"output_tokens has {len(self.output_tokens)} entries, n_requests is "
@@ -137,7 +193,9 @@ class BenchmarkRow(_Strict):
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     use: Literal["fit", "holdout"]
-    load: Literal["light", "saturated"]
+    #: light: requests rarely wait; moderate: a batch of tens of requests, queues short;
+    #: saturated: the server's maximum batch or a burst, requests queue.
+    load: Literal["light", "moderate", "saturated"]
     source: str
     host: str
     path: str
@@ -150,6 +208,10 @@ class BenchmarkRow(_Strict):
     model: str
     model_note: str | None = None
     tp: int = Field(ge=1)
+    #: The software stack (gridenv.core.perf.SOFTWARE_STACKS) that models this row's server:
+    #: its ``use: fit`` rows are what ``python -m gridenv.fidelity.fit --stack`` fits it on, and
+    #: ``python -m gridenv.fidelity`` replays the row with it unless --stack names another.
+    stack: str = DEFAULT_SOFTWARE_STACK
     server: ServerFlags
     workload: RowWorkload
     workload_note: str | None = None
@@ -174,6 +236,13 @@ class BenchmarkRow(_Strict):
     @classmethod
     def _known_model(cls, v: str) -> str:
         return in_catalog(v, MODELS, "model")
+
+    @field_validator("stack")
+    @classmethod
+    def _known_stack(cls, v: str) -> str:
+        if v not in SOFTWARE_STACKS:
+            raise ValueError(f"unknown stack {v!r}; known: {sorted(SOFTWARE_STACKS)}")
+        return v
 
 
 class BenchmarkFile(_Strict):
@@ -207,7 +276,9 @@ class BenchmarkFile(_Strict):
             w = self.workloads.get(r.workload.name)
             if w is None:
                 raise ValueError(f"row {r.id!r}: unknown workload {r.workload.name!r}")
-            if r.workload.n_requests > len(w.input_tokens):
+            if not w.per_request and r.workload.output_tokens is not None:
+                raise ValueError(f"row {r.id!r}: output_tokens need a per-request workload")
+            if w.per_request and r.workload.n_requests > len(w.input_tokens):
                 raise ValueError(
                     f"row {r.id!r}: n_requests {r.workload.n_requests} > the "
                     f"{len(w.input_tokens)} requests of workload {r.workload.name!r}"
@@ -222,6 +293,9 @@ class BenchmarkFile(_Strict):
         """(prompt tokens, output tokens) of each request the row sent, in order."""
         w = self.workloads[row.workload.name]
         n = row.workload.n_requests
+        if not w.per_request:  # drawn from the distribution, seeded by the row
+            rng = np.random.default_rng(row.workload.seed)
+            return draw_lengths(w.input_quantiles, n, rng), draw_lengths(w.output_quantiles, n, rng)
         outs = row.workload.output_tokens or w.output_tokens[:n]
         return list(w.input_tokens[:n]), list(outs)
 

@@ -22,12 +22,17 @@ What the measured runs had that the engine does not model is applied here:
 * the host: the stack's CPU-side terms scaled by the row's ``Host.cpu_scale``; a GPU variant's
   memory (``gpu_memory_gb``) and bandwidth (``gpu_memory_bandwidth_gbps``);
 * a warm prefix cache (``prefix_cache_warm``: the same prompts served just before on the same
-  server): every prompt's full 16-token blocks are cached when the run starts.
+  server): every prompt's full 16-token blocks are cached when the run starts;
+* latency outside the engine that requests pay in parallel (``ReplicaPerf.c_request_s``: a
+  client in another pod behind a Kubernetes service, HTTP, tokenization, streaming): it delays
+  each request's first and last token.
 
 Metrics are computed as vLLM's ``benchmark_serving.py`` computes them: TTFT over every completed
 request (an empty completion is reported with TTFT 0), TPOT = (latency - TTFT) / (output - 1)
 over requests with more than one output token, throughput over the duration from the first send
-to the last completion.
+to the last completion. For a source measured with inference-perf (``Source.metrics``) the TPOTs
+are (mean latency - mean TTFT) / (mean output - 1) and the same of the medians, as the benchmark
+file derives the measured ones.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def replica_perf(row: BenchmarkRow, stack: dict, cpu_scale: float = 1.0) -> Repl
 
 
 def arrival_times(row: BenchmarkRow) -> np.ndarray:
-    """Send times (s) of an open-loop row: all at 0, or Poisson as benchmark_serving.py draws it.
+    """Send times (s) of an open-loop row: all at 0, Poisson as benchmark_serving.py draws it, or
+    inference-perf's "constant" load.
 
     benchmark_serving.py seeds NumPy's global generator with ``--seed`` and, after sending each
     request, sleeps ``np.random.gamma(burstiness, 1 / (rate * burstiness))`` (burstiness 1:
@@ -97,6 +103,13 @@ def arrival_times(row: BenchmarkRow) -> np.ndarray:
         rs = np.random.RandomState(row.workload.seed)
         gaps = [rs.gamma(1.0, 1.0 / row.workload.rate_rps) for _ in range(n - 1)]
         return np.concatenate([[0.0], np.cumsum(gaps)])
+    if row.workload.arrival == "constant":
+        # inference-perf's ConstantLoadTimer: n exponential gaps (mean 1 / rate) rescaled to sum
+        # to the stage's duration, a request after each. Its generator is unseeded, so the
+        # measured run's draw is unknown; this one is seeded by the row.
+        rng = np.random.default_rng(row.workload.seed)
+        gaps = rng.exponential(1.0 / row.workload.rate_rps, n)
+        return np.cumsum(gaps * (row.workload.duration_s / gaps.sum()))
     raise ValueError(f"row {row.id!r}: arrival {row.workload.arrival!r} is not open-loop")
 
 
@@ -151,14 +164,17 @@ def warm_prefix_cache(rep: Replica, prompts: list[int]) -> int:
 BURST_ORDERS = 8
 
 
-def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str,
+def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str | None = None,
                burst_orders: int = BURST_ORDERS, cpu_scale: float | None = None) -> SimulatedRun:
-    """Simulate ``row`` under ``stack`` (a name in ``SOFTWARE_STACKS`` or keyword arguments).
+    """Simulate ``row`` under ``stack`` (a name in ``SOFTWARE_STACKS`` or keyword arguments;
+    default: the row's own ``stack``).
 
     A burst of more than one request is replayed in ``burst_orders`` random engine orders
     (seeded by the row's seed; 0 = the send order) and its metrics averaged. ``cpu_scale``
     (default: the row's host's, from the benchmark file) scales the stack's CPU-side terms.
     """
+    if stack is None:
+        stack = row.stack
     if isinstance(stack, str):
         stack = software_stack(stack)
     if cpu_scale is None:
@@ -166,21 +182,22 @@ def replay_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str,
     perf = replica_perf(row, stack, cpu_scale)
     prompts, outputs = bench.lengths(row)
     n = len(prompts)
+    from_means = bench.sources[row.source].metrics == "inference_perf"
     if row.workload.arrival != "burst" or n < 2 or burst_orders < 1:
-        return _replay_once(row, perf, prompts, outputs)
+        return _replay_once(row, perf, prompts, outputs, from_means)
     rng = np.random.default_rng(row.workload.seed)
     runs = []
     for _ in range(burst_orders):
         order = rng.permutation(n)
         runs.append(_replay_once(row, perf, [prompts[i] for i in order],
-                                 [outputs[i] for i in order]))
+                                 [outputs[i] for i in order], from_means))
     metrics = {m: float(np.mean([r.metrics[m] for r in runs])) for m in runs[0].metrics}
     return SimulatedRun(float(np.mean([r.duration_s for r in runs])), runs[0].output_tokens,
                         metrics)
 
 
 def _replay_once(row: BenchmarkRow, perf: ReplicaPerf, prompts: list[int],
-                 outputs: list[int]) -> SimulatedRun:
+                 outputs: list[int], from_means: bool = False) -> SimulatedRun:
     """One replay with the requests reaching the API server in the given order."""
     n = len(prompts)
     rep = _replica(perf, row)
@@ -250,23 +267,28 @@ def _replay_once(row: BenchmarkRow, perf: ReplicaPerf, prompts: list[int],
                 next_send += 1
         busy = rep.start(t, max_batch)
 
-    return _measure(row, sends, first_s, done_s, last_step_s, outputs)
+    return _measure(row, sends, first_s, done_s, last_step_s, outputs, perf.c_request_s, from_means)
 
 
-def _measure(row, sends, first_s, done_s, last_step_s, outputs) -> SimulatedRun:
+def _measure(row, sends, first_s, done_s, last_step_s, outputs, c_request_s: float = 0.0,
+             from_means: bool = False) -> SimulatedRun:
     k = row.server.num_scheduler_steps
-    ttft_ms, tpot_ms = [], []
+    ttft_ms, tpot_ms, latency_ms = [], [], []
     end = 0.0
     for i, n_out in enumerate(outputs):
-        ttft = first_s[i] - sends[i]
-        finish = done_s[i]
+        # c_request_s: latency outside the engine on the way in and out (one term for both),
+        # seen by the client on every token it times
+        first = first_s[i] + c_request_s
+        ttft = first - sends[i]
+        finish = done_s[i] + c_request_s
         if n_out > 1:
             # Multi-step: the last token reaches the client at the end of its chunk of k steps
             # (counted from its first decode step), after the chunk's remaining iterations.
             finish += last_step_s[i] * (-(n_out - 1) % k)
-            tpot_ms.append(1e3 * (finish - first_s[i]) / (n_out - 1))
+            tpot_ms.append(1e3 * (finish - first) / (n_out - 1))
         # benchmark_serving records TTFT 0 for a completion that streamed no text.
         ttft_ms.append(1e3 * ttft if n_out > 0 else 0.0)
+        latency_ms.append(1e3 * (finish - sends[i]))
         end = max(end, finish)
     start = float(np.min(sends))
     duration = end - start
@@ -279,4 +301,9 @@ def _measure(row, sends, first_s, done_s, last_step_s, outputs) -> SimulatedRun:
         "tpot_median_ms": float(np.median(tpot_ms)) if tpot_ms else math.nan,
         "tpot_mean_ms": float(np.mean(tpot_ms)) if tpot_ms else math.nan,
     }
+    if from_means:  # inference-perf: from the latency, TTFT and output-length statistics
+        for key, stat in (("tpot_mean_ms", np.mean), ("tpot_median_ms", np.median)):
+            n_out = float(stat(outputs))
+            metrics[key] = ((float(stat(latency_ms)) - float(stat(ttft_ms))) / (n_out - 1.0)
+                            if n_out > 1 else math.nan)
     return SimulatedRun(duration, total_out, metrics)

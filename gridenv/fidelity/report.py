@@ -30,12 +30,14 @@ _SHORT = {
 }
 
 
-def compare_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> dict:
-    """One row: measured, simulated and signed relative error (sim / measured - 1) per metric."""
+def compare_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str | None = None) -> dict:
+    """One row: measured, simulated and signed relative error (sim / measured - 1) per metric,
+    under ``stack`` (default: the row's own)."""
     sim = replay_row(bench, row, stack)
     measured = row.measured.model_dump()
     out = {"id": row.id, "use": row.use, "load": row.load, "gpu": row.gpu, "model": row.model,
-           "tp": row.tp, "metrics": {}}
+           "tp": row.tp, "stack": row.stack if stack is None else stack if isinstance(stack, str) else "(given)",
+           "metrics": {}}
     for m in METRICS:
         meas, s = measured[m], sim.metrics[m]
         out["metrics"][m] = {"measured": meas, "simulated": s, "error": s / meas - 1.0,
@@ -44,8 +46,10 @@ def compare_row(bench: BenchmarkFile, row: BenchmarkRow, stack: dict | str) -> d
     return out
 
 
-def fidelity_table(bench: BenchmarkFile, stack: dict | str, ids: list[str] | None = None) -> list[dict]:
-    """Compare every row (or the rows named in ``ids``, in file order)."""
+def fidelity_table(bench: BenchmarkFile, stack: dict | str | None = None,
+                   ids: list[str] | None = None) -> list[dict]:
+    """Compare every row (or the rows named in ``ids``, in file order), each under ``stack``
+    (default: the row's own)."""
     if ids:
         unknown = sorted(set(ids) - set(bench.by_id))
         if unknown:
@@ -78,7 +82,7 @@ def _pct(e: float) -> str:
 def format_table(table: list[dict], summary: dict) -> str:
     """A plain-text table: per row, measured / simulated / error for each metric."""
     lines = []
-    head = f"{'row':34} {'load':9} " + " ".join(f"{_SHORT[m]:>26}" for m in METRICS)
+    head = f"{'row':34} {'stack':13} {'load':9} " + " ".join(f"{_SHORT[m]:>26}" for m in METRICS)
     for use in ("fit", "holdout"):
         rows = [r for r in table if r["use"] == use]
         if not rows:
@@ -91,14 +95,14 @@ def format_table(table: list[dict], summary: dict) -> str:
                 c = r["metrics"][m]
                 err = _pct(c["error"]) if c["comparable"] else "   (nc)"
                 cells.append(f"{c['measured']:8.1f} /{c['simulated']:8.1f} {err}")
-            lines.append(f"{r['id']:34} {r['load']:9} " + " ".join(f"{c:>26}" for c in cells))
+            lines.append(f"{r['id']:34} {r['stack']:13} {r['load']:9} " + " ".join(f"{c:>26}" for c in cells))
         s = summary[use]
         lines.append(
-            f"{'mean |error|':34} {'':9} "
+            f"{'mean |error|':34} {'':13} {'':9} "
             + " ".join(f"{100 * s['mean_abs_error'][m]:25.1f}%" for m in METRICS)
         )
         lines.append(
-            f"{'within target':34} {'':9} "
+            f"{'within target':34} {'':13} {'':9} "
             + " ".join(f"{s['within_target'][m]:>21d} of {s['compared'][m]:<2d}" for m in METRICS)
         )
         lines.append("")
@@ -111,10 +115,10 @@ def format_table(table: list[dict], summary: dict) -> str:
 
 def format_markdown(table: list[dict], summary: dict) -> str:
     """The README's table: per row, each metric as ``measured (error of the simulation)``."""
-    head = ("| row | use | load | " + " | ".join(_SHORT[m] for m in METRICS if m != "request_throughput_rps")
-            + " |")
+    head = ("| row | use | stack | load | "
+            + " | ".join(_SHORT[m] for m in METRICS if m != "request_throughput_rps") + " |")
     metrics = [m for m in METRICS if m != "request_throughput_rps"]
-    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    lines = [head, "|" + "---|" * (4 + len(metrics))]
     for use in ("fit", "holdout"):
         for r in (r for r in table if r["use"] == use):
             cells = []
@@ -123,9 +127,9 @@ def format_markdown(table: list[dict], summary: dict) -> str:
                 err = f"{100 * c['error']:+.0f}%" if c["comparable"] else "n/c"
                 cells.append(f"{c['measured']:.0f} ({err})" if c["measured"] >= 100
                              else f"{c['measured']:.1f} ({err})")
-            lines.append(f"| `{r['id']}` | {use} | {r['load']} | " + " | ".join(cells) + " |")
+            lines.append(f"| `{r['id']}` | {use} | {r['stack']} | {r['load']} | " + " | ".join(cells) + " |")
     for use, s in summary.items():
         cells = [f"{100 * s['mean_abs_error'][m]:.1f}% ({s['within_target'][m]}/{s['compared'][m]})"
                  for m in metrics]
-        lines.append(f"| mean abs. error (rows within target) | {use} | | " + " | ".join(cells) + " |")
+        lines.append(f"| mean abs. error (rows within target) | {use} | | | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -43,14 +43,15 @@ def test_data_file_validates_and_spans_the_space(bench):
     assert {r.model for r in rows} >= {"llama-3-8b", "llama-3-70b"}
     assert {r.gpu for r in rows} >= {"A100", "H100"}
     assert {r.tp for r in rows} >= {1, 4, 8}
-    assert {r.load for r in rows} == {"light", "saturated"}
+    assert {r.load for r in rows} == {"light", "moderate", "saturated"}
     for r in rows:
         assert r.source in bench.sources and len(r.commit) == 40
         prompts, outputs = bench.lengths(r)
         assert len(prompts) == len(outputs) == r.workload.n_requests
-    # Both uses cover light and saturated load.
-    for use in ("fit", "holdout"):
-        assert {r.load for r in rows if r.use == use} == {"light", "saturated"}
+    # Both uses cover light and saturated load, for each stack with held-out rows.
+    for stack in {r.stack for r in rows}:
+        for use in ("fit", "holdout"):
+            assert {r.load for r in rows if r.use == use and r.stack == stack} >= {"light", "saturated"}, stack
 
 
 def test_workload_lengths_match_the_cited_totals(bench):
@@ -59,6 +60,8 @@ def test_workload_lengths_match_the_cited_totals(bench):
     assert sum(w8.input_tokens) == 65578 and sum(w8.output_tokens) == 65331
     assert sum(bench.workloads["sharegpt-llama3-70b-320"].output_tokens) == 56543
     for r in bench.rows:
+        if not bench.workloads[r.workload.name].per_request:
+            continue  # drawn from quantiles (test_lengths_drawn_from_quantiles_keep_them)
         _, outputs = bench.lengths(r)
         if r.workload.output_tokens is not None:
             # a run's own lengths (10-request rows, the surajssd runs) add up exactly
@@ -90,6 +93,13 @@ def test_split_is_disjoint_and_follows_the_stated_rule(bench):
     for r in bench.rows:
         expected = "holdout" if (r.tp in (2, 8) or r.source == "surajssd-llm-k8s") else "fit"
         assert r.use == expected, r.id
+    # Every V1 row (vLLM 0.8+) belongs to the V1 stack, the rest to vllm-0.6, and each stack
+    # with held-out rows has fit rows of its own.
+    for r in bench.rows:
+        v1 = r.source in ("surajssd-llm-k8s", "inference-perf-kubecon-2025")
+        assert r.stack == ("vllm-v1-2025" if v1 else "vllm-0.6"), r.id
+    for stack in {r.stack for r in bench.rows}:
+        assert any(r.use == "fit" for r in bench.rows if r.stack == stack), stack
 
 
 @pytest.mark.parametrize("path, value, match", [
@@ -98,6 +108,11 @@ def test_split_is_disjoint_and_follows_the_stated_rule(bench):
     (("rows", 0, "workload", "name"), "nope", "unknown workload 'nope'"),
     (("rows", 1, "id"), "lambda-h100-8b-tp1-n10", "duplicate row ids"),
     (("rows", 0, "not_comparable"), {"ttft_p90_ms": "x"}, "unknown metrics"),
+    (("rows", 0, "stack"), "vllm-9", "unknown stack 'vllm-9'"),
+    (("rows", 0, "workload", "arrival"), "constant", "arrival 'constant' needs duration_s"),
+    (("workloads", "kubecon-8b-b128-stage0", "input_quantiles", "p5"), 500, "non-decreasing"),
+    (("workloads", "kubecon-8b-b128-stage0", "output_quantiles", "p5"), float("nan"), "finite"),
+    (("workloads", "kubecon-8b-b128-stage0", "output_tokens"), [1, 2], "not a mix"),
 ])
 def test_bad_data_is_rejected_with_a_clear_error(tmp_path, path, value, match):
     raw = _raw()
@@ -211,13 +226,14 @@ def test_command_rejects_unknown_rows_and_stacks(capsys):
     assert "unknown software_stack 'nope'" in capsys.readouterr().err
 
 
-def test_fit_objective_reads_fit_rows_only(monkeypatch):
+@pytest.mark.parametrize("stack, hosts", [("vllm-0.6", {"lambda-a100"}), ("vllm-v1-2025", set())])
+def test_fit_objective_reads_fit_rows_only(monkeypatch, stack, hosts):
     seen = []
     real = fit_mod.replay_row
 
-    def spy(bench, row, stack, **kw):
-        seen.append(row.use)
-        return real(bench, row, stack, **kw)
+    def spy(bench, row, stack_, **kw):
+        seen.append((row.use, row.stack))
+        return real(bench, row, stack_, **kw)
 
     class _Res:
         def __init__(self, x):
@@ -230,8 +246,18 @@ def test_fit_objective_reads_fit_rows_only(monkeypatch):
     import scipy.optimize
     monkeypatch.setattr(fit_mod, "replay_row", spy)
     monkeypatch.setattr(scipy.optimize, "least_squares", one_eval)
-    stack, scales, _ = fit_mod.fit_stack()
-    assert seen and set(seen) == {"fit"}
-    assert set(stack) == {p[0] for p in fit_mod.PARAMS} | set(fit_mod.FIXED)
-    # one CPU scale per non-reference host that has fit rows (the A100 machine)
-    assert set(scales) == {"lambda-a100"}
+    fitted, scales, _ = fit_mod.fit_stack(stack=stack)
+    # only the stack's own fit rows: never a held-out row, never another stack's row
+    assert seen and set(seen) == {("fit", stack)}
+    params, fixed = fit_mod.STACK_FITS[stack]
+    assert set(fitted) == {p[0] for p in params} | set(fixed)
+    # one CPU scale per host with fit rows other than the stack's reference host (vllm-0.6:
+    # the A100 machine; vllm-v1-2025: all its fit rows are on one host, its reference)
+    assert set(scales) == hosts
+
+
+def test_fit_refuses_a_stack_without_fit_rows_or_definition(capsys):
+    with pytest.raises(ValueError, match="no fit is defined for stack 'vllm-2024'"):
+        fit_mod.fit_stack(stack="vllm-2024")
+    assert fit_mod.main(["--stack", "splitwise-2023"]) == 2
+    assert "no fit is defined for stack 'splitwise-2023'" in capsys.readouterr().err

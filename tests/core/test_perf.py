@@ -33,6 +33,7 @@ def test_software_stacks_are_physical_and_default():
         assert {"c_iter_s", "c_per_seq_s"} <= set(stack) <= {
             "c_iter_s", "c_per_seq_s", "allreduce_latency_scale", "allreduce_bw_scale",
             "allreduce_ring_tp_scaling", "allreduce_bw_tp_scaling", "c_admit_s", "attn_per_seq_s",
+            "c_request_s",
         }
         assert 0.0 <= stack["c_per_seq_s"] <= 1e-3
     perf = ReplicaPerf(GPUS["H100"], MODELS["llama-3-8b"], 1)
