@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple] = {
     "pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest -q": ("twin", ".ci/run"),
     "python -m gridenv.fidelity": ("run", 300),
     "python -m gridenv.fidelity.fit": ("twin", "tests/core/test_fidelity.py::test_fit_objective_reads_fit_rows_only"),
+    "python -m gridenv.fidelity.fit --stack vllm-v1-2025": ("twin", "tests/core/test_fidelity.py::test_fit_objective_reads_fit_rows_only"),
     "python -m gridenv.bench": ("twin", "tests/test_bench.py::test_json_output_has_the_documented_keys"),
     "python -m gridenv.bench --scenarios metro,configs/scenarios/bursty.yaml --min-seconds 2": ("run", 300),
     "python -m gridenv.bench_trace": ("twin", "tests/core/test_bench_trace.py"),
