@@ -14,7 +14,6 @@ from typing import Optional
 
 import tyro
 
-from gridenv.core.perf import software_stack
 from gridenv.fidelity.data import BENCHMARKS_PATH, load_benchmarks
 from gridenv.fidelity.report import fidelity_table, format_markdown, format_table, summarize
 
@@ -39,8 +38,6 @@ class Args:
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=argv)
     try:
-        if args.stack is not None:
-            software_stack(args.stack)  # an unknown name fails here, before any replay
         bench = load_benchmarks(args.benchmarks)
         table = fidelity_table(bench, args.stack, args.rows or None)
     except (KeyError, ValueError) as e:

@@ -12,10 +12,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-import numpy as np
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.perf import DEFAULT_SOFTWARE_STACK, SOFTWARE_STACKS
@@ -240,9 +239,7 @@ class BenchmarkRow(_Strict):
     @field_validator("stack")
     @classmethod
     def _known_stack(cls, v: str) -> str:
-        if v not in SOFTWARE_STACKS:
-            raise ValueError(f"unknown stack {v!r}; known: {sorted(SOFTWARE_STACKS)}")
-        return v
+        return in_catalog(v, SOFTWARE_STACKS, "stack")
 
 
 class BenchmarkFile(_Strict):
