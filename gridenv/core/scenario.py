@@ -49,7 +49,7 @@ from pydantic import (
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.interface import MODES, SLO_CLASSES
-from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml
+from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml, read_text
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_file", "scenario_names",
@@ -707,7 +707,7 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
     else:
         path = scenario_file(name_or_path)
         try:
-            raw, lines = load_yaml(path.read_text(), source=str(path))
+            raw, lines = load_yaml(read_text(path), source=str(path))
         except StrictYAMLError as e:
             raise ScenarioError(str(e)) from None
         if not isinstance(raw, dict):
