@@ -51,6 +51,16 @@ def write_outputs(lb: dict, out, args: EvalArgs, claims_policies: list[str] | No
     return paths
 
 
+def out_dir(path) -> "Path":
+    """--out as a Path; ValueError (before any work) if it names an existing file."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    return out
+
+
 def merge_main(args: EvalArgs) -> int:
     """--merge: one leaderboard from the episodes of several (agents.merge)."""
     from pathlib import Path
@@ -59,6 +69,7 @@ def merge_main(args: EvalArgs) -> int:
 
     if args.tb_logdir and not Path(args.tb_logdir).is_dir():
         raise FileNotFoundError(f"--tb-logdir {args.tb_logdir}: no such directory")
+    out = out_dir(args.out)
     lb, warnings = merge_leaderboards(args.merge, resamples=args.resamples)
     if args.report == "claims":
         missing = {"centralized", "distributed-edge"} - set(lb["suite"]["scenarios"])
@@ -66,7 +77,6 @@ def merge_main(args: EvalArgs) -> int:
             raise ValueError(f"--report claims needs scenarios {sorted(missing)} in the merged leaderboards")
     for w in warnings:
         print(f"evaluate.py: warning: {w}", file=sys.stderr)
-    out = Path(args.out)
     paths = write_outputs(lb, out, args, None)
     if not args.quiet:
         print(f"merged {len(args.merge)} leaderboards: {len(lb['episodes'])} episodes, "
@@ -99,19 +109,21 @@ def main(args: EvalArgs) -> int:
         require_ray()  # BackendUnavailable (an ImportError) says how to install it
     suite_name = args.suite or ("claims" if args.report == "claims" else "standard")
     seeds = int_list(args.seeds, "--seeds") if args.seeds else None
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
+    scenarios = None if args.scenarios is None else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if scenarios == []:  # not the whole suite in silence
+        raise ValueError(f"--scenarios: expected comma-separated scenarios, got {args.scenarios!r}")
     suite = get_suite(suite_name, args.suites_file, scenarios=scenarios, seeds=seeds)
     if args.report == "claims":
         missing = {"centralized", "distributed-edge"} - set(suite.scenarios)
         if missing:
             raise ValueError(f"--report claims needs scenarios {sorted(missing)} in the suite")
     default = "slo-greedy" if args.report == "claims" else heuristic_names()
-    policies = parse_policies(args.policies or default)
+    policies = parse_policies(default if args.policies is None else args.policies)
     for p in policies:
         load_policy(p.spec)
     if args.tb_logdir and not Path(args.tb_logdir).is_dir():
         raise FileNotFoundError(f"--tb-logdir {args.tb_logdir}: no such directory")
-    out = Path(args.out or Path("leaderboards") / suite.name)
+    out = out_dir(args.out or Path("leaderboards") / suite.name)
 
     # 3. Every episode, on local worker processes or Ray, with a progress line per episode.
     if not args.quiet:

@@ -158,6 +158,7 @@ def train_runs(args: TrainArgs, explicit: set, command: str) -> dict:
     seeds = int_list(args.seeds, "--seeds") if args.seeds else [args.seed]
     variants = load_sweep(args.sweep) if args.sweep else [Variant("", {})]
     root = Path(args.run_dir or "runs")
+    T.check_run_flags(args, ref, root)  # before any run starts: the leaderboard comes after them all
     hp_path = T.find_hyperparams(args.hyperparams)
     base_hp = T.load_hyperparams(hp_path, args.scenario)
 

@@ -172,11 +172,13 @@ def parse_policies(text: str | Sequence[str]) -> list[PolicyEntry]:
         if not item:
             continue
         label, sep, spec = item.partition("=")
+        if sep and not label.strip():  # a leaderboard row without a name
+            raise ValueError(f"policy {item!r}: empty label; write label=spec")
         if not sep:
             label, spec = (item, item) if item in HEURISTICS else (_file_label(item), item)
         out.append(PolicyEntry(label.strip(), spec.strip()))
     if not out:
-        raise ValueError("no policies given")
+        raise ValueError(f"no policies given (got {text!r})")
     labels = [p.label for p in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

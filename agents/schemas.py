@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 from pydantic import (BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator,
                       model_validator)
 
-from gridenv.core.strict_yaml import format_validation_error, load_yaml_file
+from gridenv.core.strict_yaml import StrictYAMLError, format_validation_error, load_yaml_file, read_text
 
 __all__ = [
     "SchemaError", "SuiteEntry", "SeedRange", "SuitesFile", "Normalize", "HyperparamEntry",
@@ -57,9 +57,11 @@ def load(model: type[M], path: str | os.PathLike) -> M:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise SchemaError(f"{path}: invalid JSON: {err}") from None
+        except StrictYAMLError as err:  # not UTF-8
+            raise SchemaError(str(err)) from None
     else:
         raw = load_yaml_file(path)
     try:

@@ -124,6 +124,28 @@ def is_random_grid(ref: ScenarioRef) -> bool:
     return ref.env_id == RANDOM_GRID_ID
 
 
+def check_run_flags(args: TrainArgs, ref: ScenarioRef, run_dir: Path) -> None:
+    """ConfigError, before anything is trained, for flags that used to fail late: a --run-dir
+    that is a file (a traceback at mkdir), a --device torch does not know (a traceback in the
+    model's constructor), an unknown --leaderboard-suite (found after training, exit status 0)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: exists and is not a directory")
+    import torch
+
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"--device {args.device!r}: {err}") from None
+    if not args.no_eval_leaderboard:
+        from agents.evaluation import load_suites
+
+        suite = ("generalization" if is_random_grid(ref) and args.leaderboard_suite == "standard"
+                 else args.leaderboard_suite)
+        suites = load_suites()
+        if suite not in suites:
+            raise ConfigError(f"--leaderboard-suite: unknown suite {suite!r}; known suites: {', '.join(suites)}")
+
+
 def check_env_config(ref: ScenarioRef, env_config: dict | None) -> None:
     """Fail early, naming the flag, if `env_config` does not fit the scenario."""
     if not env_config:
@@ -766,6 +788,7 @@ def train(args: TrainArgs, explicit: set = frozenset(), command: str = "") -> di
     # 1. Arguments: scenario, run dir, and on --resume the arguments the run was started with.
     ref = resolve_scenario(args.scenario)
     run_dir = Path(args.run_dir or f"runs/{ref.name}_{args.algo}_s{args.seed}")
+    check_run_flags(args, ref, run_dir)
     ckpt = None
     if args.resume:
         ckpt = latest_checkpoint(run_dir / "checkpoints")

@@ -49,7 +49,7 @@ from pydantic import (
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.interface import MODES, SLO_CLASSES
-from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml
+from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml, read_text
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_file", "scenario_names",
@@ -112,6 +112,10 @@ MAX_SHARED_GROUPS = 1_000_000
 #: Replicas (serving engines) a site may have: the simulator holds each one, so 2**63 of them
 #: hung the env's construction (found by setting each value of three scenarios to 2**63).
 MAX_REPLICAS_PER_SITE = 4096
+#: Site slots (``actions.max_sites``) a scenario may ask for: the observation holds 15-19
+#: floats per slot, so 10**9 slots failed with numpy's MemoryError (56 GiB) and 2**62 with
+#: "Maximum allowed dimension exceeded" when the env was built.
+MAX_SITE_SLOTS = 4096
 
 
 def in_catalog(name: str, catalog: dict, what: str) -> str:
@@ -435,7 +439,7 @@ MAX_BATCH_LEVEL = 65536
 
 class Actions(_Strict):
     batch_levels: list[int] = Field(default_factory=lambda: [8, 32, 128])
-    max_sites: int | None = Field(None, ge=1, description="site slots (padding); default: #sites")
+    max_sites: int | None = Field(None, ge=1, le=MAX_SITE_SLOTS, description="site slots (padding); default: #sites")
     invalid_action: Literal["shed", "raise"] = "shed"
     initial_batch_level: int = Field(1, ge=0)
 
@@ -703,7 +707,7 @@ def load_scenario(name_or_path: str | os.PathLike | dict, overrides: dict | None
     else:
         path = scenario_file(name_or_path)
         try:
-            raw, lines = load_yaml(path.read_text(), source=str(path))
+            raw, lines = load_yaml(read_text(path), source=str(path))
         except StrictYAMLError as e:
             raise ScenarioError(str(e)) from None
         if not isinstance(raw, dict):

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "line_of", "format_validation_error"]
+__all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "read_text", "line_of",
+           "format_validation_error"]
 
 #: Key path -> 1-based line of the key (for sequence items: the item's first line).
 LineMap = dict[tuple, int]
@@ -96,12 +97,23 @@ def line_of(lines: LineMap, path: tuple) -> int | None:
     return None
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file; :class:`StrictYAMLError` naming the file and line when it is
+    not UTF-8 (a binary file given for a YAML or JSON one), instead of a bare codec error."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise StrictYAMLError(f"{path} line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def load_yaml_file(path: str | os.PathLike) -> Any:
     """The data of a YAML file, strictly (:func:`load_yaml`); FileNotFoundError if it is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return load_yaml(path.read_text(), str(path))[0]
+    return load_yaml(read_text(path), str(path))[0]
 
 
 def format_validation_error(err, where: str) -> str:

@@ -7,7 +7,8 @@ Two formats are supported:
   ``2023-11-16 18:17:03.9799600`` (7 fractional digits, no time zone).
 * **Mooncake** (JSONL): one JSON object per line with ``timestamp`` (integer milliseconds),
   ``input_length``, ``output_length`` and ``hash_ids`` (prefix-block hashes). Blank lines are
-  skipped; keys other than these four are ignored.
+  skipped; keys other than these four are ignored; a key given twice in one record is an error
+  (not "last one wins").
 
 Rules shared by both loaders:
 
@@ -324,15 +325,30 @@ def _json_hash_ids(record: dict[str, Any], file_name: str, line_no: int) -> tupl
     return tuple(value)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object with a key given twice (json.loads would keep the last one in silence)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
 def _parse_mooncake_line(
     line: str, file_name: str, line_no: int
 ) -> tuple[int, int, int, tuple[int, ...]]:
     """Parse one non-blank JSONL line into (timestamp_ms, input, output, hash_ids)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         problem = f"invalid JSON ({exc.msg} at column {exc.colno})"
         raise _fail(file_name, line_no, "json", problem) from None
+    except _DuplicateKey as exc:
+        raise _fail(file_name, line_no, f"key {exc.args[0]!r}", "given twice in one record") from None
     if not isinstance(record, dict):
         raise _fail(file_name, line_no, "json", f"expected an object, got {type(record).__name__}")
     missing = [key for key in MOONCAKE_KEYS if key not in record]

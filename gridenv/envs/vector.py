@@ -178,22 +178,28 @@ class GridVectorEnv(gym.vector.VectorEnv):
         self._sim_time[i] = sim.now
 
     def _check_actions(self, actions) -> np.ndarray:
-        a = np.asarray(actions)
+        """The actions as an int64 array, else InvalidActionError; accepts and refuses as
+        GridEnv.step does (integers, or floats holding whole numbers; no booleans, complex,
+        strings or objects)."""
+        try:
+            a = np.asarray(actions)
+        except (ValueError, TypeError) as e:  # ragged nested lists
+            raise InvalidActionError(f"actions must be a ({self.num_envs}, 2) array of integers ({e})") from None
         if a.shape != (self.num_envs, 2):
             raise InvalidActionError(
                 f"actions must have shape ({self.num_envs}, 2) [site, batch_level] per sub-env, got {a.shape}"
             )
-        if not np.issubdtype(a.dtype, np.integer):
-            if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-                raise InvalidActionError(f"actions must be integers, got {a.dtype} values {a.tolist()}")
-            a = a.astype(np.int64)
+        if a.dtype.kind not in "iuf":
+            raise InvalidActionError(f"actions must be integers, got dtype {a.dtype}")
+        if a.dtype.kind == "f" and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
+            raise InvalidActionError(f"actions must be integers, got {a.dtype} values {a.tolist()}")
         bad = (a[:, 0] < 0) | (a[:, 0] > self.max_sites) | (a[:, 1] < 0) | (a[:, 1] >= self.n_levels)
-        if bad.any():
+        if bad.any():  # checked before the int64 cast, which would wrap a huge float or uint64
             i = int(np.flatnonzero(bad)[0])
             raise InvalidActionError(
                 f"action {a[i].tolist()} of sub-env {i} outside MultiDiscrete([{self.max_sites + 1}, {self.n_levels}])"
             )
-        return a
+        return a if a.dtype == np.int64 else a.astype(np.int64)
 
     # ------------------------------------------------------------------ batched core
     def _step_one(self, i: int, site: int, level: int) -> EndedEpisode | None:

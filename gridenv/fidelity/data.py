@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.perf import DEFAULT_SOFTWARE_STACK, SOFTWARE_STACKS
 from gridenv.core.scenario import in_catalog
+from gridenv.core.strict_yaml import StrictYAMLError, format_validation_error, load_yaml, read_text
 
 __all__ = [
     "BENCHMARKS_PATH", "QUANTILES", "Source", "Host", "Workload", "ServerFlags", "RowWorkload",
@@ -171,6 +171,8 @@ class RowWorkload(_Strict):
                 f"output_tokens has {len(self.output_tokens)} entries, n_requests is "
                 f"{self.n_requests}"
             )
+        if self.output_tokens is not None and min(self.output_tokens) < 0:  # as Workload's
+            raise ValueError(f"output lengths must be >= 0, got {min(self.output_tokens)}")
         return self
 
 
@@ -298,13 +300,16 @@ class BenchmarkFile(_Strict):
 
 
 def load_benchmarks(path: str | Path = BENCHMARKS_PATH) -> BenchmarkFile:
-    """Read and validate a benchmark file; errors name the file and the offending field."""
+    """Read and validate a benchmark file; errors (one line) name the file and the offending
+    field. The YAML is read strictly (gridenv.core.strict_yaml: no duplicate keys)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        raw = load_yaml(read_text(path), str(path))[0]
+    except OSError as e:
         raise ValueError(f"{path}: cannot read benchmark file: {e}") from e
+    except StrictYAMLError as e:  # not UTF-8, not YAML, a duplicate key: names file and line
+        raise ValueError(str(e)) from None
     try:
         return BenchmarkFile.model_validate(raw)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, str(path))) from None

@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             print(json.dumps(policy.health(), indent=2))
             return 0
-        text = open(args.file).read() if args.file else sys.stdin.read()
+        raw = open(args.file, "rb").read() if args.file else sys.stdin.buffer.read()
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SnapshotError(f"invalid JSON: {err}") from None
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not UTF-8: was a traceback
+            raise SnapshotError(f"invalid JSON{f' in {args.file}' if args.file else ''}: {err}") from None
         print(json.dumps(policy.decide(data), indent=2))  # the runtime's own checks
         return 0
     except (PolicyFileError, SnapshotError, OSError) as err:

@@ -38,7 +38,7 @@ parser and :func:`snapshot_to_json` are derived from ``SITE_SIGNALS``.
   scenario's initial level) an index into the policy's ``batch_levels``.
 * ``request``: ``prompt_tokens`` an integer >= 1; ``slo_class`` one of chat, code,
   summarization; ``origin`` a region name; ``model`` a model name; ``residency`` a boolean (the
-  request must stay in its origin region); ``ttft_slo_s`` / ``tpot_slo_s`` optional (> 0),
+  request must stay in its origin region); ``ttft_slo_s`` / ``tpot_slo_s`` optional (>= 1e-9 s),
   defaulting to the per-class SLOs of the scenario the policy was trained on (policy.json);
   ``block_hashes`` optional, the prompt's block hashes in order (a list of at most 8,192
   integers in [-2^63, 2^64) or strings of 1-128 characters, no more than the prompt has
@@ -111,6 +111,9 @@ CONTRACT_KEY = "gridenv.contract_sha256"
 CONTRACT_SECTIONS = ("scenario", "observation", "statics", "action", "request_defaults", "interface")
 
 _FMAX = sys.float_info.max  # bounds checks: NaN and +-inf fail `lo <= v <= _FMAX`
+#: Smallest SLO (s) a request may carry; the message states it (1e-300 is > 0, yet refused).
+_MIN_SLO_S = 1e-9
+_SLO_WHAT = f"a number >= {_MIN_SLO_S:g} (seconds)"
 #: Site signals a request's block hashes can stand in for (filled from the service's prefix
 #: index for an endpoint that does not send them).
 _PREFIX_SIGNALS = ("prefix_cached_frac", "prefix_indexed_frac")
@@ -332,7 +335,7 @@ class RouterPolicy:
         self._regions_what = f"a region name ({', '.join(st.region_names)})"
         self._models_what = f"a model name ({', '.join(st.model_names)})"
         self._classes_what = f"an SLO class ({', '.join(SLO_CLASSES)})"
-        self._level_what = f"a batch level index in [0, {self.n_levels - 1}]"
+        self._level_what = f"an integer batch level index in [0, {self.n_levels - 1}]"  # 2.0 is refused
         self._signal_checks = []  # (name, kind, default, lo, hi, what) per SITE_SIGNALS entry
         for sig in SITE_SIGNALS:
             if sig.type == "number":
@@ -604,9 +607,9 @@ class RouterPolicy:
         residency = _boolean(req, "residency", "request")
         ttft, tpot = self._slo[cls]
         if req.get("ttft_slo_s") is not None:
-            ttft = _number(req, "ttft_slo_s", "request", 1e-9, _FMAX, "a number > 0")
+            ttft = _number(req, "ttft_slo_s", "request", _MIN_SLO_S, _FMAX, _SLO_WHAT)
         if req.get("tpot_slo_s") is not None:
-            tpot = _number(req, "tpot_slo_s", "request", 1e-9, _FMAX, "a number > 0")
+            tpot = _number(req, "tpot_slo_s", "request", _MIN_SLO_S, _FMAX, _SLO_WHAT)
         hour = data.get("hour_utc")
         if hour is None:
             hour = (time.time() % 86400.0) / 3600.0

@@ -185,8 +185,18 @@ def test_heuristic_evaluation_never_imports_torch(tmp_path):
     (["--suite", "nope"], "unknown suite 'nope'"),
     (["--scenarios", "atlantis"], "unknown scenario 'atlantis'"),
     (["--tb-logdir", "/nonexistent/tb"], "no such directory"),
+    # were: a FileExistsError traceback after every episode had run; a leaderboard row named "";
+    # every heuristic, and every scenario of the suite, in silence
+    (["--out", "A_FILE", "--policies", "jsq", "--seeds", "0"], "--out A_FILE: exists and is not a directory"),
+    (["--policies", "=models/metro"], "policy '=models/metro': empty label"),
+    (["--policies", ""], "no policies given"),
+    (["--policies", "jsq", "--scenarios", ",,"], "--scenarios: expected comma-separated scenarios, got ',,'"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    args = [str(a_file) if a == "A_FILE" else a for a in args]
+    message = message.replace("A_FILE", str(a_file))
     proc = run_cli("--suite", "smoke", "--out", str(tmp_path), *args, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -83,6 +83,17 @@ def test_bad_suites_files_name_file_and_key(text, message, tmp_path):
     assert str(f) in str(exc.value)
 
 
+@pytest.mark.parametrize("name", ["suites.yaml", "leaderboard.json"])
+def test_a_file_that_is_not_utf8_names_the_file(name, tmp_path):
+    """A binary suites/hyperparameter/leaderboard file was a bare "'utf-8' codec can't decode
+    byte ..." naming no file."""
+    f = tmp_path / name
+    f.write_bytes(b"smoke:\n  scenarios: [metro]\n  seeds: [\xff]\n")
+    with pytest.raises(ValueError) as exc:
+        schemas.load(schemas.SuitesFile, f)
+    assert f"{f} line 3: not UTF-8" in str(exc.value)
+
+
 def test_every_registered_schema_prints(tmp_path):
     for name in SCHEMAS:
         schema = json_schema(name)

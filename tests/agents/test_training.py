@@ -255,6 +255,25 @@ def test_resume_without_checkpoint(capsys, tmp_path):
     assert "no checkpoint" in err
 
 
+@pytest.mark.parametrize("extra, message", [
+    # was: torch's RuntimeError traceback from the model's constructor
+    (["--device", "gpu0", "--no-eval-leaderboard"], "--device 'gpu0': Invalid device string"),
+    # was: a FileExistsError traceback at mkdir
+    (["--run-dir", "A_FILE", "--no-eval-leaderboard"], "--run-dir A_FILE: exists and is not a directory"),
+    # was: found only after training ('leaderboard failed'), exit status 0
+    (["--leaderboard-suite", "smoky"], "--leaderboard-suite: unknown suite 'smoky'; known suites: smoke"),
+    (["--leaderboard-suite", "smoky", "--seeds", "0,1"], "--leaderboard-suite: unknown suite 'smoky'"),
+], ids=["device", "run-dir-file", "suite", "suite-seeds"])
+def test_flags_that_failed_late_are_refused_before_training(capsys, tmp_path, extra, message):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    extra = [str(a_file) if a == "A_FILE" else a for a in extra]
+    argv = ["--run-dir", str(tmp_path / "r"), "--total-timesteps", "64", "--warm-start", "none", *extra]
+    err = _cli_error(capsys, argv)
+    assert message.replace("A_FILE", str(a_file)) in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_with_other_algo_is_refused(capsys, tiny_run, tmp_path):
     src, _ = tiny_run
     shutil.copytree(src, tmp_path / "r")

@@ -41,6 +41,9 @@ CASES = [
     # found by fuzzing: 2**63 passed and overflowed in the observation encoder
     ("batch-level-huge", {"actions": {"batch_levels": [8, 32, 2**63]}},
      ["actions.batch_levels", "9223372036854775808", "above the largest batch level supported, 65536"]),
+    # an observation of 15 floats per slot: 10**9 slots raised numpy's MemoryError in gym.make
+    ("max-sites-huge", {"actions": {"max_sites": 10**9}},
+     ["actions.max_sites", "less than or equal to 4096", "1000000000"]),
     ("prefix-tokens-huge", {"workload": {"classes": {"chat": {"prefix": {"kind": "system_prompt", "tokens": 2**63}}}}},
      ["workload.classes.chat.prefix.tokens", "less than or equal to 16777216"]),
     ("prefix-count-huge", {"workload": {"classes": {"chat": {"prefix": {"kind": "documents", "count": 10**12}}}}},

@@ -104,3 +104,16 @@ def test_reported_line_is_the_offending_line(tiny_yaml, tiny_text) -> None:
         load_scenario(tiny_yaml(text))
     line = int(re.search(r"\(line (\d+)\)", str(err.value)).group(1))
     assert text.splitlines()[line - 1].strip() == "rate_rps: false"
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tiny_text, tmp_path) -> None:
+    """A binary file, or one saved in Latin-1, was a bare "'utf-8' codec can't decode byte 0xe9
+    in position 52" naming neither the file nor the line."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(tiny_text.replace("kind: edge", "kind: \xe9dge", 1).encode("latin-1"))
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for fragment in (str(path), "line 7", "not UTF-8"):
+        assert fragment in msg, (fragment, msg)

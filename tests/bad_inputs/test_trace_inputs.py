@@ -51,6 +51,10 @@ CASES = [
     ("mooncake-empty", "t.jsonl", "", ["t.jsonl", "no records"]),
     ("mooncake-blank-lines-only", "t.jsonl", "\n  \n\n", ["no records"]),
     ("mooncake-not-json", "t.jsonl", mooncake(rec(), "{timestamp: 1}"), ["line 2", "invalid JSON"]),
+    # json.loads keeps the last of two equal keys: input_length 1000 was replayed as 5, silently
+    ("mooncake-duplicate-key", "t.jsonl",
+     mooncake(rec(), '{"timestamp": 0, "input_length": 1000, "input_length": 5, "output_length": 5, "hash_ids": []}'),
+     ["t.jsonl line 2", "key 'input_length'", "given twice"]),
     ("azure-empty", "t.csv", "", ["t.csv line 1", "file is empty"]),
     ("azure-header-only", "t.csv", HEADER, ["no data rows"]),
     ("azure-negative-count", "t.csv", HEADER + "2023-11-16 18:17:03.97,-5,10\n", ["line 2", "'ContextTokens'", "-5"]),

@@ -113,6 +113,8 @@ def test_split_is_disjoint_and_follows_the_stated_rule(bench):
     (("workloads", "kubecon-8b-b128-stage0", "input_quantiles", "p5"), 500, "non-decreasing"),
     (("workloads", "kubecon-8b-b128-stage0", "output_quantiles", "p5"), float("nan"), "finite"),
     (("workloads", "kubecon-8b-b128-stage0", "output_tokens"), [1, 2], "not a mix"),
+    # a row's own output lengths: -1 was replayed (negative throughput, NaN TPOT in the table)
+    (("rows", 0, "workload", "output_tokens"), [-1] * 10, "rows.0.workload: output lengths must be >= 0, got -1"),
 ])
 def test_bad_data_is_rejected_with_a_clear_error(tmp_path, path, value, match):
     raw = _raw()
@@ -122,8 +124,23 @@ def test_bad_data_is_rejected_with_a_clear_error(tmp_path, path, value, match):
     node[path[-1]] = value
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as err:
         load_benchmarks(p)
+    assert "\n" not in str(err.value) and str(p) in str(err.value)  # one line (was pydantic's dump)
+
+
+def test_unreadable_benchmark_files_are_one_clear_line(tmp_path):
+    """python -m gridenv.fidelity --benchmarks FILE printed 'gridenv.fidelity: utf-8' for a
+    binary file, and pydantic's multi-line dump (with its URLs) for a wrong structure."""
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"version: 1\n\xff\xfe\n")
+    listed = tmp_path / "l.yaml"
+    listed.write_text("- 1\n- 2\n")
+    for p, fragment in ((binary, "line 2: not UTF-8"), (listed, "(top level): Input should be a valid dictionary")):
+        with pytest.raises(ValueError) as err:
+            load_benchmarks(p)
+        msg = str(err.value)
+        assert "\n" not in msg and f"{p}" in msg and fragment in msg, msg
 
 
 # -------------------------------------------------------------------------------------- replay

@@ -198,6 +198,22 @@ def test_bad_actions_and_calls_are_clear_errors() -> None:
             strict.step(np.array([[masked[0], 0]]))
 
 
+@pytest.mark.parametrize("actions, fragment", [
+    (np.ones((2, 2), dtype=bool), "dtype bool"),              # GridEnv refuses booleans too
+    (np.array([[0, 1], [0, 1j]]), "dtype complex128"),        # was: imaginary part dropped
+    (np.array([["0", "1"], ["0", "1"]]), "dtype <U1"),        # was: numpy TypeError from isfinite
+    (np.array([[0, None], [0, 1]], dtype=object), "dtype object"),
+    ([[0, 1], [0]], "(2, 2) array of integers"),              # ragged
+    (np.array([[1e20, 0], [0, 0]]), "[1e+20, 0.0] of sub-env 0"),  # was: shown as -2**63 after the cast
+], ids=["bool", "complex", "str", "object", "ragged", "huge-float"])
+def test_actions_of_a_wrong_kind_are_refused_and_named(actions, fragment) -> None:
+    venv = GridVectorEnv(2, "metro", SHORT)
+    venv.reset(seed=0)
+    with pytest.raises(InvalidActionError) as err:
+        venv.step(actions)
+    assert fragment in str(err.value), str(err.value)
+
+
 def test_step_batch_reports_ended_episodes_with_their_return() -> None:
     venv = GridVectorEnv(2, "metro", SHORT, copy=False)
     venv.reset(seed=2)

@@ -146,7 +146,10 @@ BAD = [
     (lambda s: s["endpoints"][0].update(waiting=True), r"^endpoints\[0\]\.waiting: expected a number"),
     (lambda s: s["endpoints"][0].update(waiting=float("nan")), r"^endpoints\[0\]\.waiting: expected a number"),
     (lambda s: s["endpoints"][3].update(up="yes"), r"^endpoints\[3\]\.up: expected true or false"),
-    (lambda s: s["endpoints"][3].update(batch_level=3), r"^endpoints\[3\]\.batch_level: expected a batch level"),
+    (lambda s: s["endpoints"][3].update(batch_level=3), r"^endpoints\[3\]\.batch_level: expected an integer batch level"),
+    # was 'expected a batch level index in [0, 2], got 2.0': 2.0 is in [0, 2]; it is not an integer
+    (lambda s: s["endpoints"][3].update(batch_level=2.0),
+     r"^endpoints\[3\]\.batch_level: expected an integer batch level index in \[0, 2\], got 2.0"),
     (lambda s: s["endpoints"][4].update(name="edge-mars"), r"^endpoints\[4\]\.name: unknown endpoint \"edge-mars\""),
     (lambda s: s["endpoints"][4].pop("name"), r"^endpoints\[4\]\.name: missing"),
     (lambda s: s["endpoints"][4].update(name="edge-north"), r"^endpoints\[4\]\.name: duplicate endpoint"),
@@ -161,7 +164,9 @@ BAD = [
     (lambda s: s["request"].update(origin="mars"), r"^request\.origin: expected a region name"),
     (lambda s: s["request"].update(model="gpt-5"), r"^request\.model: expected a model name"),
     (lambda s: s["request"].pop("residency"), r"^request\.residency: missing"),
-    (lambda s: s["request"].update(ttft_slo_s=0), r"^request\.ttft_slo_s: expected a number > 0"),
+    (lambda s: s["request"].update(ttft_slo_s=0), r"^request\.ttft_slo_s: expected a number >= 1e-09"),
+    # was 'expected a number > 0, got 1e-300': it is > 0; the bound is 1e-9
+    (lambda s: s["request"].update(tpot_slo_s=1e-300), r"^request\.tpot_slo_s: expected a number >= 1e-09 \(seconds\), got 1e-300"),
     (lambda s: s.update(hour_utc=24), r"^hour_utc: expected a number in \[0, 24\)"),
 ]
 
@@ -366,6 +371,9 @@ def test_cli_check_and_decide(policy_dir, tmp_path, capsys):
     f.write_text(json.dumps(_bad(lambda s: s["endpoints"][2].update(kv_util=2))))
     assert main(["decide", "--policy", str(policy_dir), str(f)]) == 2
     assert capsys.readouterr().err.startswith("error: endpoints[2].kv_util: expected a number in [0, 1]")
+    f.write_bytes(b'{"endpoints": "\xff"}')  # not UTF-8: was a UnicodeDecodeError traceback
+    assert main(["decide", "--policy", str(policy_dir), str(f)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: invalid JSON in {f}: 'utf-8' codec can't decode byte 0xff")
     assert main(["check", "--policy", str(tmp_path)]) == 2
     assert "policy.json: missing" in capsys.readouterr().err
 
