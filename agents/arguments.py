@@ -157,7 +157,7 @@ class EvalArgs:
 def int_list(text: str, flag: str) -> list[int]:
     """``"0,1,2"`` -> [0, 1, 2]: distinct non-negative integers, else :class:`UsageError`."""
     try:
-        vals = [int(x) for x in str(text).split(",") if x.strip()]
+        vals = [int(x) for x in str(text).split(",")]  # an empty item ("1,,2") is an error, not skipped
     except ValueError:
         vals = []
     if not vals or min(vals) < 0 or len(set(vals)) != len(vals):

@@ -49,6 +49,7 @@ from pydantic import (
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.interface import MODES, SLO_CLASSES
+from gridenv.core.traces import MOONCAKE_BLOCK_TOKENS, TRACE_FORMATS
 from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml, read_text
 
 __all__ = [
@@ -543,6 +544,15 @@ class Scenario(_Strict):
                               f"{self.workload.trace.slo_class!r} is not a class of this workload "
                               f"{list(self.workload.classes)}")
         w = self.workload
+        tr = w.trace
+        if tr is not None and self.engine.prefix_caching:
+            fmt = tr.format or next((f for f, sfx in TRACE_FORMATS.items() if Path(tr.path).suffix.lower() in sfx), None)
+            bs = self.engine.block_size_tokens
+            if fmt == "mooncake" and MOONCAKE_BLOCK_TOKENS % bs:
+                raise _FieldError(("engine", "block_size_tokens"),
+                                  f"{bs} does not divide the {MOONCAKE_BLOCK_TOKENS}-token blocks a Mooncake "
+                                  f"trace's hash_ids name (use a divisor such as 16 or 32, or "
+                                  f"engine.prefix_caching: false)")
         if w.arrivals != "trace":
             expected = w.rate_rps * (1.0 + w.diurnal.amplitude) * self.horizon_s
             if expected > MAX_REQUESTS_PER_EPISODE:

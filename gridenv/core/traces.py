@@ -55,6 +55,7 @@ __all__ = [
     "AZURE_HEADER",
     "MOONCAKE_KEYS",
     "TRACE_FORMATS",
+    "MOONCAKE_BLOCK_TOKENS",
 ]
 
 PathArg = Union[str, "PathLike[str]"]
@@ -65,6 +66,8 @@ AZURE_HEADER: tuple[str, str, str] = ("TIMESTAMP", "ContextTokens", "GeneratedTo
 MOONCAKE_KEYS: tuple[str, ...] = ("timestamp", "input_length", "output_length", "hash_ids")
 #: ``fmt`` values accepted by :func:`load_trace`, and the file suffixes that select each one.
 TRACE_FORMATS: dict[str, tuple[str, ...]] = {"azure": (".csv",), "mooncake": (".jsonl", ".json")}
+#: Tokens per block named by one of a Mooncake record's ``hash_ids``.
+MOONCAKE_BLOCK_TOKENS = 512
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _SECONDS_PER_DAY = 86_400

@@ -36,6 +36,7 @@ import numpy as np
 from gridenv.core.interface import local_hour as interface_local_hour
 from gridenv.core.scenario import MAX_REQUESTS_PER_EPISODE, SLO_CLASSES, Scenario, ScenarioError
 from gridenv.core.topology import MODEL_NAMES, Topology
+from gridenv.core.traces import MOONCAKE_BLOCK_TOKENS
 
 __all__ = ["Arrivals", "generate_arrivals", "diurnal_factor", "trace_replay", "MIN_LOOP_PERIOD_S"]
 
@@ -216,10 +217,6 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
         prefix_blocks=chain_blocks,
         hash_block_tokens=hash_block_tokens,
     )
-
-
-#: Tokens per Mooncake hash id (the trace's block size).
-MOONCAKE_BLOCK_TOKENS = 512
 
 
 def _mooncake_chains(hash_ids, reps: int, keep: np.ndarray, prompt: np.ndarray, bs: int):

@@ -378,6 +378,7 @@ def test_args_parsing_and_help():
     (["--checkpoint-freq", "0"], "--checkpoint-freq must be at least 1"),
     (["--workers", "0", "--seeds", "0,1"], "--workers must be at least 1"),
     (["--seeds", "0,0"], "--seeds: expected distinct comma-separated non-negative integers"),
+    (["--seeds", "1,,2"], "--seeds: expected distinct comma-separated non-negative integers"),
     (["--seeds", "1,-1"], "--seeds: expected distinct"),
     (["--verbose", "7"], "--verbose must be 0, 1 or 2"),
     (["--warm-start-level", "-1"], "--warm-start-level must be a batch level index >= 0, got -1"),

@@ -3,6 +3,8 @@ ScenarioError naming the key path, the value and that it came from the override.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -108,3 +110,19 @@ def test_a_validated_scenario_round_trips_with_overrides(name: str) -> None:
     assert load_scenario(sc.model_dump()) == sc
     env = GridEnv(sc, config={"horizon_s": 5.0})
     assert env.scenario.horizon_s == 5.0
+
+
+MOONCAKE = str(Path(__file__).resolve().parents[2] / "configs" / "mooncake" / "mooncake-replay.yaml")
+
+
+def test_a_block_size_that_does_not_divide_mooncake_blocks_is_refused_up_front() -> None:
+    """It was a plain ValueError from the workload at reset(); now the scenario refuses it,
+    naming the field, and the same size is fine without prefix caching (no chains built)."""
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(MOONCAKE, {"engine": {"block_size_tokens": 48}})
+    assert "engine.block_size_tokens: 48 does not divide the 512-token blocks" in str(info.value)
+    assert "(override)" in str(info.value)
+    env = gym.make("gridenv/MooncakeReplay-v1", config={"engine": {"block_size_tokens": 48, "prefix_caching": False}})
+    obs, _ = env.reset(seed=0)
+    assert np.isfinite(obs).all()
+    load_scenario(MOONCAKE, {"engine": {"block_size_tokens": 32}})
