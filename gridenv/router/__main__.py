@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench.run(args)
 
     from gridenv.router.runtime import PolicyFileError, RouterPolicy, SnapshotError
+    from gridenv.router.schemas import _DuplicateKey, _unique_pairs
 
     try:
         if args.cmd == "serve":
@@ -75,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(policy.health(), indent=2))
             return 0
         raw = open(args.file, "rb").read() if args.file else sys.stdin.buffer.read()
+        where = f" in {args.file}" if args.file else ""
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_unique_pairs)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not UTF-8: was a traceback
-            raise SnapshotError(f"invalid JSON{f' in {args.file}' if args.file else ''}: {err}") from None
+            raise SnapshotError(f"invalid JSON{where}: {err}") from None
+        except _DuplicateKey as dup:  # json keeps the last value in silence
+            raise SnapshotError(f"key {json.dumps(dup.args[0])} given twice in one JSON object{where}") from None
         print(json.dumps(policy.decide(data), indent=2))  # the runtime's own checks
         return 0
     except (PolicyFileError, SnapshotError, OSError) as err:

@@ -374,6 +374,11 @@ def test_cli_check_and_decide(policy_dir, tmp_path, capsys):
     f.write_bytes(b'{"endpoints": "\xff"}')  # not UTF-8: was a UnicodeDecodeError traceback
     assert main(["decide", "--policy", str(policy_dir), str(f)]) == 2
     assert capsys.readouterr().err.startswith(f"error: invalid JSON in {f}: 'utf-8' codec can't decode byte 0xff")
+    good = json.dumps(_snapshot())
+    assert '"residency": ' in good
+    f.write_text(good.replace('"residency": ', '"residency": true, "residency": ', 1))  # json keeps the last
+    assert main(["decide", "--policy", str(policy_dir), str(f)]) == 2
+    assert capsys.readouterr().err == f'error: key "residency" given twice in one JSON object in {f}\n'
     assert main(["check", "--policy", str(tmp_path)]) == 2
     assert "policy.json: missing" in capsys.readouterr().err
 

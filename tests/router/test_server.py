@@ -279,6 +279,10 @@ BAD_BODIES = {
     "missing_site": (_mut(lambda s: s["endpoints"].pop()), ["endpoints", "missing core"]),
     "unknown_origin": (_mut(lambda s: s["request"].update(origin="mars")), ["request.origin", "mars"]),
     "unknown_model": (_mut(lambda s: s["request"].update(model="gpt-9")), ["request.model", "gpt-9"]),
+    # the parser kept the last value in silence (routed at 3 h)
+    "duplicate_key": (_replace('"hour_utc": ', '"hour_utc": 3, "hour_utc": '), ['"hour_utc" given twice']),
+    "duplicate_nested_key": (_replace('"kv_util": 0.1', '"kv_util": 0.9, "kv_util": 0.1'),
+                             ['"kv_util" given twice']),
 }
 
 
