@@ -49,8 +49,8 @@ from pydantic import (
 
 from gridenv.core.catalog import GPUS, MODELS
 from gridenv.core.interface import MODES, SLO_CLASSES
-from gridenv.core.traces import MOONCAKE_BLOCK_TOKENS, TRACE_FORMATS
 from gridenv.core.strict_yaml import StrictYAMLError, line_of, load_yaml, read_text
+from gridenv.core.traces import MOONCAKE_BLOCK_TOKENS, suffix_format
 
 __all__ = [
     "Scenario", "ScenarioError", "load_scenario", "scenario_dir", "scenario_file", "scenario_names",
@@ -546,7 +546,7 @@ class Scenario(_Strict):
         w = self.workload
         tr = w.trace
         if tr is not None and self.engine.prefix_caching:
-            fmt = tr.format or next((f for f, sfx in TRACE_FORMATS.items() if Path(tr.path).suffix.lower() in sfx), None)
+            fmt = tr.format or suffix_format(tr.path)  # None: the loader names the unknown suffix
             bs = self.engine.block_size_tokens
             if fmt == "mooncake" and MOONCAKE_BLOCK_TOKENS % bs:
                 raise _FieldError(("engine", "block_size_tokens"),

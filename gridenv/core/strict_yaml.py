@@ -10,6 +10,10 @@ and to record the line of every key path, then constructs the usual Python objec
 
 Key paths use the YAML keys and, for sequences, integer indices (``("sites", 2, "gpu")``), the
 same shape as pydantic's error locations, so a validation error can be traced to its line.
+
+JSON has the same trap (``json.loads`` keeps the last of two equal keys): :func:`unique_keys` is
+the ``object_pairs_hook`` that turns it into :class:`DuplicateKeyError` (trace records, router
+bodies).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import yaml
 
 __all__ = ["StrictYAMLError", "YAMLFileError", "load_yaml", "load_yaml_file", "read_text", "line_of",
-           "format_validation_error"]
+           "format_validation_error", "DuplicateKeyError", "unique_keys"]
 
 #: Key path -> 1-based line of the key (for sequence items: the item's first line).
 LineMap = dict[tuple, int]
@@ -106,6 +110,27 @@ def read_text(path: str | os.PathLike) -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise StrictYAMLError(f"{path} line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+class DuplicateKeyError(Exception):
+    """A JSON object gives a key twice; ``key`` is the key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads(text, object_pairs_hook=unique_keys)``: each object as a dict, and
+    :class:`DuplicateKeyError` for a key given twice (json would keep the last value in silence)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return out
 
 
 def load_yaml_file(path: str | os.PathLike) -> Any:

@@ -46,6 +46,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from gridenv.core.strict_yaml import DuplicateKeyError, unique_keys
+
 __all__ = [
     "TraceError",
     "Trace",
@@ -56,6 +58,7 @@ __all__ = [
     "MOONCAKE_KEYS",
     "TRACE_FORMATS",
     "MOONCAKE_BLOCK_TOKENS",
+    "suffix_format",
 ]
 
 PathArg = Union[str, "PathLike[str]"]
@@ -328,30 +331,17 @@ def _json_hash_ids(record: dict[str, Any], file_name: str, line_no: int) -> tupl
     return tuple(value)
 
 
-class _DuplicateKey(Exception):
-    """A JSON object with a key given twice (json.loads would keep the last one in silence)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in record:
-            raise _DuplicateKey(key)
-        record[key] = value
-    return record
-
-
 def _parse_mooncake_line(
     line: str, file_name: str, line_no: int
 ) -> tuple[int, int, int, tuple[int, ...]]:
     """Parse one non-blank JSONL line into (timestamp_ms, input, output, hash_ids)."""
     try:
-        record = json.loads(line, object_pairs_hook=_unique_keys)
+        record = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         problem = f"invalid JSON ({exc.msg} at column {exc.colno})"
         raise _fail(file_name, line_no, "json", problem) from None
-    except _DuplicateKey as exc:
-        raise _fail(file_name, line_no, f"key {exc.args[0]!r}", "given twice in one record") from None
+    except DuplicateKeyError as exc:
+        raise _fail(file_name, line_no, f"key {exc.key!r}", "given twice in one record") from None
     if not isinstance(record, dict):
         raise _fail(file_name, line_no, "json", f"expected an object, got {type(record).__name__}")
     missing = [key for key in MOONCAKE_KEYS if key not in record]
@@ -398,12 +388,18 @@ def load_mooncake_jsonl(path: PathArg) -> Trace:
 # --------------------------------------------------------------------------------------------
 
 
+def suffix_format(path: PathArg) -> str | None:
+    """The trace format a file's suffix selects (case-insensitive, TRACE_FORMATS), or None."""
+    suffix = Path(path).suffix.lower()
+    return next((fmt for fmt, suffixes in TRACE_FORMATS.items() if suffix in suffixes), None)
+
+
 def _format_for_suffix(path: Path) -> str:
-    """Pick the trace format from the file suffix (case-insensitive)."""
+    """Pick the trace format from the file suffix; TraceError naming the allowed ones."""
+    fmt = suffix_format(path)
+    if fmt is not None:
+        return fmt
     suffix = path.suffix.lower()
-    for fmt, suffixes in TRACE_FORMATS.items():
-        if suffix in suffixes:
-            return fmt
     allowed = ", ".join(f"{s} ({fmt})" for fmt, sfx in TRACE_FORMATS.items() for s in sfx)
     raise TraceError(
         f"{path.name}: cannot tell the trace format from suffix {suffix!r}; "

@@ -222,10 +222,8 @@ def generate_arrivals(scenario: Scenario, topo: Topology, rng: np.random.Generat
 def _mooncake_chains(hash_ids, reps: int, keep: np.ndarray, prompt: np.ndarray, bs: int):
     """Mooncake ``hash_ids`` (one per 512-token block) as prefix chains of the engine's blocks:
     hash h's j-th block of ``bs`` tokens gets key ``h * (512 // bs) + j`` (Request.block_key);
-    only full engine blocks of the prompt are named. A looped trace reuses its hashes."""
-    if MOONCAKE_BLOCK_TOKENS % bs:
-        raise ValueError(
-            f"engine.block_size_tokens={bs} must divide the Mooncake block of {MOONCAKE_BLOCK_TOKENS} tokens")
+    only full engine blocks of the prompt are named. A looped trace reuses its hashes. (`bs`
+    divides 512: the scenario refuses any other block size with a Mooncake trace.)"""
     k = MOONCAKE_BLOCK_TOKENS // bs
     chains = [h for h, kept in zip(list(hash_ids) * reps, keep) if kept]
     n_named = np.fromiter((len(h) for h in chains), dtype=np.int64, count=len(chains)) * k

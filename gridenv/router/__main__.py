@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench.run(args)
 
     from gridenv.router.runtime import PolicyFileError, RouterPolicy, SnapshotError
-    from gridenv.router.schemas import _DuplicateKey, _unique_pairs
+    from gridenv.core.strict_yaml import DuplicateKeyError, unique_keys
 
     try:
         if args.cmd == "serve":
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         raw = open(args.file, "rb").read() if args.file else sys.stdin.buffer.read()
         where = f" in {args.file}" if args.file else ""
         try:
-            data = json.loads(raw, object_pairs_hook=_unique_pairs)
+            data = json.loads(raw, object_pairs_hook=unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:  # not UTF-8: was a traceback
             raise SnapshotError(f"invalid JSON{where}: {err}") from None
-        except _DuplicateKey as dup:  # json keeps the last value in silence
-            raise SnapshotError(f"key {json.dumps(dup.args[0])} given twice in one JSON object{where}") from None
+        except DuplicateKeyError as dup:  # json keeps the last value in silence
+            raise SnapshotError(f"key {json.dumps(dup.key)} given twice in one JSON object{where}") from None
         print(json.dumps(policy.decide(data), indent=2))  # the runtime's own checks
         return 0
     except (PolicyFileError, SnapshotError, OSError) as err:
